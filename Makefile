@@ -1,0 +1,27 @@
+# The two set-up commands of the README. Everything goes into .venv; nothing is needed on the machine
+# beyond python3 (ffmpeg comes from imageio-ffmpeg when no system binary exists).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Installs everything and renders the example catalog on the embedded default (local Ray, ./out, CPU).
+demo: install
+	$(VENV)/bin/s2v render manifests/example.yaml
+
+# Installs everything and runs the whole test suite. pytest's "no tests collected" (5) is a failure.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) out .s2v-work

@@ -1,0 +1,1 @@
+"""Infrastructure: storage backends, cluster providers, preemption watchers."""

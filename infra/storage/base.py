@@ -1,0 +1,83 @@
+"""The storage interface every backend (local, S3, GCS) implements, plus the lazy registry by scheme."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+from infra.storage.uri import Uri, parse
+
+# scheme → "module:Class"; imported on first use so boto3/google libs stay off the light path
+REGISTRY: dict[str, str] = {
+    "file": "infra.storage.local:LocalStorage",
+    "s3": "infra.storage.s3:S3Storage",
+    "gs": "infra.storage.gcs:GCSStorage",
+}
+
+
+class Storage(ABC):
+    """Object-store semantics over one scheme. Keys are Uri objects of that scheme."""
+
+    scheme: str = ""
+
+    def __init__(self, settings=None):
+        self.settings = settings
+
+    # reads
+    @abstractmethod
+    def read_bytes(self, uri: Uri) -> bytes: ...
+
+    @abstractmethod
+    def download(self, uri: Uri, dest: Path) -> Path:
+        """Copy the object to a local file (atomically: dest is complete or absent)."""
+
+    @abstractmethod
+    def exists(self, uri: Uri) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: Uri) -> Iterator[Uri]:
+        """Every object under prefix (recursive)."""
+
+    # writes
+    @abstractmethod
+    def write_bytes(self, uri: Uri, data: bytes) -> None:
+        """Write an object atomically: readers see the old state or the whole new object."""
+
+    @abstractmethod
+    def upload(self, src: Path, uri: Uri) -> None:
+        """Upload a local file atomically (the final key never holds a partial object)."""
+
+    @abstractmethod
+    def delete(self, uri: Uri) -> None:
+        """Delete an object; deleting a missing one is not an error."""
+
+    def publish(self, files: list[tuple[Path, Uri]]) -> None:
+        """Publish a job's files in order, each atomically; callers pass the sidecar last."""
+        for src, dest in files:
+            self.upload(src, dest)
+
+    def share_url(self, uri: Uri, expires_s: int = 7 * 24 * 3600) -> str:
+        """A URL a person can open (presigned/signed for clouds)."""
+        return str(uri)
+
+    def check_writable(self, prefix: Uri) -> None:
+        """Raise StorageError/InputError if objects cannot be created under prefix."""
+        probe = prefix.join(".s2v-write-probe")
+        self.write_bytes(probe, b"ok")
+        self.delete(probe)
+
+
+_instances: dict[tuple[str, int], Storage] = {}
+
+
+def storage_for(location: str | Uri, settings=None) -> Storage:
+    """The storage backend for a location's scheme, created once per (scheme, settings)."""
+    u = location if isinstance(location, Uri) else parse(location)
+    key = (u.scheme, id(settings))
+    if key not in _instances:
+        spec = REGISTRY[u.scheme]
+        mod, _, cls = spec.partition(":")
+        _instances[key] = getattr(importlib.import_module(mod), cls)(settings)
+    return _instances[key]

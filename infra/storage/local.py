@@ -1,0 +1,77 @@
+"""Local filesystem storage (paths and file://): atomic writes by temp file + fsync + rename."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from infra.storage.base import Storage
+from infra.storage.uri import Uri
+from orchestrator.errors import StorageError
+
+
+class LocalStorage(Storage):
+    scheme = "file"
+
+    def read_bytes(self, uri: Uri) -> bytes:
+        try:
+            return Path(uri.key).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: no such file") from None
+        except OSError as e:
+            raise StorageError(f"{uri}: cannot read ({e.strerror})") from None
+
+    def download(self, uri: Uri, dest: Path) -> Path:
+        self._atomic(dest, lambda tmp: shutil.copyfile(uri.key, tmp))
+        return dest
+
+    def exists(self, uri: Uri) -> bool:
+        return Path(uri.key).is_file()
+
+    def list(self, prefix: Uri) -> Iterator[Uri]:
+        root = Path(prefix.key)
+        if not root.is_dir():
+            return
+        for dirpath, _, files in os.walk(root):
+            for f in sorted(files):
+                if not f.startswith(".tmp-"):
+                    yield Uri("file", "", str(Path(dirpath) / f))
+
+    def write_bytes(self, uri: Uri, data: bytes) -> None:
+        self._atomic(Path(uri.key), lambda tmp: Path(tmp).write_bytes(data))
+
+    def upload(self, src: Path, uri: Uri) -> None:
+        if Path(src).resolve() == Path(uri.key).resolve():
+            return
+        self._atomic(Path(uri.key), lambda tmp: shutil.copyfile(src, tmp))
+
+    def delete(self, uri: Uri) -> None:
+        try:
+            Path(uri.key).unlink()
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def _atomic(dest: Path, fill) -> None:
+        """Write into a temp file in the destination folder, fsync, then rename over the final name."""
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+            os.close(fd)
+        except OSError as e:
+            raise StorageError(f"{dest}: cannot write there ({e.strerror}); check the folder exists and is writable") from None
+        try:
+            fill(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except FileNotFoundError as e:
+            raise StorageError(f"{e.filename}: no such file") from None
+        except OSError as e:
+            raise StorageError(f"{dest}: write failed ({e.strerror})") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,73 @@
+"""URI parsing and joining: plain paths, file://, s3://, gs:// — pure functions, no I/O."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from orchestrator.errors import InputError
+
+SCHEMES = ("file", "s3", "gs")
+
+
+@dataclass(frozen=True)
+class Uri:
+    scheme: str  # "file", "s3" or "gs"
+    bucket: str  # "" for file
+    key: str  # absolute path for file, object key otherwise
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return self.key
+        return f"{self.scheme}://{self.bucket}/{self.key}"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key.rstrip("/"))
+
+    def join(self, *parts: str) -> "Uri":
+        key = self.key
+        for p in parts:
+            key = posixpath.join(key, p) if key else p
+        return Uri(self.scheme, self.bucket, key)
+
+    def parent(self) -> "Uri":
+        return Uri(self.scheme, self.bucket, posixpath.dirname(self.key.rstrip("/")))
+
+
+def is_remote(value: str) -> bool:
+    return "://" in value and not value.startswith("file://")
+
+
+def parse(value: str, base: str | None = None) -> Uri:
+    """Parse a location; relative paths resolve against `base` (a folder path or URI)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"empty location {value!r}")
+    value = value.strip()
+    if "://" in value:
+        u = urlparse(value)
+        scheme = u.scheme.lower()
+        if scheme not in SCHEMES:
+            raise InputError(f"unsupported URI scheme '{scheme}' in {value!r}; use a path, file://, s3:// or gs://")
+        if scheme == "file":
+            return Uri("file", "", str(Path(unquote(u.path)).resolve()))
+        if not u.netloc:
+            raise InputError(f"URI {value!r} has no bucket; expected {scheme}://BUCKET/KEY")
+        key = u.path.lstrip("/")
+        if ".." in key.split("/"):
+            raise InputError(f"URI {value!r} contains '..'")
+        return Uri(scheme, u.netloc, key)
+    if base is not None and not Path(value).expanduser().is_absolute():
+        b = parse(base)
+        if b.scheme != "file":
+            return Uri(b.scheme, b.bucket, posixpath.normpath(posixpath.join(b.key, value)))
+        return Uri("file", "", str((Path(b.key) / value).resolve()))
+    return Uri("file", "", str(Path(value).expanduser().resolve()))
+
+
+def folder_of(location: str) -> str:
+    """The folder a manifest lives in, as a URI string, for resolving relative paths."""
+    u = parse(location)
+    return str(u.parent())

@@ -1,0 +1,3 @@
+"""s2v-batch orchestrator: manifest → plan → render → stitch → publish."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""The one Settings object: built by the CLI from env/flags and passed down, never a module global."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GpuPrice(BaseModel):
+    """USD per GPU-hour for one GPU type (late-2026 list prices; override per contract)."""
+
+    on_demand: float
+    spot: float
+
+
+def _default_prices() -> dict[str, GpuPrice]:
+    return {
+        "h100-aws": GpuPrice(on_demand=6.88, spot=2.75),
+        "h100-runpod": GpuPrice(on_demand=2.69, spot=1.35),
+        "a100-80g-runpod": GpuPrice(on_demand=1.59, spot=0.80),
+        "local": GpuPrice(on_demand=0.0, spot=0.0),
+    }
+
+
+class Settings(BaseSettings):
+    """Everything tunable; env vars are S2V_<NAME> (nested with __), CLI flags override."""
+
+    model_config = SettingsConfigDict(env_prefix="S2V_", env_nested_delimiter="__", extra="ignore")
+
+    # where things go
+    work: str = Field(".s2v-work", description="Work area URI for checkpoints and run state.")
+    cache_dir: Path = Field(Path.home() / ".cache" / "s2v-batch", description="Local input cache.")
+
+    # cluster / scheduling
+    address: str | None = Field(None, description="Ray address to join; None starts a local Ray.")
+    gpus: int = Field(1, ge=1, description="Logical GPUs for the embedded local Ray.")
+    gpus_per_actor: int = Field(1, ge=1)
+    clips_in_flight_per_actor: int = Field(2, ge=1, le=4, description="Queued clip calls per actor; 2 hides dispatch gaps.")
+    clip_timeout_factor: float = Field(10.0, gt=1, description="Watchdog: kill a clip after factor × expected seconds.")
+    clip_timeout_min_s: float = Field(120.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="Application-error attempts per job before it fails.")
+    stitch_cpus: float = Field(1.0, gt=0)
+
+    # cost model
+    seconds_per_clip: dict[str, float] = Field(
+        default_factory=lambda: {"draft": 0.6, "wan-s2v": 240.0, "faults": 0.6},
+        description="Expected GPU-seconds per clip, per backend (for plan estimates and the watchdog).",
+    )
+    gpu_type: str = "local"
+    spot: bool = False
+    prices: dict[str, GpuPrice] = Field(default_factory=_default_prices)
+    price_per_gpu_hour: float | None = Field(None, description="Overrides the price table when set.")
+    budget_usd: float | None = None
+
+    # encoding (identical for every clip so stitching is a stream copy)
+    crf: int = Field(18, ge=0, le=51)
+    preset: str = "veryfast"
+    audio_bitrate: str = "192k"
+    max_duration_s: float = Field(4 * 3600.0, description="Refuse audio longer than this.")
+
+    # quality gates
+    max_frozen_s: float = Field(0.0, ge=0, description="Fail a job with a frozen stretch longer than this (0 = off).")
+    max_black_s: float = Field(0.0, ge=0, description="Fail a job with a black stretch longer than this (0 = off).")
+
+    # model stack
+    model_dir: str | None = None
+
+    def price(self) -> float:
+        """USD per GPU-hour used for estimates and reports."""
+        if self.price_per_gpu_hour is not None:
+            return self.price_per_gpu_hour
+        p = self.prices.get(self.gpu_type)
+        if p is None:
+            return 0.0
+        return p.spot if self.spot else p.on_demand
+
+    def expected_clip_s(self, backend: str) -> float:
+        return self.seconds_per_clip.get(backend, 60.0)

@@ -1,0 +1,1 @@
+"""Media pipeline: audio analysis, ffmpeg, render backends, stitching."""
