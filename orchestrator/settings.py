@@ -67,6 +67,25 @@ class Settings(BaseSettings):
     # model stack
     model_dir: str | None = None
 
+    # clouds + preemption (issue 6: infra/clusters, infra/preemption.py, infra/runpod_provider.py)
+    cloud_provider: str = Field("aws", description="aws | gcp | runpod: what `s2v cluster init` writes.")
+    cloud_region: str = Field("us-west-2", description="AWS/GCP region; RunPod data center id or 'any'.")
+    cloud_zone: str | None = Field(None, description="AWS availability zone(s) or GCP zone; None picks one.")
+    cloud_gpu_type: str | None = Field(None, description="Instance/machine/GPU type id; None = provider default.")
+    cloud_gpu_count: int = Field(1, ge=1, le=8, description="GPUs per worker node.")
+    cloud_max_workers: int = Field(4, ge=0, description="Most GPU worker nodes the autoscaler may launch.")
+    cloud_image: str | None = Field(None, description="VM image / container image; None = provider default.")
+    cloud_project: str | None = Field(None, description="GCP project id.")
+    cluster_name: str = "s2v"
+    preemption_sources: str = Field("auto", description="Comma list of aws,gcp,sigterm; 'auto' detects; 'none' off.")
+    preemption_poll_s: float = Field(1.0, gt=0)
+    fallback_after_preemptions: int = Field(3, ge=1, description="N preemptions in M minutes → on-demand type.")
+    fallback_window_min: float = Field(30.0, gt=0)
+    fallback_node_type: str = Field("gpu_ondemand", description="Ray node type that takes work after fallback.")
+    aws_imds_url: str = Field("http://169.254.169.254", description="IMDS base URL (tests point it at loopback).")
+    gcp_metadata_url: str = Field("http://metadata.google.internal", description="GCP metadata base URL.")
+    sigterm_notice_s: float = Field(5.0, gt=0, description="RunPod's SIGTERM→SIGKILL window.")
+
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""
         if self.price_per_gpu_hour is not None:
