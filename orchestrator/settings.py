@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     # model stack
     model_dir: str | None = None
 
+    # object storage (S3 / GCS), owned by infra/storage. Credentials are never settings: each cloud's standard
+    # chain (env, profile, instance role / ADC) supplies them, so they never land in logs or run state.
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (R2, MinIO, SeaweedFS); None = AWS.")
+    s3_region: str | None = Field(None, description="Region for S3 signing; None = the credential chain's default.")
+    s3_addressing_style: str = Field("auto", pattern="^(auto|path|virtual)$", description="path for most S3-compatibles.")
+    s3_profile: str | None = Field(None, description="AWS profile name; None = AWS_PROFILE / default chain.")
+    s3_multipart_threshold_mb: int = Field(64, ge=5, description="Files above this go up/down in parts.")
+    s3_multipart_chunk_mb: int = Field(16, ge=5, description="Part size; S3 needs ≥ 5 MiB per part.")
+    s3_max_concurrency: int = Field(8, ge=1, description="Parallel parts per transfer.")
+    gcs_project: str | None = Field(None, description="GCP project for the client; None = from ADC.")
+    gcs_chunk_mb: int = Field(16, ge=1, description="Resumable upload chunk (rounded to 256 KiB).")
+    gcs_credentials_file: str | None = Field(None, description="Service-account JSON; None = ADC.")
+    storage_connect_timeout_s: float = Field(10.0, gt=0)
+    storage_read_timeout_s: float = Field(120.0, gt=0)
+
     # clouds + preemption (issue 6: infra/clusters, infra/preemption.py, infra/runpod_provider.py)
     cloud_provider: str = Field("aws", description="aws | gcp | runpod: what `s2v cluster init` writes.")
     cloud_region: str = Field("us-west-2", description="AWS/GCP region; RunPod data center id or 'any'.")
