@@ -48,6 +48,7 @@ class SceneInput(BaseModel):
     steps: int | None = None
     guidance: float | None = None
     shift: float | None = None
+    model_dir: str | None = None  # local weights folder for this job (manifest model_dir); None = settings
 
 
 class ClipRequest(BaseModel):
