@@ -1,0 +1,227 @@
+"""Plan: decode each job's audio, find pauses, cut scenes and split them into frame-exact clip chains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from infra.storage import uri as uris
+from orchestrator.errors import InputError, MediaError, Problem, S2VError
+from orchestrator.manifest import JobSpec
+from orchestrator.settings import Settings
+from pipeline import audio as audio_mod
+from pipeline.backends import backend_class
+from pipeline.backends.base import clip_frame_counts
+
+PLAN_POLICY_VERSION = "1"  # bump when cutting rules change: it changes every job key
+MIN_IMAGE_SIDE = 64
+
+
+class ClipPlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    index: int  # within the chain
+    scene_frame_start: int
+    frames: int
+    job_clip_index: int
+    seed: int
+
+
+class ScenePlan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    index: int
+    start_frame: int
+    frames: int
+    clips: tuple[ClipPlan, ...]
+
+
+class JobPlan(BaseModel):
+    """Everything needed to render a job; its key names checkpoints and is stored in the sidecar."""
+
+    model_config = ConfigDict(frozen=True)
+    job: JobSpec
+    key: str
+    backend_version: str
+    fps: int
+    duration_s: float
+    frames: int
+    width: int
+    height: int
+    audio_sha256: str
+    image_sha256: str
+    pose_sha256: str | None
+    scenes: tuple[ScenePlan, ...]
+
+    @property
+    def clips(self) -> int:
+        return sum(len(s.clips) for s in self.scenes)
+
+
+class PlanResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    plans: tuple[JobPlan, ...]
+    problems: tuple[Problem, ...]
+    failed: tuple[str, ...]  # job ids that could not be planned
+
+
+def local_path(location: str, settings: Settings) -> Path:
+    """A local file for an input location; remote objects go through the content-addressed cache."""
+    u = uris.parse(location)
+    if u.scheme == "file":
+        return Path(u.key)
+    from infra.storage.cache import fetch
+
+    return fetch(str(u), settings)
+
+
+@lru_cache(maxsize=4096)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def image_size(path: Path, where: str) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{where} is not a readable image ({e.__class__.__name__})") from None
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise MediaError(f"{where} is {w}×{h} px; the presenter image needs at least {MIN_IMAGE_SIDE} px on each side")
+    return w, h
+
+
+def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None) -> str:
+    """Content hash of everything that changes the job's pixels (not its id, output, priority or tags)."""
+    ident = {
+        "audio": audio_sha, "image": image_sha, "pose": pose_sha,
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed, "size": job.size,
+        "backend": job.backend, "backend_version": backend_version,
+        "policy": [PLAN_POLICY_VERSION, job.max_scene_s, job.min_scene_s, job.min_pause_s],
+        "sampling": [job.steps, job.guidance, job.shift], "model": Path(job.model_dir).name if job.model_dir else None,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def chains_for(total_frames: int, cuts: list[int], spec, seed: int) -> tuple[ScenePlan, ...]:
+    bounds = [0, *cuts, total_frames]
+    scenes = []
+    job_clip = 0
+    for si, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        clips, off = [], 0
+        for ci, n in enumerate(clip_frame_counts(b - a, spec)):
+            clips.append(ClipPlan(index=ci, scene_frame_start=off, frames=n, job_clip_index=job_clip,
+                                  seed=(seed + job_clip) % 2**31))
+            off += n
+            job_clip += 1
+        scenes.append(ScenePlan(index=si, start_frame=a, frames=b - a, clips=tuple(clips)))
+    return tuple(scenes)
+
+
+@lru_cache(maxsize=1024)
+def _analysis(audio_path: str, audio_sha: str, fps: int, min_pause_s: float, max_duration_s: float):
+    pcm = audio_mod.decode(audio_path, max_duration_s=max_duration_s)
+    if float(abs(pcm).max()) < audio_mod.SILENT_PEAK:
+        raise MediaError(f"{audio_path}: the audio is silent; nothing to lip-sync")
+    return audio_mod.analyse(pcm, fps, min_pause_s)
+
+
+def _bad(job: JobSpec, field: str | None, reason: str, hint: str | None = None) -> MediaError:
+    return MediaError(f"{job.source}: {reason}", [Problem(job.source, field, reason, hint)])
+
+
+def _input_file(job: JobSpec, field: str, settings: Settings) -> Path:
+    location = getattr(job, field)
+    try:
+        path = local_path(location, settings)
+    except S2VError as e:
+        raise _bad(job, field, str(e)) from None
+    if not path.is_file():
+        raise _bad(job, field, f"{location} does not exist", "check the path (relative paths start at the manifest's folder)")
+    if path.stat().st_size == 0:
+        raise _bad(job, field, f"{location} is empty (0 bytes)")
+    return path
+
+
+def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
+    """Plan one job; raises MediaError whose Problem names the row and field on bad input."""
+    try:
+        cls = backend_class(job.backend)
+    except InputError as e:
+        raise _bad(job, "backend", str(e)) from None
+    spec = cls.spec
+    apath = _input_file(job, "audio", settings)
+    ipath = _input_file(job, "image", settings)
+    try:
+        iw, ih = image_size(ipath, job.image)
+    except MediaError as e:
+        raise _bad(job, "image", str(e), "use a JPEG/PNG/WebP photo of the presenter") from None
+    pose_sha = sha256_file(_input_file(job, "pose", settings)) if job.pose else None
+    a_sha, i_sha = sha256_file(apath), sha256_file(ipath)
+    try:
+        a = _analysis(str(apath), a_sha, spec.fps, job.min_pause_s, settings.max_duration_s)
+    except MediaError as e:
+        raise _bad(job, "audio", str(e)) from None
+    if a.frames < 1:
+        raise _bad(job, "audio", f"{job.audio} is shorter than one video frame")
+    cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s)
+    w, h = cls.output_size((iw, ih), job.area)
+    return JobPlan(
+        job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha), backend_version=spec.version, fps=spec.fps,
+        duration_s=a.duration_s, frames=a.frames, width=w, height=h, audio_sha256=a_sha, image_sha256=i_sha,
+        pose_sha256=pose_sha, scenes=chains_for(a.frames, cuts, spec, job.seed),
+    )
+
+
+def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, workers: int | None = None) -> PlanResult:
+    """Plan every job (ffmpeg decodes run in threads); a bad job is reported, the others are planned."""
+    plans: dict[str, JobPlan] = {}
+    problems: list[Problem] = []
+    failed: list[str] = []
+
+    def one(job: JobSpec):
+        try:
+            return job, plan_job(job, settings), None
+        except InputError as e:
+            return job, None, e
+
+    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as ex:
+        for job, plan, err in ex.map(one, jobs):
+            if plan is not None:
+                plans[job.id] = plan
+            else:
+                failed.append(job.id)
+                problems.extend(err.problems or [Problem(job.source, None, str(err))])
+    ordered = tuple(plans[j.id] for j in jobs if j.id in plans)
+    return PlanResult(plans=ordered, problems=tuple(problems), failed=tuple(failed))
+
+
+def estimate(plans, settings: Settings) -> dict:
+    """GPU-seconds and cost per job and in total, from the backend's expected seconds per clip."""
+    rows, total_s = [], 0.0
+    for p in plans:
+        s = p.clips * settings.expected_clip_s(p.job.backend)
+        total_s += s
+        rows.append({"id": p.job.id, "scenes": len(p.scenes), "clips": p.clips, "frames": p.frames,
+                     "duration_s": round(p.duration_s, 3), "gpu_s": s, "cost_usd": s / 3600 * settings.price()})
+    return {"jobs": rows, "total": {"jobs": len(rows), "scenes": sum(r["scenes"] for r in rows),
+                                    "clips": sum(r["clips"] for r in rows), "frames": sum(r["frames"] for r in rows),
+                                    "gpu_s": total_s, "cost_usd": total_s / 3600 * settings.price(),
+                                    "price_per_gpu_hour": settings.price()}}

@@ -1,0 +1,88 @@
+"""Publish a finished job (MP4, poster, sidecar last, each atomic) and tell whether a job is already published."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from infra.storage import Uri, parse, storage_for
+from orchestrator.checkpoints import WorkArea
+from orchestrator.planner import JobPlan, local_path
+from orchestrator.retry import retrying
+from orchestrator.settings import Settings
+from pipeline.stitch import stitch
+
+
+def output_uris(plan: JobPlan) -> dict[str, Uri]:
+    base = parse(plan.job.output)
+    return {ext: base.join(f"{plan.job.id}.{ext}") for ext in ("mp4", "jpg", "json")}
+
+
+def published_key(plan: JobPlan, settings: Settings) -> str | None:
+    """The job key recorded in the published sidecar, if any (the sidecar is written last, so it proves the rest)."""
+    uris = output_uris(plan)
+    st = storage_for(uris["json"], settings)
+    try:
+        if not retrying("storage")(st.exists, uris["json"]):
+            return None
+        meta = json.loads(retrying("storage")(st.read_bytes, uris["json"]))
+    except (ValueError, OSError):
+        return None
+    if not st.exists(uris["mp4"]):
+        return None
+    return meta.get("job_key")
+
+
+def sidecar(plan: JobPlan, result, timings: dict, stats: dict) -> dict:
+    return {
+        "id": plan.job.id, "job_key": plan.key, "tags": list(plan.job.tags),
+        "inputs": {"audio": {"uri": plan.job.audio, "sha256": plan.audio_sha256},
+                   "image": {"uri": plan.job.image, "sha256": plan.image_sha256},
+                   "pose": {"uri": plan.job.pose, "sha256": plan.pose_sha256} if plan.job.pose else None},
+        "prompt": plan.job.prompt, "negative_prompt": plan.job.negative_prompt,
+        "backend": {"name": plan.job.backend, "version": plan.backend_version},
+        "seed": plan.job.seed, "size": plan.job.size, "width": plan.width, "height": plan.height, "fps": plan.fps,
+        "duration_s": round(plan.duration_s, 6), "frames": plan.frames,
+        "video_s": round(result.video_s, 6), "audio_s": round(result.audio_s, 6),
+        "plan": {"policy": {"max_scene_s": plan.job.max_scene_s, "min_scene_s": plan.job.min_scene_s,
+                            "min_pause_s": plan.job.min_pause_s},
+                 "scenes": [{"index": s.index, "start_frame": s.start_frame, "frames": s.frames,
+                             "clips": [{"frames": c.frames, "seed": c.seed} for c in s.clips]} for s in plan.scenes]},
+        "timings": timings, **stats,
+    }
+
+
+def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict) -> dict:
+    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish. Returns the sidecar."""
+    t0 = time.monotonic()
+    wa = WorkArea.at(work, settings)
+    uris = output_uris(plan)
+    with tempfile.TemporaryDirectory(prefix=f"s2v-stitch-{plan.job.id}-") as tmp:
+        tmpd = Path(tmp)
+        clips = []
+        for s in plan.scenes:
+            for c in s.clips:
+                src = wa.clip_video(plan.key, s.index, c.index)
+                if src.scheme == "file":
+                    clips.append(Path(src.key))
+                else:
+                    dst = tmpd / f"s{s.index:04d}c{c.index:04d}.mp4"
+                    retrying("storage")(wa.storage.download, src, dst)
+                    clips.append(dst)
+        audio = local_path(plan.job.audio, settings)
+        res = stitch(clips, str(audio), tmpd / f"{plan.job.id}.mp4", fps=plan.fps, expected_frames=plan.frames,
+                     expected_audio_s=plan.duration_s, width=plan.width, height=plan.height,
+                     audio_bitrate=settings.audio_bitrate)
+        from pipeline.gates import check_gates
+
+        check_gates(res.video, plan, settings)
+        t_stitch = time.monotonic() - t0
+        meta = sidecar(plan, res, {"stitch_s": round(t_stitch, 3)}, stats)
+        meta["outputs"] = {k: str(u) for k, u in uris.items()}
+        side = tmpd / f"{plan.job.id}.json"
+        side.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        st = storage_for(uris["mp4"], settings)
+        retrying("storage")(st.publish, [(res.video, uris["mp4"]), (res.poster, uris["jpg"]), (side, uris["json"])])
+    return meta

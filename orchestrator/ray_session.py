@@ -1,0 +1,62 @@
+"""Start or join Ray: the embedded default is a local instance bound to 127.0.0.1 with N logical GPUs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from orchestrator.errors import ClusterError
+from orchestrator.settings import Settings
+
+# Local Ray must never bind the machine's external address, phone home, or ask for a token.
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+             # the scheduler handles every failed clip itself; Ray's "unhandled error" echo is noise
+             "RAY_IGNORE_UNHANDLED_ERRORS": "1"}
+
+
+def local_env() -> None:
+    for k, v in LOCAL_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings):
+    """Yield with Ray initialised; shut down only what this call started."""
+    if not settings.address:
+        local_env()  # before ray is imported: Ray reads these once, at import
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if settings.address:
+            ray.init(address=settings.address, log_to_driver=False)
+        else:
+            # address="local": never silently join another cluster found on this machine
+            ray.init(address="local", num_gpus=settings.gpus, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"cannot start or join Ray ({settings.address or 'local'}): {e}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def actor_count(settings: Settings) -> int:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    n = int(gpus // settings.gpus_per_actor)
+    return max(1, n if n else settings.gpus // settings.gpus_per_actor)
+
+
+def make_actors(settings: Settings, n: int) -> list:
+    import ray
+
+    from orchestrator.worker import RenderWorker
+
+    cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
+                                           max_task_retries=0, max_concurrency=1)
+    return [cls.remote(settings) for _ in range(n)]

@@ -1,0 +1,216 @@
+"""One run of a manifest: load → plan → skip published → schedule chains → stitch + publish per job → report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+
+from pydantic import BaseModel
+
+from orchestrator.checkpoints import WorkArea
+from orchestrator.errors import Problem, S2VError, exit_code_for
+from orchestrator.manifest import load_manifest
+from orchestrator.planner import JobPlan, plan_jobs
+from orchestrator.publish import output_uris, published_key, stitch_and_publish
+from orchestrator.ray_session import actor_count, make_actors, ray_session
+from orchestrator.scheduler import JobState, Scheduler
+from orchestrator.settings import Settings
+
+log = logging.getLogger("s2v.runner")
+
+
+class JobResult(BaseModel):
+    id: str
+    status: str  # published | skipped | failed | invalid
+    reason: str | None = None
+    output: str | None = None
+    key: str | None = None
+    scenes: int = 0
+    clips: int = 0
+    clips_rendered: int = 0
+    retries: int = 0
+    preemptions: int = 0
+    gpu_s: float = 0.0
+    cost_usd: float = 0.0
+    duration_s: float = 0.0
+
+
+class RunResult(BaseModel):
+    run_id: str
+    manifest: str
+    jobs: dict[str, JobResult]
+    problems: list[Problem] = []
+    actors: list[dict] = []
+    events: list[tuple] = []
+    wall_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        st = [j.status for j in self.jobs.values()]
+        if "invalid" in st or (self.problems and not self.jobs):
+            return 2
+        return 1 if "failed" in st else 0
+
+
+class Progress:
+    """What the runner tells the user while it works; the CLI passes a rich implementation."""
+
+    def start(self, jobs: int, clips: int) -> None: ...
+    def clip(self, job_id: str) -> None: ...
+    def job(self, job_id: str, status: str) -> None: ...
+    def stop(self) -> None: ...
+
+
+def render(location: str, settings: Settings, *, force: bool = False, cli_defaults: dict | None = None,
+           progress: Progress | None = None, run_id: str | None = None) -> RunResult:
+    t_start = time.monotonic()
+    progress = progress or Progress()
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    manifest = load_manifest(location, cli_defaults)
+    results: dict[str, JobResult] = {}
+    problems = list(manifest.problems)
+    for label in manifest.bad_rows:
+        reason = "; ".join(str(p) for p in manifest.problems if label in p.where or f"'{label}'" in str(p)) or None
+        results[label] = JobResult(id=label, status="invalid", reason=reason or "invalid row (see problems)")
+    jobs = list(manifest.jobs)
+    try:
+        from infra.storage.checks import check_inputs
+    except ImportError:
+        check_inputs = None
+    if check_inputs is not None and jobs:
+        bad_sources: dict[str, list[Problem]] = {}
+        for p in check_inputs(jobs, settings):
+            bad_sources.setdefault(p.where, []).append(p)
+        problems += [p for ps in bad_sources.values() for p in ps]
+        for j in [j for j in jobs if j.source in bad_sources]:
+            results[j.id] = JobResult(id=j.id, status="invalid", reason="; ".join(map(str, bad_sources[j.source])))
+        jobs = [j for j in jobs if j.source not in bad_sources]
+    planned = plan_jobs(jobs, settings)
+    problems += list(planned.problems)
+    for jid in planned.failed:
+        reason = "; ".join(str(p) for p in planned.problems if next((j.source for j in jobs if j.id == jid), "?") == p.where)
+        results[jid] = JobResult(id=jid, status="invalid", reason=reason)
+    work = WorkArea.at(settings.work, settings)
+    todo: list[JobPlan] = []
+    for p in planned.plans:
+        base = JobResult(id=p.job.id, status="pending", key=p.key, scenes=len(p.scenes), clips=p.clips,
+                         duration_s=p.duration_s, output=str(output_uris(p)["mp4"]))
+        if not force and published_key(p, settings) == p.key:
+            base.status = "skipped"
+        else:
+            todo.append(p)
+        results[p.job.id] = base
+    state = _State(work, run_id, location, results)
+    state.write(force=True)
+    actors_info: list[dict] = []
+    events: list[tuple] = []
+    if todo:
+        done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
+        progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
+        with ray_session(settings):
+            actors_info, events = _schedule(todo, done, settings, work, results, state, progress)
+        progress.stop()
+    state.finish()
+    return RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
+                     events=events, wall_s=time.monotonic() - t_start)
+
+
+def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress):
+    import ray
+
+    stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
+                                                       retry_exceptions=True)
+    actors = make_actors(settings, actor_count(settings))
+    stitching: dict = {}  # ref → JobState
+    price = settings.price()
+
+    def stats(js: JobState) -> dict:
+        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.gpu_s / 3600 * price, 6),
+                "clips_rendered": js.clips_rendered, "retries": js.attempts + js.infra_retries,
+                "preemptions": js.preemptions, "attempts": js.attempts}
+
+    def on_clip(js: JobState, res: dict) -> None:
+        r = results[js.plan.job.id]
+        r.clips_rendered, r.gpu_s = js.clips_rendered, js.gpu_s
+        progress.clip(js.plan.job.id)
+        state.write()
+
+    def on_ready(js: JobState) -> None:
+        results[js.plan.job.id].status = "stitching"
+        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js))] = js
+
+    def on_failed(js: JobState) -> None:
+        _finish(results[js.plan.job.id], js, "failed", js.failed, price)
+        progress.job(js.plan.job.id, "failed")
+        state.write(force=True)
+
+    def collect(timeout: float) -> None:
+        if not stitching:
+            return
+        ready, _ = ray.wait(list(stitching), num_returns=len(stitching), timeout=timeout)
+        for ref in ready:
+            js = stitching.pop(ref)
+            try:
+                ray.get(ref, timeout=60)
+                _finish(results[js.plan.job.id], js, "published", None, price)
+            except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
+                cause = getattr(e, "cause", None) or e
+                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}", price)
+            progress.job(js.plan.job.id, results[js.plan.job.id].status)
+            state.write(force=True)
+
+    sched = Scheduler(settings, str(work.root), actors, on_clip=on_clip, on_job_ready=on_ready,
+                      on_job_failed=on_failed, on_tick=lambda: collect(0))
+    sched.add_jobs(todo, done)
+    sched.run()
+    deadline = time.monotonic() + 3600
+    while stitching and time.monotonic() < deadline:
+        collect(1.0)
+    for ref, js in stitching.items():
+        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour", price)
+    for js in sched.jobs.values():
+        r = results[js.plan.job.id]
+        if r.status in ("pending", "stitching"):
+            _finish(r, js, "failed", js.failed or "not rendered (run stopped before this job)", price)
+    infos = []
+    for a in actors:
+        try:
+            infos.append(ray.get(a.info.remote(), timeout=30))
+        except Exception:  # noqa: BLE001 - a dead actor has no info to give
+            infos.append({"dead": True})
+    return infos, sched.events
+
+
+def _finish(r: JobResult, js: JobState, status: str, reason: str | None, price: float) -> None:
+    r.status, r.reason = status, reason
+    r.clips_rendered, r.gpu_s = js.clips_rendered, round(js.gpu_s, 3)
+    r.retries, r.preemptions = js.attempts + js.infra_retries, js.preemptions
+    r.cost_usd = round(js.gpu_s / 3600 * price, 6)
+
+
+class _State:
+    """Run state in the work area, throttled, so `s2v status` works from anywhere, even after a crash."""
+
+    def __init__(self, work: WorkArea, run_id: str, manifest: str, results: dict[str, JobResult]):
+        self.work, self.run_id, self.manifest, self.results = work, run_id, manifest, results
+        self.last = 0.0
+        self.started = time.time()
+
+    def _doc(self, status: str) -> dict:
+        return {"run_id": self.run_id, "manifest": self.manifest, "status": status, "started": self.started,
+                "updated": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                "jobs": {k: v.model_dump() for k, v in self.results.items()}}
+
+    def write(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.last > 2.0:
+            try:
+                self.work.write_state(self.run_id, self._doc("running"))
+            except S2VError as e:
+                log.warning("could not write run state: %s (exit code %d)", e, exit_code_for(e))
+            self.last = time.monotonic()
+
+    def finish(self) -> None:
+        self.work.write_state(self.run_id, self._doc("finished"))

@@ -1,0 +1,291 @@
+"""Schedule clip chains on Ray GPU actors: longest first, clip by clip, bounded in flight, faults isolated."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from orchestrator.planner import JobPlan, ScenePlan
+from orchestrator.settings import Settings
+
+log = logging.getLogger("s2v.scheduler")
+WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
+
+
+@dataclass
+class Chain:
+    plan: JobPlan
+    scene: ScenePlan
+    next_done: int = 0  # first clip not yet checkpointed
+    next_submit: int = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.scene.clips)
+
+    @property
+    def remaining(self) -> int:
+        return self.n - self.next_done
+
+
+@dataclass
+class JobState:
+    plan: JobPlan
+    scenes_left: int
+    attempts: int = 0  # application errors (lost nodes and preemptions never count)
+    clips_rendered: int = 0
+    clips_redone: int = 0
+    gpu_s: float = 0.0
+    infra_retries: int = 0
+    preemptions: int = 0
+    failed: str | None = None
+    workers: set = field(default_factory=set)
+
+
+@dataclass
+class Slot:
+    """One actor and what it is doing."""
+
+    handle: object
+    chain: Chain | None = None
+    inflight: list = field(default_factory=list)  # object refs, in submission order
+    clip_started: float = 0.0
+    healthy: bool = True
+    probe: object = None
+    failures: dict = field(default_factory=dict)  # job id → application failures on this actor
+    watchdog_fired: bool = False
+    blocked: bool = False  # taken out of rotation (fails many different jobs)
+
+
+class Scheduler:
+    """Drives actors until every chain is checkpointed or its job has failed.
+
+    on_clip(job_state, result) after each clip; on_job_ready(job_state) when a job's scenes are all done
+    (the caller stitches it); on_job_failed(job_state)."""
+
+    def __init__(self, settings: Settings, work: str, actors: list, *,
+                 on_clip: Callable = lambda js, r: None, on_job_ready: Callable = lambda js: None,
+                 on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None,
+                 should_start_chain: Callable[[Chain], bool] = lambda c: True):
+        self.settings, self.work = settings, work
+        self.slots = [Slot(a) for a in actors]
+        self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
+        self.should_start_chain = should_start_chain
+        self.jobs: dict[str, JobState] = {}
+        self.queue: deque[Chain] = deque()
+        self.events: list[tuple] = []  # (t, kind, job, scene, clip) for tests and the report
+        self.stopped_starting = False
+
+    # ---------- setup ----------
+    def add_jobs(self, plans: list[JobPlan], done: dict[str, dict[int, set[int]]]) -> None:
+        """Queue every unfinished chain, longest first (priority first); finished jobs go straight to stitching."""
+        chains = []
+        for p in plans:
+            d = done.get(p.key, {})
+            js = JobState(plan=p, scenes_left=0)
+            self.jobs[p.job.id] = js
+            for s in p.scenes:
+                from orchestrator.checkpoints import first_missing
+
+                k = first_missing(d.get(s.index, set()), len(s.clips))
+                if k < len(s.clips):
+                    chains.append(Chain(p, s, next_done=k, next_submit=k))
+                    js.scenes_left += 1
+        expected = self.settings.expected_clip_s
+        chains.sort(key=lambda c: (-c.plan.job.priority, -c.remaining * expected(c.plan.job.backend)))
+        self.queue.extend(chains)
+
+    # ---------- main loop ----------
+    def run(self) -> None:
+        import ray
+
+        for js in list(self.jobs.values()):
+            if js.scenes_left == 0:
+                self.on_job_ready(js)
+        while self.queue or any(s.chain or s.inflight for s in self.slots):
+            self._assign()
+            refs = [r for s in self.slots for r in s.inflight] + [s.probe for s in self.slots if s.probe is not None]
+            if not refs:
+                if self.queue and all(s.blocked for s in self.slots):
+                    for js in {c.plan.job.id: self.jobs[c.plan.job.id] for c in self.queue}.values():
+                        js.failed = js.failed or "no healthy worker left (all taken out of rotation)"
+                        self.on_job_failed(js)
+                    self.queue.clear()
+                    break
+                if self.queue and not any(s.healthy for s in self.slots):
+                    time.sleep(WAIT_S)  # every actor is restarting; wait for one to come back
+                    self._probe_all()
+                    self.on_tick()
+                    continue
+                if self.queue and self.stopped_starting:
+                    break
+                if not self.queue:
+                    break
+            ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
+            for ref in ready:
+                self._handle(ref)
+            self._watchdog()
+            self.on_tick()
+
+    def _assign(self) -> None:
+        for slot in self.slots:
+            if not slot.healthy or slot.blocked:
+                continue
+            if slot.chain is None and self.queue and not self.stopped_starting:
+                chain = self._next_chain()
+                if chain is None:
+                    break
+                if not self.should_start_chain(chain):
+                    self.queue.appendleft(chain)
+                    self.stopped_starting = True
+                    break
+                slot.chain = chain
+                chain.next_submit = chain.next_done
+                slot.clip_started = time.monotonic()
+                slot.watchdog_fired = False
+            chain = slot.chain
+            while chain and chain.next_submit < chain.n and len(slot.inflight) < self.settings.clips_in_flight_per_actor:
+                ref = slot.handle.render_clip.remote(chain.plan, chain.scene.index, chain.next_submit, self.work)
+                slot.inflight.append(ref)
+                self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, chain.next_submit))
+                chain.next_submit += 1
+
+    def _next_chain(self) -> Chain | None:
+        while self.queue:
+            c = self.queue.popleft()
+            if self.jobs[c.plan.job.id].failed is None:
+                return c
+        return None
+
+    def _slot_of(self, ref):
+        for s in self.slots:
+            if ref in s.inflight or ref is s.probe:
+                return s
+        return None
+
+    # ---------- outcomes ----------
+    def _handle(self, ref) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        slot = self._slot_of(ref)
+        if slot is None:
+            return
+        if ref is slot.probe:
+            slot.probe = None
+            try:
+                ray.get(ref, timeout=10)
+                slot.healthy = True
+            except (RayActorError, GetTimeoutError):
+                slot.probe = slot.handle.ping.remote()
+            return
+        chain = slot.chain
+        try:
+            res = ray.get(ref, timeout=60)
+        except RayActorError as e:  # the actor (or its node) died: infrastructure, not the job's fault
+            self._lost_actor(slot, chain, watchdog=slot.watchdog_fired, err=e)
+            return
+        except RayTaskError as e:
+            self._app_error(slot, chain, e)
+            return
+        except GetTimeoutError:
+            return
+        slot.inflight.remove(ref)
+        js = self.jobs[chain.plan.job.id]
+        js.clips_rendered += 1
+        js.gpu_s += res["render_s"]
+        js.workers.add(res["node"])
+        chain.next_done = res["clip"] + 1
+        slot.clip_started = time.monotonic()
+        self.events.append((time.monotonic(), "done", chain.plan.job.id, res["scene"], res["clip"]))
+        self.on_clip(js, res)
+        if chain.next_done >= chain.n and not slot.inflight:
+            slot.chain = None
+            js.scenes_left -= 1
+            if js.scenes_left == 0 and js.failed is None:
+                self.on_job_ready(js)
+
+    def _requeue(self, slot: Slot, chain: Chain | None) -> None:
+        for r in slot.inflight:
+            try:
+                import ray
+
+                ray.cancel(r)
+            except Exception:  # noqa: BLE001 - cancelling a finished or lost ref is harmless
+                pass
+        slot.inflight.clear()
+        slot.chain = None
+        if chain is not None and self.jobs[chain.plan.job.id].failed is None:
+            chain.next_submit = chain.next_done
+            self.queue.appendleft(chain)  # resume first: it is already partly paid for
+
+    def _lost_actor(self, slot: Slot, chain: Chain | None, watchdog: bool, err) -> None:
+        from orchestrator.worker import Preempted  # noqa: F401 - imported for clarity of the two paths
+
+        if chain is not None:
+            js = self.jobs[chain.plan.job.id]
+            js.infra_retries += 1
+            if getattr(err, "preempted", False):
+                js.preemptions += 1
+            self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
+            if watchdog:
+                self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
+        self._requeue(slot, chain)
+        slot.healthy = False
+        slot.probe = slot.handle.ping.remote()
+
+    def _app_error(self, slot: Slot, chain: Chain, e) -> None:
+        from orchestrator.worker import ChainBroken, Preempted
+
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        js = self.jobs[chain.plan.job.id]
+        if isinstance(cause, ChainBroken):
+            self._requeue(slot, chain)
+            return
+        if isinstance(cause, Preempted):
+            js.preemptions += 1
+            self.events.append((time.monotonic(), "preempted", chain.plan.job.id, chain.scene.index, chain.next_done))
+            self._requeue(slot, chain)
+            slot.healthy = False  # a node under notice takes no new chain
+            return
+        reason = f"{type(cause).__name__}: {cause}"
+        self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
+        slot.failures[js.plan.job.id] = slot.failures.get(js.plan.job.id, 0) + 1
+        self._requeue(slot, chain)
+        self._count_failure(js, reason)
+        if len(slot.failures) >= 3:  # this worker fails many different jobs: take it out of rotation
+            log.warning("taking an actor out of rotation after failures in jobs %s", sorted(slot.failures))
+            slot.blocked = True
+
+    def _count_failure(self, js: JobState, reason: str) -> None:
+        js.attempts += 1
+        if js.attempts >= self.settings.max_attempts and js.failed is None:
+            js.failed = f"failed after {js.attempts} attempts: {reason}"
+            self.queue = deque(c for c in self.queue if c.plan.job.id != js.plan.job.id)
+            for s in self.slots:
+                if s.chain is not None and s.chain.plan.job.id == js.plan.job.id:
+                    self._requeue(s, None)
+            self.on_job_failed(js)
+
+    def _watchdog(self) -> None:
+        import ray
+
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.inflight or slot.watchdog_fired or slot.chain is None:
+                continue
+            limit = max(self.settings.clip_timeout_min_s,
+                        self.settings.clip_timeout_factor * self.settings.expected_clip_s(slot.chain.plan.job.backend))
+            if now - slot.clip_started > limit:
+                log.warning("watchdog: %s clip %d ran %.0fs (limit %.0fs); restarting its actor",
+                            slot.chain.plan.job.id, slot.chain.next_done, now - slot.clip_started, limit)
+                slot.watchdog_fired = True
+                ray.kill(slot.handle, no_restart=False)
+
+    def _probe_all(self) -> None:
+        for s in self.slots:
+            if not s.healthy and s.probe is None:
+                s.probe = s.handle.ping.remote()

@@ -1,0 +1,174 @@
+"""ffmpeg: find the binary, build argv lists with pure functions, run them in one place, probe with PyAV."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from orchestrator.errors import MediaError, RenderError, TransientError
+
+# Identical encoder parameters for every clip are what make stream-copy concatenation valid.
+BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1"]
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_bin() -> str:
+    """The system ffmpeg when present, else the static build shipped by imageio-ffmpeg."""
+    env = os.environ.get("S2V_FFMPEG")
+    if env:
+        return env
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+# ---------- argv builders (pure) ----------
+
+def decode_audio_argv(src: str, sample_rate: int = 16000) -> list[str]:
+    """Any ffmpeg-readable audio → float32 little-endian mono PCM on stdout."""
+    return ["-nostdin", "-v", "error", "-i", src, "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
+            "-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+
+
+@dataclass(frozen=True)
+class EncodeParams:
+    fps: int
+    width: int
+    height: int
+    crf: int = 18
+    preset: str = "veryfast"
+
+
+def encode_clip_argv(p: EncodeParams, dest: str) -> list[str]:
+    """Raw RGB frames on stdin → H.264 clip. Fixed GOP and one thread: same input, same bytes."""
+    return ["-nostdin", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{p.width}x{p.height}", "-r", str(p.fps), "-i", "pipe:0",
+            "-an", "-c:v", "libx264", "-preset", p.preset, "-crf", str(p.crf), "-pix_fmt", "yuv420p",
+            "-g", "1000", "-keyint_min", "1000", "-sc_threshold", "0", "-bf", "0", "-threads", "1",
+            "-x264-params", "threads=1:sliced-threads=0",
+            "-video_track_timescale", str(p.fps * 1000), *BITEXACT, "-f", "mp4", dest]
+
+
+def concat_list(paths: Sequence[str]) -> str:
+    """The concat demuxer's list file content; quotes escaped as the demuxer expects."""
+    return "".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in paths)
+
+
+def stitch_argv(list_file: str, audio_src: str, dest: str, audio_bitrate: str = "192k") -> list[str]:
+    """Concatenate clips by stream copy and mux the ORIGINAL audio (AAC), moov atom first."""
+    return ["-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", list_file, "-i", audio_src,
+            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", audio_bitrate, "-ac", "2",
+            *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
+
+
+def poster_argv(video: str, at_s: float, dest: str) -> list[str]:
+    return ["-nostdin", "-v", "error", "-y", "-ss", f"{at_s:.3f}", "-i", video, "-frames:v", "1",
+            "-q:v", "3", *BITEXACT, "-f", "image2", "-c:v", "mjpeg", dest]
+
+
+def normalize_image_argv(src: str, dest: str) -> list[str]:
+    """Decode any ffmpeg-readable still image (webp, heic-less, …) to PNG."""
+    return ["-nostdin", "-v", "error", "-y", "-i", src, "-frames:v", "1", dest]
+
+
+# ---------- the one place ffmpeg runs ----------
+
+def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str = "ffmpeg",
+               timeout_s: float = 3600, media_error: bool = False) -> bytes:
+    """Run ffmpeg; raise with its stderr. media_error=True turns a failure into a user-facing MediaError."""
+    argv = [ffmpeg_bin(), *args]
+    try:
+        proc = subprocess.run(argv, input=input_bytes, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise TransientError(f"{what}: ffmpeg timed out after {timeout_s:.0f}s") from None
+    except OSError as e:  # binary missing or not executable
+        raise RenderError(f"{what}: cannot run ffmpeg at {argv[0]}: {e}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()[-2000:] or f"exit code {proc.returncode}"
+        cls = MediaError if media_error else RenderError
+        raise cls(f"{what}: {err}")
+    return proc.stdout
+
+
+class FrameWriter:
+    """Streams raw frames into an encoding ffmpeg process (frames never all sit in memory)."""
+
+    def __init__(self, params: EncodeParams, dest: str):
+        self.dest = dest
+        self.proc = subprocess.Popen([ffmpeg_bin(), *encode_clip_argv(params, dest)],
+                                     stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.frames = 0
+
+    def write(self, frame) -> None:
+        self.proc.stdin.write(memoryview(frame).cast("B"))
+        self.frames += 1
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        err = self.proc.stderr.read()
+        rc = self.proc.wait()
+        if rc != 0:
+            raise RenderError(f"encoding {self.dest}: {err.decode('utf-8', 'replace')[-2000:]}")
+
+
+def encode_frames(frames, params: EncodeParams, dest: str | Path) -> None:
+    """Encode a (T,H,W,3) uint8 array to an H.264 clip."""
+    w = FrameWriter(params, str(dest))
+    try:
+        for f in frames:
+            w.write(f)
+    finally:
+        w.close()
+
+
+# ---------- probing ----------
+
+@dataclass(frozen=True)
+class StreamInfo:
+    kind: str
+    codec: str
+    duration_s: float
+    frames: int | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    sample_rate: int | None = None
+
+
+def probe(path: str | Path) -> list[StreamInfo]:
+    """Streams of a media file with durations (PyAV: the static ffmpeg ships no ffprobe)."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            out = []
+            for s in c.streams:
+                if s.type not in ("video", "audio"):
+                    continue
+                dur = float(s.duration * s.time_base) if s.duration is not None and s.time_base else (
+                    c.duration / 1e6 if c.duration else 0.0)
+                if s.type == "video":
+                    out.append(StreamInfo("video", s.codec_context.name, dur, s.frames or None, s.codec_context.width,
+                                          s.codec_context.height, float(s.average_rate) if s.average_rate else None))
+                else:
+                    out.append(StreamInfo("audio", s.codec_context.name, dur, None,
+                                          sample_rate=s.codec_context.sample_rate))
+            return out
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(f"{path}: not a readable media file ({e})") from None
+
+
+def count_video_frames(path: str | Path) -> int:
+    """Exact count by demuxing packets (no decode)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for p in c.demux(video=0) if p.size)
