@@ -205,10 +205,13 @@ class KillingProxy:
             pass
         finally:
             for s in (src, dst):
+                # shutdown, not just close: the peer thread is blocked in recv on the same socket, and only
+                # shutdown makes the client see the connection drop at once, as it would when a server dies
                 try:
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
 
     def _count(self, n: int) -> None:
         with self._lock:
