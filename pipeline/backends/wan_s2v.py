@@ -177,6 +177,9 @@ class WanS2VBackend(Backend):
     # ---- per scene -----------------------------------------------------------------------------------------
     def prepare_scene(self, scene: SceneInput) -> WanScene:
         """Audio embeddings for the whole chain at once (they depend on all the audio they see) + pose latents."""
+        from pipeline.backends.torch_compat import ensure_torchvision
+
+        ensure_torchvision()  # before any diffsynth import, even when no model was loaded yet
         import torch
         from diffsynth.pipelines.wan_video import WanVideoUnit_S2V
 

@@ -1,0 +1,218 @@
+"""wan-s2v on CPU with tiny random weights of the real diffsynth classes: loading, chains, tails, resume, sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# find_spec, not importorskip: importing diffsynth before the torchvision shim fails on CPU-only torch
+if importlib.util.find_spec("diffsynth") is None or importlib.util.find_spec("torch") is None:
+    pytest.skip("the wan extra (torch, diffsynth) is not installed", allow_module_level=True)
+
+from typer.testing import CliRunner  # noqa: E402
+
+from orchestrator.cli_models import app as models_app  # noqa: E402
+from orchestrator.errors import ConfigError, RenderError  # noqa: E402
+from pipeline.backends import backend_spec  # noqa: E402
+from pipeline.backends.base import ClipRequest, SceneInput, clip_frame_counts  # noqa: E402
+from pipeline.backends.wan_s2v import WanS2VBackend, missing_files, official_size  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+W = H = 64
+SR = 16000
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Tiny weights built once per session through the CLI command users run (`s2v models make-tiny`)."""
+    d = tmp_path_factory.mktemp("wan-tiny") / "Wan2.2-S2V-tiny"
+    res = CliRunner().invoke(models_app, ["make-tiny", str(d)])
+    assert res.exit_code == 0, res.output
+    return d
+
+
+@pytest.fixture(scope="module")
+def presenter(tmp_path_factory) -> str:
+    from PIL import Image
+    from skimage import data
+
+    p = tmp_path_factory.mktemp("media") / "presenter.png"
+    Image.fromarray(data.astronaut()[:, 64:448]).save(p)  # 384x512 portrait: exercises resize + centre crop
+    return str(p)
+
+
+def speech_like(frames: int, seed: int = 0) -> np.ndarray:
+    """Voiced bursts (a pitched buzz under an envelope) with pauses, frames×1000 samples at 16 kHz."""
+    t = np.arange(frames * (SR // 16)) / SR
+    env = (np.sin(2 * np.pi * 1.3 * t) > -0.2).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    buzz = np.sign(np.sin(2 * np.pi * 140 * t)) * 0.2 + rng.normal(0, 0.02, t.size)
+    return (buzz * env).astype(np.float32)
+
+
+def scene_input(image: str, clips=(77, 80), **kw) -> SceneInput:
+    frames = sum(clips)
+    padded = 77 + 80 * (len(clips) - 1)
+    base = dict(job_id="j1", job_key="k1", scene_index=0, image_path=image, prompt="a presenter talking",
+                negative_prompt="blurry", seed=7, width=W, height=H, start_frame=0, frames=frames,
+                clip_frames=tuple(clips), audio=speech_like(padded), steps=1)
+    base.update(kw)
+    return SceneInput(**base)
+
+
+def request(index: int, frames: int, seed: int = 7) -> ClipRequest:
+    return ClipRequest(index=index, scene_frame_start=0 if index == 0 else 77 + 80 * (index - 1), frames=frames,
+                       job_clip_index=index, seed=seed + index)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_dir) -> WanS2VBackend:
+    b = WanS2VBackend(model_dir=str(tiny_dir))
+    b.load("cpu")
+    return b
+
+
+@pytest.fixture(scope="module")
+def chain(backend, presenter):
+    """Clip 0 and clip 1 of one scene, rendered the uninterrupted way (tail handed over in memory)."""
+    ctx = backend.prepare_scene(scene_input(presenter))
+    c0 = backend.render_clip(ctx, request(0, 77), None)
+    c1 = backend.render_clip(ctx, request(1, 80), c0.tail)
+    return ctx, c0, c1
+
+
+def test_two_clips_have_planned_frames_and_a_float_tail(backend, chain):
+    ctx, c0, c1 = chain
+    assert backend.loads == 1 and backend.pipe.torch_dtype.is_floating_point
+    assert len(ctx.audio_embeds) == 2 and tuple(ctx.audio_embeds[0].shape) == (1, 25, 32, 80)
+    assert c0.frames.shape == (77, H, W, 3) and c1.frames.shape == (80, H, W, 3)
+    assert c0.frames.dtype == np.uint8 and c1.frames.dtype == np.uint8
+    for out in (c0, c1):
+        assert out.tail.shape == (1, 3, 73, H, W) and out.tail.dtype == np.float32
+        assert -1.0 <= out.tail.min() and out.tail.max() <= 1.0
+        assert out.frames.std() > 1.0  # real pixels, not a constant image
+    # the tail is the clip's own last 73 frames, unquantised
+    assert np.abs(((c1.tail[0].transpose(1, 2, 3, 0) + 1) * 127.5).round() - c1.frames[-73:]).max() <= 0.5
+
+
+def test_second_clip_is_conditioned_on_the_first_clips_tail(backend, chain):
+    ctx, c0, c1 = chain
+    other = backend.render_clip(ctx, request(1, 80), np.flip(c0.tail, axis=2).copy())
+    assert np.abs(other.frames.astype(int) - c1.frames).mean() > 0.5
+
+
+def test_clip_resumed_from_a_tail_on_disk_in_a_fresh_backend_is_identical(tiny_dir, presenter, chain, tmp_path):
+    _, c0, c1 = chain
+    np.save(tmp_path / "tail.npy", c0.tail)
+    fresh = WanS2VBackend(model_dir=str(tiny_dir))  # a restarted actor: new load, new scene preparation
+    fresh.load("cpu")
+    ctx = fresh.prepare_scene(scene_input(presenter))
+    resumed = fresh.render_clip(ctx, request(1, 80), np.load(tmp_path / "tail.npy"))
+    assert np.array_equal(resumed.frames, c1.frames)
+    assert np.array_equal(resumed.tail, c1.tail)
+
+
+def test_last_clip_is_trimmed_to_the_planned_frames(backend, chain):
+    ctx, c0, c1 = chain
+    short = backend.render_clip(ctx, request(1, 30), c0.tail)
+    assert short.frames.shape == (30, H, W, 3)
+    assert np.array_equal(short.frames, c1.frames[:30])
+
+
+def test_a_clip_without_its_tail_or_with_a_wrong_one_is_refused(backend, chain):
+    ctx, c0, _ = chain
+    with pytest.raises(RenderError, match="motion tail"):
+        backend.render_clip(ctx, request(1, 80), None)
+    with pytest.raises(RenderError, match="shape"):
+        backend.render_clip(ctx, request(1, 80), c0.tail[:, :, :40])
+    with pytest.raises(RenderError, match="outside"):
+        backend.render_clip(ctx, request(2, 80), c0.tail)
+
+
+def test_pose_video_becomes_per_clip_latents_that_change_the_clip(backend, presenter, chain, tmp_path):
+    import av
+
+    pose = tmp_path / "pose.mp4"
+    with av.open(str(pose), "w") as box:
+        st = box.add_stream("mpeg4", rate=25)
+        st.width, st.height, st.pix_fmt = 96, 64, "yuv420p"
+        for i in range(60):  # 2.4 s at 25 fps: shorter than the scene, so the last pose frame is held
+            img = np.zeros((64, 96, 3), np.uint8)
+            img[:, (i * 3) % 96:(i * 3) % 96 + 8] = 255
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                box.mux(pkt)
+        for pkt in st.encode():
+            box.mux(pkt)
+    ctx = backend.prepare_scene(scene_input(presenter, pose_path=str(pose)))
+    assert len(ctx.pose_latents) == 2 and tuple(ctx.pose_latents[0].shape) == (1, 16, 20, H // 8, W // 8)
+    posed = backend.render_clip(ctx, request(0, 77), None)
+    assert np.abs(posed.frames.astype(int) - chain[1].frames[:77]).mean() > 0.5
+
+
+def test_missing_files_are_each_named(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "Wan2.1_VAE.pth").unlink()
+    (broken / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+    (broken / "wav2vec2-large-xlsr-53-english" / "model.safetensors").unlink()
+    assert missing_files(tiny_dir) == []
+    b = WanS2VBackend(model_dir=str(broken))
+    with pytest.raises(ConfigError) as err:
+        b.load("cpu")
+    for name in ("Wan2.1_VAE.pth", "diffusion_pytorch_model-00002-of-00002.safetensors", "model.safetensors"):
+        assert name in str(err.value)
+    res = CliRunner().invoke(models_app, ["check", str(broken)])
+    assert res.exit_code == 2 and "Wan2.1_VAE.pth" in res.output
+
+
+def test_model_dir_comes_from_the_scene_when_settings_have_none(tiny_dir, presenter):
+    b = WanS2VBackend()
+    b.load("cpu")
+    assert b.pipe is None  # nothing to load yet: no hub download, no guessing
+    with pytest.raises(ConfigError, match="model_dir"):
+        b.prepare_scene(scene_input(presenter, clip_frames=(77,)))
+    ctx = b.prepare_scene(scene_input(presenter, clips=(20,), model_dir=str(tiny_dir)))
+    assert b.loads == 1 and len(ctx.audio_embeds) == 1
+
+
+def test_official_sizes_keep_aspect_never_upscale_and_fit_the_area():
+    assert official_size((512, 512), (64, 64)) == (64, 64)
+    assert official_size((512, 512), (832, 480)) == (512, 512)  # already inside the budget: no upscale
+    w, h = official_size((1920, 1080), (832, 480))
+    assert w % 64 == 0 and h % 64 == 0 and w * h <= 832 * 480 and abs(w / h - 16 / 9) < 0.2
+    w, h = official_size((1000, 700), (1024, 704))
+    assert (w, h) == (960, 640)  # upstream would pad up to 1024x704, beyond the image
+    assert WanS2VBackend.output_size((1080, 1920), (704, 1024))[1] > WanS2VBackend.output_size((1080, 1920), (704, 1024))[0]
+
+
+def test_plan_of_a_chain_is_frame_exact_with_the_shorter_first_clip():
+    spec = backend_spec("wan-s2v")
+    assert (spec.first_clip_frames, spec.clip_frames, spec.tail_frames) == (77, 80, 73)
+    for total in (1, 77, 78, 157, 158, 1000):
+        counts = clip_frame_counts(total, spec)
+        assert sum(counts) == total and counts[0] <= 77 and all(c <= 80 for c in counts)
+
+
+def test_importing_the_backend_and_manifest_does_not_import_torch():
+    code = ("import sys, json; import pipeline.backends.wan_s2v, pipeline.backends.wan_tiny, orchestrator.manifest, "
+            "orchestrator.cli_models; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffsynth', "
+            "'transformers', 'torchvision'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+
+def test_torchvision_shim_is_idempotent():
+    from pipeline.backends.torch_compat import ensure_torchvision
+
+    ensure_torchvision()
+    assert ensure_torchvision() == []
+    import torchvision  # noqa: F401
