@@ -127,3 +127,65 @@ def test_string_locations_are_accepted(backend):
     s.write_bytes(u, b"s")
     if backend.root.scheme != "file":  # local storage takes Uri objects only (the runner passes Uri)
         assert s.read_bytes(str(u)) == b"s" and s.exists(str(u))
+
+
+# -- end to end: the example manifest with manifest, inputs and outputs in a bucket ------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _restart_ray_with_env() -> None:
+    """Ray workers inherit the environment of the process that started Ray: restart it now that the
+    credentials / emulator host are set, as the CLI would have them set before starting Ray."""
+    import ray
+    from conftest import start_local_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    start_local_ray()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cloud", ["s3", "gs"])
+def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypatch):
+    import json
+
+    import ray
+
+    from infra.storage import base
+    from infra.storage.base import storage_for
+    from orchestrator.runner import render
+
+    if cloud == "s3":
+        srv = request.getfixturevalue("s3_env")
+        settings = s3_settings(srv.endpoint, tmp_path, gpus=2, work=str(tmp_path / "work"))
+        # the manifest is read before a Settings object reaches storage: configure it the way a user would
+        monkeypatch.setenv("S2V_S3_ENDPOINT_URL", srv.endpoint)
+        monkeypatch.setenv("S2V_S3_ADDRESSING_STYLE", "path")
+        monkeypatch.setenv("S2V_S3_REGION", "us-east-1")
+    else:
+        srv = request.getfixturevalue("gcs_env")
+        settings = gcs_settings(tmp_path, gpus=2, work=str(tmp_path / "work"))
+    monkeypatch.setattr(base, "_instances", {})
+    bucket = srv.make_bucket(unique("e2e"))
+    st = storage_for(f"{cloud}://{bucket}/x", settings)
+    catalog = parse(f"{cloud}://{bucket}/catalog")
+    for f in sorted((ROOT / "manifests" / "media").iterdir()):
+        st.upload(f, catalog.join("media", f.name))
+    text = (ROOT / "manifests" / "example.yaml").read_text()
+    assert "output: ../out/example" in text
+    st.write_bytes(catalog.join("example.yaml"), text.replace("output: ../out/example", f"output: {cloud}://{bucket}/out").encode())
+
+    _restart_ray_with_env()
+    try:
+        result = render(str(catalog.join("example.yaml")), settings)
+    finally:
+        ray.shutdown()  # the next test's Ray must not keep this test's credentials
+    assert result.exit_code == 0, result.problems
+    assert {j.status for j in result.jobs.values()} == {"published"}
+    out = {u.name for u in st.list(parse(f"{cloud}://{bucket}/out"))}
+    assert out == {f"{j}.{ext}" for j in result.jobs for ext in ("mp4", "jpg", "json")}
+    for jid in result.jobs:
+        meta = json.loads(st.read_bytes(parse(f"{cloud}://{bucket}/out/{jid}.json")))
+        assert meta.get("job_key") == result.jobs[jid].key
+        assert st.read_bytes(parse(f"{cloud}://{bucket}/out/{jid}.mp4"))[4:8] == b"ftyp"

@@ -57,6 +57,15 @@ def is_transient_gcs(exc: BaseException) -> bool:
 register_transient(is_transient_gcs)
 
 
+def _env_settings():
+    from orchestrator.settings import Settings
+
+    try:
+        return Settings()
+    except Exception:  # noqa: BLE001 — a broken S2V_* env var must not hide the storage error the caller asked for
+        return None
+
+
 def _as_uri(u: Uri | str) -> Uri:
     return u if isinstance(u, Uri) else parse(u)
 
@@ -73,7 +82,8 @@ class GCSStorage(Storage):
     scheme = "gs"
 
     def __init__(self, settings=None):
-        super().__init__(settings)
+        # callers without a Settings object (e.g. a manifest read by URI) still get S2V_* env configuration
+        super().__init__(settings if settings is not None else _env_settings())
         self._client_obj: gcs.Client | None = None
 
     def _opt(self, name: str, default=None):

@@ -68,6 +68,15 @@ def is_transient_s3(exc: BaseException) -> bool:
 register_transient(is_transient_s3)
 
 
+def _env_settings():
+    from orchestrator.settings import Settings
+
+    try:
+        return Settings()
+    except Exception:  # noqa: BLE001 — a broken S2V_* env var must not hide the storage error the caller asked for
+        return None
+
+
 def _as_uri(u: Uri | str) -> Uri:
     return u if isinstance(u, Uri) else parse(u)
 
@@ -76,7 +85,8 @@ class S3Storage(Storage):
     scheme = "s3"
 
     def __init__(self, settings=None):
-        super().__init__(settings)
+        # callers without a Settings object (e.g. a manifest read by URI) still get S2V_* env configuration
+        super().__init__(settings if settings is not None else _env_settings())
         self._client_obj = None
 
     # -- client ---------------------------------------------------------------------------------------------
