@@ -1,0 +1,128 @@
+"""Jobs API submission against a real local head (`ray start --head` on 127.0.0.1, free ports), stopped after.
+
+The head's processes carry an environment marker and are stopped by it: `ray stop` would stop every Ray on the
+machine. The entrypoint is a tiny script in a temporary working dir standing in for `s2v render`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orchestrator.submit import RemoteRunFailed, _strip_local_flags, dashboard_address, follow, submit_run
+
+MARKER = "S2V_TEST_HEAD"
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _marked_pids(tag: str) -> list[int]:
+    needle = f"{MARKER}={tag}\0".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if needle in (d / "environ").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def head():
+    tag = uuid.uuid4().hex[:8]
+    gcs, dash, client, agent = _free_ports(4)
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled", **{MARKER: tag})
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={agent}", "--num-cpus=1", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _marked_pids(tag):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.time() + 5
+            while _marked_pids(tag) and time.time() < end:
+                time.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def jobs_file(tmp_path, monkeypatch):
+    import orchestrator.submit as sub
+
+    monkeypatch.setattr(sub, "_JOBS_FILE", tmp_path / "jobs.json")
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "m.yaml").write_text("jobs: []\n")
+    (tmp_path / "fake_render.py").write_text(
+        "import os, sys\n"
+        "print('RENDER', ' '.join(sys.argv[1:]), 'ADDRESS', os.environ.get('S2V_ADDRESS'), flush=True)\n"
+        "assert open(sys.argv[1]).read().startswith('jobs')\n"
+        "sys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n"
+    )
+    return tmp_path
+
+
+def test_submit_streams_logs_and_succeeds(head, project):
+    lines: list[str] = []
+    job = submit_run(head, str(project / "manifests" / "m.yaml"), ["--backend", "draft", "--cluster", "c.yaml"],
+                     detach=False, working_dir=project, command=["python", "fake_render.py"], echo=lines.append)
+    text = "\n".join(lines)
+    assert job in text
+    assert "RENDER manifests/m.yaml --backend draft ADDRESS auto" in text  # --cluster was not forwarded
+
+
+def test_submit_failure_exit_code_and_detach(head, project):
+    with pytest.raises(RemoteRunFailed) as ei:
+        submit_run(head, str(project / "manifests" / "m.yaml"), [], detach=False, working_dir=project,
+                   command=["python", "fake_render.py"], env_vars={"FAKE_EXIT": "3"}, echo=lambda s: None)
+    assert ei.value.exit_code == 3
+    lines: list[str] = []
+    job = submit_run(head, str(project / "manifests" / "m.yaml"), [], detach=True, working_dir=project,
+                     command=["python", "fake_render.py"], echo=lines.append)
+    assert any("s2v status" in line for line in lines)
+    # `s2v status JOB` finds the address from the remembered submission.
+    out: list[str] = []
+    assert follow(job, echo=out.append) == 0
+    assert any("RENDER" in line for line in out)
+
+
+def test_manifest_outside_working_dir_and_addresses(project, tmp_path_factory):
+    from orchestrator.errors import ConfigError
+
+    other = tmp_path_factory.mktemp("elsewhere") / "m.yaml"
+    other.write_text("jobs: []\n")
+    with pytest.raises(ConfigError, match="outside the working dir"):
+        submit_run("127.0.0.1:1", str(other), [], detach=True, working_dir=project, echo=lambda s: None)
+    assert dashboard_address("10.0.0.1") == "http://10.0.0.1:8265"
+    assert dashboard_address("http://h:9/") == "http://h:9"
+    with pytest.raises(ConfigError):
+        dashboard_address("ray://h:10001")
+    assert _strip_local_flags(["--detach", "--address=x", "--cluster", "c.yaml", "--gpus", "2"]) == ["--gpus", "2"]
