@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # model stack
     model_dir: str | None = None
 
+    # fault drills (the `faults` backend): see pipeline/backends/faults.py
+    faults: list[dict] = Field(default_factory=list)
+    faults_dir: str | None = None
+
     # object storage (S3 / GCS), owned by infra/storage. Credentials are never settings: each cloud's standard
     # chain (env, profile, instance role / ADC) supplies them, so they never land in logs or run state.
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (R2, MinIO, SeaweedFS); None = AWS.")

@@ -128,6 +128,7 @@ class RenderWorker:
             width=plan.width, height=plan.height, start_frame=scene.start_frame, frames=scene.frames,
             clip_frames=tuple(c.frames for c in scene.clips), audio=chunk,
             steps=plan.job.steps, guidance=plan.job.guidance, shift=plan.job.shift,
+            model_dir=str(local_path(plan.job.model_dir, self.settings)) if plan.job.model_dir else None,
         )
         ctx = backend.prepare_scene(inp)
         self.scenes.put(k, ctx)

@@ -63,7 +63,7 @@ def find_pauses(flags: np.ndarray, min_pause_s: float, duration_s: float) -> lis
     for a, b in zip(edges[::2], edges[1::2]):
         start, end = a * step, min(b * step, duration_s)
         if end - start >= min_pause_s:
-            out.append((start, end))
+            out.append((float(start), float(end)))
     return out
 
 

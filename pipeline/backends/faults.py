@@ -1,0 +1,90 @@
+"""Fault-injecting backend (like a stub broker): the draft renderer plus switches to fail, hang, die, emit NaN or crawl.
+
+Rules come from settings.faults, e.g.
+  [{"action": "fail", "job": "lesson-2", "times": 0},              # always fail that job's clips
+   {"action": "kill", "job": "*", "scene": 0, "clip": 2, "times": 1},  # kill the actor process once
+   {"action": "slow", "seconds": 0.5}]                              # every clip takes ≥ 0.5 s
+times = how often the rule fires across all processes and runs (0 = every time); the count lives in
+settings.faults_dir (files created with O_EXCL), so "once" means once even after the actor restarts."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.errors import RenderError
+from pipeline.backends.base import BackendSpec, ClipOutput, ClipRequest
+from pipeline.backends.draft import DraftBackend
+
+ACTIONS = ("fail", "hang", "kill", "nan", "slow", "black")
+
+
+class InjectedFault(RenderError):
+    """An application error injected on purpose."""
+
+
+class FaultBackend(DraftBackend):
+    spec = BackendSpec(name="faults", version="1", fps=16, clip_frames=80, first_clip_frames=80, tail_frames=1,
+                       size_divisor=16)
+
+    def load(self, device: str = "cpu") -> None:
+        super().load(device)
+        rules = getattr(self.settings, "faults", None) or []
+        for r in rules:
+            if r.get("action") not in ACTIONS:
+                raise ValueError(f"fault rule {r}: action must be one of {ACTIONS}")
+        self.rules = rules
+        self.state = Path(getattr(self.settings, "faults_dir", None) or "/tmp/s2v-faults")
+        self.state.mkdir(parents=True, exist_ok=True)
+        delay = next((r.get("load_s", 0) for r in rules if r.get("load_s")), 0)
+        if delay:  # a realistic model-load cost for benchmarks
+            time.sleep(float(delay))
+
+    def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int) -> bool:
+        if rule.get("job", "*") not in ("*", job):
+            return False
+        if rule.get("scene") is not None and rule["scene"] != scene:
+            return False
+        if rule.get("clip") is not None and rule["clip"] != clip:
+            return False
+        times = int(rule.get("times", 0))
+        if times == 0:
+            return True
+        for n in range(times):
+            try:
+                fd = os.open(self.state / f"rule{i}-{job}-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(fd)
+                return True
+            except FileExistsError:
+                continue
+        return False
+
+    def render_clip(self, ctx, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
+        job, scene = ctx.inp.job_id, ctx.inp.scene_index
+        nan = black = False
+        for i, rule in enumerate(self.rules):
+            if not self._fires(i, rule, job, scene, clip.index):
+                continue
+            action = rule["action"]
+            if action == "fail":
+                raise InjectedFault(f"injected failure in {job} scene {scene} clip {clip.index}")
+            if action == "hang":
+                time.sleep(float(rule.get("seconds", 3600)))
+            elif action == "kill":
+                os._exit(137)  # like the OOM killer: no cleanup, no exception
+            elif action == "slow":
+                time.sleep(float(rule.get("seconds", 1.0)))
+            elif action == "nan":
+                nan = True
+            elif action == "black":
+                black = True
+        out = super().render_clip(ctx, clip, tail)
+        frames, t = out.frames, out.tail
+        if black:
+            frames = np.zeros_like(frames)
+        if nan:
+            t = np.full_like(t, np.nan)
+        return ClipOutput(frames=frames, tail=t, info=out.info)
