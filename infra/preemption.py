@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from calendar import timegm
+from pathlib import Path
 from typing import Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +24,8 @@ GCP_NOTICE_S = 30.0
 # 2-minute warning still comes first, so treat it as "leave within the usual window".
 AWS_REBALANCE_S = 120.0
 SIGTERM_FLAG_FILE = "/tmp/s2v-sigterm"
+AWS_IMDS_URL = "http://169.254.169.254"
+GCP_METADATA_URL = "http://metadata.google.internal"
 
 
 class Notice(BaseModel):
@@ -264,13 +267,24 @@ def _split(spec: str) -> list[str]:
     return [s.strip().lower() for s in (spec or "").split(",") if s.strip()]
 
 
+def _dmi_rules_out(vendor: str) -> bool:
+    """True when DMI data is readable and names another vendor: skip a network probe (slow DNS, no route)."""
+    texts = []
+    for f in ("sys_vendor", "product_name", "bios_vendor"):
+        try:
+            texts.append(Path("/sys/class/dmi/id", f).read_text())
+        except OSError:
+            pass
+    return bool(texts) and vendor.lower() not in " ".join(texts).lower()
+
+
 def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None = None) -> PreemptionWatcher | None:
     """A watcher for this node per settings.preemption_sources; None when off or nothing applies ('auto')."""
     spec = _split(getattr(settings, "preemption_sources", "auto"))
     if not spec or spec == ["none"]:
         return None
-    aws_url = getattr(settings, "aws_imds_url", "http://169.254.169.254")
-    gcp_url = getattr(settings, "gcp_metadata_url", "http://metadata.google.internal")
+    aws_url = getattr(settings, "aws_imds_url", AWS_IMDS_URL)
+    gcp_url = getattr(settings, "gcp_metadata_url", GCP_METADATA_URL)
     grace = getattr(settings, "sigterm_notice_s", 5.0)
     poll = getattr(settings, "preemption_poll_s", 1.0)
     sources: list = []
@@ -281,10 +295,14 @@ def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None =
         else:
             aws = AwsImdsSource(aws_url, timeout=0.3)
             gcp = GcpMetadataSource(gcp_url, timeout=0.3)
-            if aws.detect():
+            # Probes of the real endpoints only where the machine's DMI data allows the cloud; custom URLs
+            # (loopback in tests) are always probed.
+            try_aws = aws_url != AWS_IMDS_URL or not _dmi_rules_out("amazon")
+            try_gcp = gcp_url != GCP_METADATA_URL or not _dmi_rules_out("google")
+            if try_aws and aws.detect():
                 aws.timeout = 1.0
                 sources.append(aws)
-            elif gcp.detect():
+            elif try_gcp and gcp.detect():
                 gcp.timeout = 1.0
                 sources.append(gcp)
     else:
