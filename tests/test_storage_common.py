@@ -26,6 +26,7 @@ def backend(request, tmp_path) -> Backend:
         from infra.storage.local import LocalStorage
 
         return Backend(LocalStorage(None), parse(str(tmp_path / "store")))
+    pytest.importorskip({"s3": "boto3", "gcs": "google.cloud.storage"}[request.param])
     if request.param == "s3":
         srv = request.getfixturevalue("s3_env")
         from infra.storage.s3 import S3Storage
@@ -156,6 +157,7 @@ def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypat
     from infra.storage.base import storage_for
     from orchestrator.runner import render
 
+    pytest.importorskip({"s3": "boto3", "gs": "google.cloud.storage"}[cloud])
     if cloud == "s3":
         srv = request.getfixturevalue("s3_env")
         settings = s3_settings(srv.endpoint, tmp_path, gpus=2, work=str(tmp_path / "work"))

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+pytest.importorskip("google.cloud.storage", reason="the gcs extra is not installed")
+
 from infra.storage import cache
 from infra.storage.gcs import GCSStorage
 from infra.storage.uri import parse

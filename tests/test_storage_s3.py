@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+pytest.importorskip("boto3", reason="the s3 extra is not installed")
+
 from infra.storage import cache
 from infra.storage.checks import check_inputs
 from infra.storage.s3 import S3Storage
