@@ -267,6 +267,15 @@ def _split(spec: str) -> list[str]:
     return [s.strip().lower() for s in (spec or "").split(",") if s.strip()]
 
 
+def _ray_node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001
+        return "local"
+
+
 def _dmi_rules_out(vendor: str) -> bool:
     """True when DMI data is readable and names another vendor: skip a network probe (slow DNS, no route)."""
     texts = []
@@ -287,11 +296,14 @@ def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None =
     gcp_url = getattr(settings, "gcp_metadata_url", GCP_METADATA_URL)
     grace = getattr(settings, "sigterm_notice_s", 5.0)
     poll = getattr(settings, "preemption_poll_s", 1.0)
+    flag = getattr(settings, "sigterm_flag_file", SIGTERM_FLAG_FILE)
+    if "{node_id}" in flag:
+        flag = flag.format(node_id=_ray_node_id())
     sources: list = []
     if "auto" in spec:
         # Cheap probes with short timeouts: a laptop must not wait seconds here.
         if os.environ.get("RUNPOD_POD_ID"):
-            sources.append(SigtermSource(grace_s=grace))
+            sources.append(SigtermSource(grace_s=grace, flag_file=flag))
         else:
             aws = AwsImdsSource(aws_url, timeout=0.3)
             gcp = GcpMetadataSource(gcp_url, timeout=0.3)
@@ -312,7 +324,7 @@ def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None =
             elif name == "gcp":
                 sources.append(GcpMetadataSource(gcp_url))
             elif name in ("sigterm", "runpod"):
-                sources.append(SigtermSource(grace_s=grace))
+                sources.append(SigtermSource(grace_s=grace, flag_file=flag))
             else:
                 raise ValueError(f"unknown preemption source {name!r} in preemption_sources")
     if not sources:

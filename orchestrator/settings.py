@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     aws_imds_url: str = Field("http://169.254.169.254", description="IMDS base URL (tests point it at loopback).")
     gcp_metadata_url: str = Field("http://metadata.google.internal", description="GCP metadata base URL.")
     sigterm_notice_s: float = Field(5.0, gt=0, description="RunPod's SIGTERM→SIGKILL window.")
+    sigterm_flag_file: str = Field("/tmp/s2v-sigterm", description="File a pod entrypoint touches on SIGTERM; "
+                                   "'{node_id}' expands to the Ray node id (per-node notices in local tests).")
 
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""

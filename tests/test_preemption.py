@@ -205,6 +205,9 @@ def test_watcher_from_settings(meta_server, monkeypatch):
     assert [s.name for s in w.sources] == ["aws", "gcp"]
     with pytest.raises(ValueError):
         watcher_from_settings(Settings(preemption_sources="azure"))
+    w = watcher_from_settings(Settings(preemption_sources="sigterm", sigterm_flag_file="/tmp/x-{node_id}"))
+    assert w.sources[0].flag_file == "/tmp/x-local"
+    w.stop()
 
 
 def test_drain_this_node_on_multinode_cluster(monkeypatch):
