@@ -98,6 +98,7 @@ def test_two_clips_have_planned_frames_and_a_float_tail(backend, chain):
         assert out.tail.shape == (1, 3, 73, H, W) and out.tail.dtype == np.float32
         assert -1.0 <= out.tail.min() and out.tail.max() <= 1.0
         assert out.frames.std() > 1.0  # real pixels, not a constant image
+        assert out.frames.flags.c_contiguous and out.tail.flags.c_contiguous  # encoders take raw buffers
     # the tail is the clip's own last 73 frames, unquantised
     assert np.abs(((c1.tail[0].transpose(1, 2, 3, 0) + 1) * 127.5).round() - c1.frames[-73:]).max() <= 0.5
 
@@ -216,3 +217,31 @@ def test_torchvision_shim_is_idempotent():
     ensure_torchvision()
     assert ensure_torchvision() == []
     import torchvision  # noqa: F401
+
+
+@pytest.mark.slow
+def test_two_scene_job_renders_end_to_end_through_the_scheduler(tiny_dir, ray_local, settings, tmp_path):
+    """Real path: manifest → plan → Ray actors (tiny weights loaded once each) → clip chains → stitch → publish."""
+    import media
+
+    from orchestrator.runner import render
+    from pipeline.media import count_video_frames
+
+    pcm, pauses = media.speech([(5.5, 0.6), (2.0, 0)], seed=5)  # 8.1 s: a 2-clip scene, a pause, a 1-clip scene
+    wav = media.write_wav(tmp_path / "talk.wav", pcm)
+    img = media.presenter(tmp_path / "presenter.png")
+    out_dir = tmp_path / "out"
+    manifest = media.write_manifest(tmp_path / "jobs.yaml", [{
+        "id": "talk", "audio": str(wav), "image": str(img), "prompt": "a presenter talking", "backend": "wan-s2v",
+        "model_dir": str(tiny_dir), "size": "64*64", "steps": 1, "max_scene_s": 7.0, "min_scene_s": 1.0,
+        "output": str(out_dir)}])
+    res = render(str(manifest), settings)
+    job = res.jobs["talk"]
+    assert res.exit_code == 0, (job.status, job.reason)
+    assert job.status == "published" and job.scenes == 2 and job.clips == 3 and job.clips_rendered == 3
+    mp4s = sorted(out_dir.rglob("*.mp4"))
+    assert len(mp4s) == 1
+    assert count_video_frames(mp4s[0]) == round(len(pcm) / SR * 16)
+    loads = [a["loads"].get("wan-s2v", 0) for a in res.actors]
+    assert 1 <= sum(loads) and max(loads) == 1  # one model load per actor that rendered, never per scene/clip
+    assert sum(a["clips"] for a in res.actors) == 3

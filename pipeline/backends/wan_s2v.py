@@ -243,9 +243,9 @@ class WanS2VBackend(Backend):
         if r == 0:
             new = new[:, :, LEAD_IN:]
         # The tail stays float in [-1, 1]: quantising it (or a video round trip) compounds over a long chain.
-        tail_out = new[:, :, -MOTION_FRAMES:].float().cpu().numpy()
+        tail_out = np.ascontiguousarray(new[:, :, -MOTION_FRAMES:].float().cpu().numpy())
         kept = new[0, :, : clip.frames].float().permute(1, 2, 3, 0)
-        frames = ((kept + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        frames = np.ascontiguousarray(((kept + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
         if frames.shape[0] != clip.frames:
             raise RenderError(f"wan-s2v: clip {r} gave {frames.shape[0]} frames, {clip.frames} were planned")
         return ClipOutput(frames=frames, tail=tail_out,
