@@ -203,7 +203,7 @@ def test_plan_of_a_chain_is_frame_exact_with_the_shorter_first_clip():
 
 def test_importing_the_backend_and_manifest_does_not_import_torch():
     code = ("import sys, json; import pipeline.backends.wan_s2v, pipeline.backends.wan_tiny, orchestrator.manifest, "
-            "orchestrator.cli_models; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
+            "orchestrator.cli_models, orchestrator.cli, orchestrator.planner; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffsynth', "
             "'transformers', 'torchvision'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -161,7 +161,7 @@ class WanS2VBackend(Backend):
     def _load_dir(self, model_dir: str) -> None:
         missing = missing_files(model_dir)
         if missing:
-            raise ConfigError(f"wan-s2v: model folder {model_dir} is incomplete; missing: " + ", ".join(missing),)
+            raise ConfigError(f"wan-s2v: model folder {model_dir} is incomplete; missing: " + ", ".join(missing))
         self.pipe = load_pipeline(Path(model_dir), self.device, self._dtype(), self.offload, self.vram_limit)
         self.loaded_dir = str(model_dir)
         self.loads += 1
@@ -274,8 +274,11 @@ def _vram_config(device: str, dtype, offload: str | None) -> dict:
 def _shapes(path: Path) -> dict:
     import torch
 
-    # mmap: reading the shapes of an 11 GB .pth must not load it
-    return {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()}
+    try:  # mmap: reading the shapes of an 11 GB .pth must not load it
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) .pth files cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _sized_vae(z_dim: int = 16, dim: int = 96):
