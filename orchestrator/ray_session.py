@@ -52,11 +52,11 @@ def actor_count(settings: Settings) -> int:
     return max(1, n if n else settings.gpus // settings.gpus_per_actor)
 
 
-def make_actors(settings: Settings, n: int) -> list:
+def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = ()) -> list:
     import ray
 
     from orchestrator.worker import RenderWorker
 
     cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
                                            max_task_retries=0, max_concurrency=1)
-    return [cls.remote(settings) for _ in range(n)]
+    return [cls.remote(settings, backends) for _ in range(n)]

@@ -123,7 +123,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
 
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
                                                        retry_exceptions=True)
-    actors = make_actors(settings, actor_count(settings))
+    actors = make_actors(settings, actor_count(settings), tuple(sorted({p.job.backend for p in todo})))
     stitching: dict = {}  # ref → JobState
     price = settings.price()
 
@@ -178,7 +178,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     infos = []
     for a in actors:
         try:
-            infos.append(ray.get(a.info.remote(), timeout=30))
+            infos.append(ray.get(a.info.remote(), timeout=5))
         except Exception:  # noqa: BLE001 - a dead actor has no info to give
             infos.append({"dead": True})
     return infos, sched.events

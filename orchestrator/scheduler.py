@@ -71,7 +71,9 @@ class Scheduler:
                  on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None,
                  should_start_chain: Callable[[Chain], bool] = lambda c: True):
         self.settings, self.work = settings, work
-        self.slots = [Slot(a) for a in actors]
+        # an actor is usable once its first ping answers, i.e. after __init__ loaded the model: start-up and
+        # model load never count against the watchdog's per-clip clock
+        self.slots = [Slot(a, healthy=False, probe=a.ping.remote()) for a in actors]
         self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
         self.should_start_chain = should_start_chain
         self.jobs: dict[str, JobState] = {}

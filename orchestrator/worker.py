@@ -58,7 +58,7 @@ def pick_device() -> str:
 class RenderWorker:
     """Plain class wrapped as a Ray actor by the scheduler (num_gpus=gpus_per_actor, num_cpus=0)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, backends: tuple[str, ...] = ()):
         self.settings = settings
         self.backends: dict = {}
         self.loads: dict[str, int] = {}
@@ -68,6 +68,8 @@ class RenderWorker:
         self.clips_rendered = 0
         self.watcher = None
         self._start_watcher()
+        for name in backends:  # load now, not in the first clip: a restart reloads here, once
+            self._backend(name)
 
     def _start_watcher(self) -> None:
         try:

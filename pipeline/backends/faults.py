@@ -64,6 +64,10 @@ class FaultBackend(DraftBackend):
 
     def render_clip(self, ctx, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
         job, scene = ctx.inp.job_id, ctx.inp.scene_index
+        # every render start is recorded, so drills count redone clips instead of guessing
+        starts = self.state / "starts"
+        starts.mkdir(exist_ok=True)
+        (starts / f"{job}.s{scene}.c{clip.index}.{os.getpid()}.{time.monotonic_ns()}").touch()
         nan = black = False
         for i, rule in enumerate(self.rules):
             if not self._fires(i, rule, job, scene, clip.index):

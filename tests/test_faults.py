@@ -1,0 +1,164 @@
+"""Runs that survive faults: actor death mid-clip, node loss mid-chain (multi-node Cluster), driver SIGKILL +
+rerun, watchdog, NaN output. Outputs must match a fault-free run byte for byte; redone clips are counted from
+the faults backend's record of every render start."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import media
+from orchestrator.runner import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def drill(tmp_path_factory, assets):
+    """Two jobs with multi-clip chains (the faults backend renders exactly like draft)."""
+    d = tmp_path_factory.mktemp("drill")
+    pcm, _ = media.speech([(9.0, 0.6), (9.0, 0)], seed=11)
+    long_wav = media.write_wav(d / "long.wav", pcm)
+    jobs = [{"id": "alpha", "audio": str(long_wav), "seed": 1}, {"id": "beta", "audio": str(long_wav), "seed": 2}]
+    m = media.write_manifest(d / "m.yaml", jobs, {"image": str(assets["image"]), "size": "96*96",
+                                                  "backend": "faults", "max_scene_s": 25})
+    return m
+
+
+def _with(settings, tmp_path, name, faults=(), **kw):
+    out = tmp_path / name
+    return settings.model_copy(update={"work": str(out / "work"), "faults": list(faults),
+                                       "faults_dir": str(out / "faults"), **kw}), out / "outputs"
+
+
+def _render_to(manifest: Path, s, out: Path, **kw):
+    return render(str(manifest), s, cli_defaults={"output": str(out)}, **kw)
+
+
+def _starts(s) -> collections.Counter:
+    names = os.listdir(Path(s.faults_dir) / "starts")
+    return collections.Counter(n.rsplit(".", 2)[0] for n in names)
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.mp4"))}
+
+
+@pytest.fixture(scope="module")
+def baseline(drill, tmp_path_factory):
+    """A fault-free run of the drill manifest: the bytes every faulty run must reproduce."""
+    from conftest import start_local_ray
+    from orchestrator.settings import Settings
+
+    start_local_ray()
+    tmp = tmp_path_factory.mktemp("baseline")
+    s, out = _with(Settings(gpus=2), tmp, "clean")
+    res = _render_to(drill, s, out)
+    assert res.exit_code == 0
+    return _outputs(out), {j: r.clips for j, r in res.jobs.items()}
+
+
+def test_actor_killed_mid_clip_resumes_from_checkpoint(ray_local, drill, baseline, settings, tmp_path):
+    s, out = _with(settings, tmp_path, "kill", [{"action": "kill", "job": "alpha", "clip": 2, "times": 1}])
+    res = _render_to(drill, s, out)
+    assert res.exit_code == 0
+    assert _outputs(out) == baseline[0]
+    starts = _starts(s)
+    redone = sum(n - 1 for n in starts.values())
+    assert redone == 1 and starts["alpha.s0.c2"] == 2  # only the killed clip was rendered twice
+    assert res.jobs["alpha"].retries == 1 and res.jobs["alpha"].status == "published"
+    assert [a["loads"] for a in res.actors] == [{"faults": 1}] * 2  # each live actor process loaded once
+
+
+def test_watchdog_kills_a_hung_clip_and_retries(ray_local, drill, baseline, settings, tmp_path):
+    s, out = _with(settings, tmp_path, "hang", [{"action": "hang", "job": "beta", "clip": 1, "times": 1,
+                                                 "seconds": 120}], clip_timeout_min_s=2.0, clip_timeout_factor=2.0)
+    t0 = time.monotonic()
+    res = _render_to(drill, s, out)
+    assert res.exit_code == 0 and time.monotonic() - t0 < 100  # not the 120 s hang
+    assert _outputs(out) == baseline[0]
+    assert res.jobs["beta"].retries >= 1
+
+
+def test_nan_output_fails_only_that_job(ray_local, drill, settings, tmp_path):
+    s, out = _with(settings, tmp_path, "nan", [{"action": "nan", "job": "beta", "times": 0}])
+    res = _render_to(drill, s, out)
+    assert res.exit_code == 1
+    assert res.jobs["alpha"].status == "published"
+    assert res.jobs["beta"].status == "failed" and "NaN" in res.jobs["beta"].reason
+    assert "failed after 3 attempts" in res.jobs["beta"].reason
+
+
+def test_worker_node_removed_mid_chain(drill, baseline, tmp_path):
+    """Multi-node Ray on 127.0.0.1 (ray.cluster_utils.Cluster): a head with CPUs for stitching and two 1-GPU
+    workers; one worker node is removed while both are mid-chain."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.settings import Settings
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0,
+                                                            "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=0, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        s, out = _with(Settings(gpus=2), tmp_path, "node", [{"action": "slow", "seconds": 0.4}])
+        done_dir = Path(s.work) / "jobs"
+        result = {}
+        th = threading.Thread(target=lambda: result.setdefault("r", _render_to(drill, s, out)))
+        th.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(done_dir.rglob("*.done.json"))) < 2:
+            time.sleep(0.1)
+        cluster.remove_node(workers[1], allow_graceful=False)
+        th.join(timeout=300)
+        assert not th.is_alive()
+        res = result["r"]
+        assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
+        assert _outputs(out) == baseline[0]
+        starts = _starts(s)
+        assert sum(n - 1 for n in starts.values()) <= 1  # at most the clip in flight on the lost node
+        assert sum(r.retries for r in res.jobs.values()) >= 1
+        assert all(r.status == "published" for r in res.jobs.values())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_driver_sigkill_then_rerun_resumes(drill, baseline, tmp_path):
+    """The driver (`s2v render`, its own embedded Ray, one logical GPU) is SIGKILLed mid-run; the same command
+    run again publishes everything, redoing at most the one clip that was in flight."""
+    import ray
+
+    ray.shutdown()  # this test's drivers start their own local Ray
+    work, faults_dir, out = tmp_path / "work", tmp_path / "faults", tmp_path / "outputs"
+    env = {**os.environ, "S2V_WORK": str(work), "S2V_GPUS": "1", "S2V_FAULTS_DIR": str(faults_dir),
+           "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 0.5}])}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "render", str(drill), "--set", f"output={out}", "--no-progress"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list((work / "jobs").rglob("*.done.json"))) < 3:
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(timeout=30)
+    assert len(list(out.glob("*.mp4"))) < 2  # it really died before finishing
+    time.sleep(1.0)
+    p2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert p2.returncode == 0, p2.stderr.decode()[-3000:]
+    assert _outputs(out) == baseline[0]
+    starts = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(faults_dir / "starts"))
+    assert sum(n - 1 for n in starts.values()) <= 1
