@@ -68,7 +68,7 @@ def validate(manifest: str = typer.Argument(..., help="Manifest path or URI (.ya
     from orchestrator.report import problems_table
 
     settings = _settings()
-    m = load_manifest(manifest, _defaults(defaults, set_))
+    m = load_manifest(manifest, _defaults(defaults, set_), settings)
     problems, _ = _check(m, settings, deep)
     con = _console()
     if problems:
@@ -90,7 +90,7 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
     from orchestrator.report import plan_table, problems_table
 
     settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot)
-    m = load_manifest(manifest, _defaults(defaults, set_))
+    m = load_manifest(manifest, _defaults(defaults, set_), settings)
     problems, plans = _check(m, settings, deep=True)
     est = estimate(plans, settings)
     if as_json:
@@ -119,9 +119,17 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
     from orchestrator.runner import render as run_render
 
     if cluster:
-        submit = importlib.import_module("orchestrator.submit")
-        args = [a for a in sys.argv[2:] if a not in ("--detach",)]
-        return int(submit.submit_run(cluster, manifest, args, detach) or 0) if hasattr(submit, "submit_run") else 2
+        from orchestrator import submit
+
+        fwd = [*(["--defaults", defaults] if defaults else []), *[a for kv in (set_ or []) for a in ("--set", kv)],
+               *(["--work", work] if work else []), *(["--force"] if force else []),
+               *(["--budget", str(budget)] if budget is not None else []), *(["--run-id", run_id] if run_id else []),
+               "--no-progress"]
+        try:
+            submit.submit_run(cluster, manifest, fwd, detach)
+        except submit.RemoteRunFailed as e:
+            return e.exit_code
+        return 0
     settings = _settings(gpus=gpus, address=address, work=work, budget_usd=budget)
     result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_),
                         progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
@@ -146,6 +154,11 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
 
     settings = _settings(work=work)
     state = WorkArea.at(settings.work, settings).read_state(run)
+    if state is None and run:
+        from orchestrator import submit
+
+        if submit.known_job(run):  # a run submitted to a cluster with --detach: follow its driver's log
+            return submit.follow(run)
     if state is None:
         raise InputError(f"no run {'named ' + run if run else 'recorded'} in work area {settings.work}",)
     if as_json:

@@ -113,7 +113,7 @@ def _suggest(name: str) -> str | None:
     return f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(FIELDS)}"
 
 
-def _read_text(location: str) -> str:
+def _read_text(location: str, settings=None) -> str:
     u = uris.parse(location)
     if u.scheme == "file":
         p = Path(u.key)
@@ -123,7 +123,9 @@ def _read_text(location: str) -> str:
     else:
         from infra.storage import open_storage
 
-        raw = open_storage(str(u)).read_bytes(u)
+        from orchestrator.retry import retrying
+
+        raw = retrying("storage")(open_storage(str(u), settings).read_bytes, u)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -235,10 +237,10 @@ def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) 
     return ok
 
 
-def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None) -> Manifest:
+def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, settings=None) -> Manifest:
     """Read a manifest; never raises for row problems (they are collected), only for an unreadable file."""
     problems = ProblemList()
-    text = _read_text(location)
+    text = _read_text(location, settings)
     base = uris.folder_of(location)
     is_yaml = location.lower().endswith((".yaml", ".yml"))
     if is_yaml:

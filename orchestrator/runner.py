@@ -69,7 +69,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     t_start = time.monotonic()
     progress = progress or Progress()
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    manifest = load_manifest(location, cli_defaults)
+    manifest = load_manifest(location, cli_defaults, settings)
     results: dict[str, JobResult] = {}
     problems = list(manifest.problems)
     for label in manifest.bad_rows:

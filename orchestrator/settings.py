@@ -64,8 +64,11 @@ class Settings(BaseSettings):
     max_frozen_s: float = Field(0.0, ge=0, description="Fail a job with a frozen stretch longer than this (0 = off).")
     max_black_s: float = Field(0.0, ge=0, description="Fail a job with a black stretch longer than this (0 = off).")
 
-    # model stack
+    # model stack (wan-s2v): weights folder, dtype (None = bf16 on GPU, fp32 on CPU), diffsynth offload
     model_dir: str | None = None
+    wan_dtype: str | None = Field(None, pattern="^(bf16|bfloat16|fp16|float16|fp32|float32)$")
+    wan_offload: str | None = Field(None, pattern="^(cpu|disk)$", description="Offload idle weights (CUDA only).")
+    wan_vram_limit: float | None = Field(None, gt=0, description="GiB of GPU memory diffsynth may keep resident.")
 
     # fault drills (the `faults` backend): see pipeline/backends/faults.py
     faults: list[dict] = Field(default_factory=list)

@@ -101,6 +101,11 @@ def _address_for(job_id: str) -> str | None:
         return None
 
 
+def known_job(job_id: str) -> bool:
+    """Whether this machine submitted a job with this id (so `s2v status ID` can follow it)."""
+    return _address_for(job_id) is not None
+
+
 def submit_run(
     cluster_or_address: str,
     manifest: str,

@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "draft": "pipeline.backends.draft:DraftBackend",
     "faults": "pipeline.backends.faults:FaultBackend",
     "wan-s2v": "pipeline.backends.wan_s2v:WanS2VBackend",
+    "timed": "pipeline.backends.timed:TimedBackend",
 }
 
 
