@@ -106,6 +106,7 @@ class Manifest(BaseModel):
     jobs: tuple[JobSpec, ...]
     problems: tuple[Problem, ...] = ()
     bad_rows: tuple[str, ...] = ()  # ids (or row labels) of rows that could not become jobs
+    bad_sources: tuple[str, ...] = ()  # where each of bad_rows is (file:line), to match its problems exactly
 
 
 def _suggest(name: str) -> str | None:
@@ -264,6 +265,7 @@ def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, set
 
     jobs: list[JobSpec] = []
     bad: list[str] = []
+    bad_where: list[str] = []
     seen: dict[str, str] = {}
     for where, row in rows:
         merged = {**{k: v for k, v in defaults.items() if k in FIELDS}, **row}
@@ -288,10 +290,14 @@ def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, set
         try:
             job = JobSpec(**merged, source=where)
         except ValidationError as e:
+            # a field already reported for this row (missing, not a path) is not reported twice
+            said = {p.field for p in problems.items if p.where == where}
             for err in e.errors():
                 field = ".".join(str(x) for x in err["loc"]) or None
-                problems.add(where, field, err["msg"].replace("Value error, ", ""), _hint_for(field, err))
+                if field not in said:
+                    problems.add(where, field, err["msg"].replace("Value error, ", ""), _hint_for(field, err))
             bad.append(label)
+            bad_where.append(where)
             continue
         for field, reason in job.check_scene_policy():
             problems.add(where, field, reason)
@@ -300,7 +306,9 @@ def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, set
             jobs.append(job)
         else:
             bad.append(label)
-    return Manifest(location=location, jobs=tuple(jobs), problems=tuple(problems.items), bad_rows=tuple(bad))
+            bad_where.append(where)
+    return Manifest(location=location, jobs=tuple(jobs), problems=tuple(problems.items), bad_rows=tuple(bad),
+                    bad_sources=tuple(bad_where))
 
 
 def _hint_for(field: str | None, err: dict) -> str | None:

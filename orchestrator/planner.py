@@ -101,8 +101,11 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
             im.verify()
         with Image.open(path) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise MediaError(f"{where} is not a readable image ({e.__class__.__name__})") from None
+            im.load()  # verify() reads headers only: a truncated JPEG fails here, not mid-render
+    except UnidentifiedImageError:
+        raise MediaError(f"{where} is not an image (no known image format in it)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # e.g. "image file is truncated (50 bytes not processed)"
+        raise MediaError(f"{where} is not a readable image ({str(e).split(' (')[0] or type(e).__name__})") from None
     if min(w, h) < MIN_IMAGE_SIDE:
         raise MediaError(f"{where} is {w}×{h} px; the presenter image needs at least {MIN_IMAGE_SIDE} px on each side")
     return w, h
@@ -160,6 +163,21 @@ def _input_file(job: JobSpec, field: str, settings: Settings) -> Path:
     return path
 
 
+def _pose_file(job: JobSpec, settings: Settings) -> Path:
+    """The pose video must hold a decodable video stream; otherwise only the model would notice, mid-render."""
+    from pipeline.media import probe
+
+    path = _input_file(job, "pose", settings)
+    hint = "use an MP4/WebM of the pose sequence"
+    try:
+        streams = probe(path)
+    except MediaError:
+        raise _bad(job, "pose", f"{job.pose} is not a readable video", hint) from None
+    if not any(s.kind == "video" and s.width for s in streams):
+        raise _bad(job, "pose", f"{job.pose} has no video stream", hint)
+    return path
+
+
 def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
     """Plan one job; raises MediaError whose Problem names the row and field on bad input."""
     try:
@@ -173,7 +191,7 @@ def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
         iw, ih = image_size(ipath, job.image)
     except MediaError as e:
         raise _bad(job, "image", str(e), "use a JPEG/PNG/WebP photo of the presenter") from None
-    pose_sha = sha256_file(_input_file(job, "pose", settings)) if job.pose else None
+    pose_sha = sha256_file(_pose_file(job, settings)) if job.pose else None
     a_sha, i_sha = sha256_file(apath), sha256_file(ipath)
     try:
         a = _analysis(str(apath), a_sha, spec.fps, job.min_pause_s, settings.max_duration_s)

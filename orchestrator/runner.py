@@ -72,9 +72,12 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     manifest = load_manifest(location, cli_defaults, settings)
     results: dict[str, JobResult] = {}
     problems = list(manifest.problems)
-    for label in manifest.bad_rows:
-        reason = "; ".join(str(p) for p in manifest.problems if label in p.where or f"'{label}'" in str(p)) or None
-        results[label] = JobResult(id=label, status="invalid", reason=reason or "invalid row (see problems)")
+    valid_ids = {j.id for j in manifest.jobs}
+    for label, where in zip(manifest.bad_rows, manifest.bad_sources):
+        # an empty or duplicate id must neither take a valid job's entry nor be lost: key it by its row then
+        key = label if label and label not in valid_ids and label not in results else f"{label or '(no id)'} @ {where}"
+        reason = "; ".join(str(p) for p in manifest.problems if p.where == where)
+        results[key] = JobResult(id=key, status="invalid", reason=reason or "invalid row (see problems)")
     jobs = list(manifest.jobs)
     try:
         from infra.storage.checks import check_inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,10 @@ SILENT_PEAK = 1e-4  # below this the file carries no signal at all
 
 def decode(src: str, sample_rate: int = SR, max_duration_s: float | None = None) -> np.ndarray:
     """Decode any ffmpeg-readable audio to float32 mono; bad files raise MediaError naming the file."""
-    raw = run_ffmpeg(decode_audio_argv(src, sample_rate), what=f"decoding audio {src}", media_error=True)
+    try:
+        raw = run_ffmpeg(decode_audio_argv(src, sample_rate), what=f"decoding audio {src}", media_error=True)
+    except MediaError as e:
+        raise _decode_failure(src, str(e)) from None
     pcm = np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
     if pcm.size == 0:
         raise MediaError(f"{src}: the audio has no samples (empty or not audio)")
@@ -25,6 +29,17 @@ def decode(src: str, sample_rate: int = SR, max_duration_s: float | None = None)
     if max_duration_s is not None and pcm.size / sample_rate > max_duration_s:
         raise MediaError(f"{src}: {pcm.size / sample_rate:.0f}s of audio exceeds the limit of {max_duration_s:.0f}s",)
     return pcm
+
+
+def _decode_failure(src: str, err: str) -> MediaError:
+    """ffmpeg's stderr is several lines of internal context names and addresses: say what it means instead."""
+    if "matches no streams" in err:
+        return MediaError(f"{src}: has no audio stream (a video without sound, or an image?)")
+    lines = [re.sub(r"^(decoding audio .*?: )?(\[[^\]]*\]\s*)+", "", ln).strip() for ln in err.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Error opening input file")]
+    detail = next((ln.split(": ", 1)[-1] for ln in lines if ln.startswith("Error opening input:")),
+                  lines[-1] if lines else "ffmpeg failed")
+    return MediaError(f"{src}: not a readable audio file ({detail[:200]})")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from infra.storage.base import storage_for
 from infra.storage.uri import Uri, parse
 from orchestrator.errors import InputError, Problem, S2VError, StorageError
@@ -45,6 +47,8 @@ class _Checker:
             return self._remember(location, found)
         if ok:
             return self._remember(location, None)
+        if uri.scheme == "file" and Path(uri.key).is_dir():  # exists() is False for folders: say why
+            return self._remember(location, (f"{uri} is a folder, not a file", "name the file inside it"))
         what = "file" if uri.scheme == "file" else "object"
         hint = (
             "check the path (relative paths resolve against the manifest's folder)"
