@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     sigterm_flag_file: str = Field("/tmp/s2v-sigterm", description="File a pod entrypoint touches on SIGTERM; "
                                    "'{node_id}' expands to the Ray node id (per-node notices in local tests).")
 
+    # webhook (orchestrator/webhook.py): a signed POST per job published/failed and per run finished. repr=False
+    # keeps both out of logs and tracebacks: the secret signs, and webhook URLs often embed a token themselves.
+    webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
+    webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
+
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""
         if self.price_per_gpu_hour is not None:

@@ -1,0 +1,162 @@
+"""Optional webhook: an HMAC-signed POST per job published/failed and per run finished, sent off the run's thread."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import urlsplit
+
+from orchestrator.errors import S2VError, TransientError
+from orchestrator.retry import retrying
+
+log = logging.getLogger("s2v.webhook")
+
+SIGNATURE_HEADER = "X-S2V-Signature"
+TIMESTAMP_HEADER = "X-S2V-Timestamp"
+EVENT_HEADER = "X-S2V-Event"
+DELIVERY_HEADER = "X-S2V-Delivery"  # the same on every retry of one event, so receivers can drop duplicates
+JOB_EVENTS = {"published": "job.published", "failed": "job.failed"}
+_STOP = object()
+
+
+class WebhookRejected(S2VError):
+    """The receiver answered 4xx: the request itself is wrong, so sending it again cannot help."""
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<body>": the timestamp is signed so a capture cannot be
+    replayed later with a fresh one."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature: str, *, tolerance_s: float = 300,
+           now: float | None = None) -> bool:
+    """What a receiver does: recompute the signature in constant time and refuse stale timestamps."""
+    try:
+        age = abs((time.time() if now is None else now) - int(timestamp))
+    except (TypeError, ValueError):
+        return False
+    return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, body), signature or "")
+
+
+def _where(url: str) -> str:
+    """scheme://host[:port] only: paths and queries of webhook URLs often carry tokens (Slack, Teams)."""
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.hostname or ''}{f':{u.port}' if u.port else ''}"
+
+
+class Webhook:
+    """Queues events and posts them from one daemon thread; a dead or slow receiver never slows the run."""
+
+    def __init__(self, url: str, secret: str | None = None, *, timeout_s: float = 10.0, max_queue: int = 10000,
+                 attempts: int | None = None, max_delay_s: float | None = None):
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"webhook URL must be http(s), got {_where(url)!r}")
+        self._url, self._secret = url, secret
+        self.timeout_s, self.attempts, self.max_delay_s = timeout_s, attempts, max_delay_s
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._deadline: float | None = None  # set by close(): nothing is attempted past it
+        self.sent = self.failed = self.dropped = 0
+
+    def __repr__(self) -> str:  # never the secret, never the URL's path or query
+        return f"Webhook({_where(self._url)}, signed={self._secret is not None})"
+
+    @classmethod
+    def from_settings(cls, settings) -> "Webhook | None":
+        url = getattr(settings, "webhook_url", None)
+        return cls(url, getattr(settings, "webhook_secret", None)) if url else None
+
+    # ---- what the runner calls ----
+    def job(self, result: dict, run_id: str | None = None) -> bool:
+        """Queue job.published / job.failed; other statuses (skipped, invalid, …) send nothing. Returns queued."""
+        event = JOB_EVENTS.get(result.get("status"))
+        return bool(event) and self._put(event, {"run_id": run_id, "job": result})
+
+    def run_finished(self, summary: dict) -> bool:
+        return self._put("run.finished", {"run": summary})
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Wait at most timeout_s for queued events; True when every one was delivered or refused for good."""
+        with self._lock:
+            self._deadline = time.monotonic() + timeout_s
+            thread = self._thread
+        if thread is None:
+            return True
+        try:
+            self._q.put(_STOP, timeout=max(timeout_s, 0.01))
+        except queue.Full:
+            return False
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning("webhook %s: gave up waiting after %.0fs; undelivered events are dropped",
+                        _where(self._url), timeout_s)
+            return False
+        return True
+
+    # ---- internals ----
+    def _put(self, event: str, data: dict) -> bool:
+        item = (event, str(uuid.uuid4()), {"event": event, "sent_at": time.time(), **data})
+        with self._lock:
+            if self._deadline is not None:
+                return False  # closed
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="s2v-webhook", daemon=True)
+                self._thread.start()
+        try:
+            self._q.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.warning("webhook %s: queue full, dropping %s", _where(self._url), event)
+            return False
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self.dropped += 1
+                continue
+            event, delivery, payload = item
+            try:
+                delay = self.max_delay_s
+                if self._deadline is not None:  # closing: retries must end by the deadline too
+                    left = max(0.1, self._deadline - time.monotonic())
+                    delay = left if delay is None else min(delay, left)
+                retrying("webhook", attempts=self.attempts, max_delay_s=delay)(self._post, event, delivery, payload)
+                self.sent += 1
+            except Exception as e:  # noqa: BLE001 - a webhook failure is reported, never raised into the run
+                self.failed += 1
+                log.warning("webhook %s: %s not delivered: %s", _where(self._url), event, e)
+
+    def _post(self, event: str, delivery: str, payload: dict) -> None:
+        body = json.dumps(payload, sort_keys=True, default=str).encode()
+        ts = str(int(time.time()))  # fresh per attempt: a retry is signed for the moment it is sent
+        headers = {"Content-Type": "application/json", "User-Agent": "s2v-batch-webhook",
+                   EVENT_HEADER: event, DELIVERY_HEADER: delivery, TIMESTAMP_HEADER: ts}
+        if self._secret:
+            headers[SIGNATURE_HEADER] = sign(self._secret, ts, body)
+        req = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+        where = _where(self._url)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                resp.read(1 << 16)
+        except urllib.error.HTTPError as e:  # before URLError: it is one
+            if e.code >= 500 or e.code == 429:
+                raise TransientError(f"{where} answered {e.code}") from None
+            raise WebhookRejected(f"{where} refused the event with {e.code}") from None
+        except (urllib.error.URLError, OSError) as e:  # refused, reset, DNS, timeout
+            reason = getattr(e, "reason", e)
+            raise TransientError(f"{where} unreachable ({type(reason).__name__})") from None
