@@ -52,11 +52,24 @@ def actor_count(settings: Settings) -> int:
     return max(1, n if n else settings.gpus // settings.gpus_per_actor)
 
 
-def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = ()) -> list:
+def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = (), resources: dict | None = None) -> list:
+    """n render actors (one per GPU; num_cpus=0 so they never starve stitching of the CPUs)."""
     import ray
 
     from orchestrator.worker import RenderWorker
 
     cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
-                                           max_task_retries=0, max_concurrency=1)
+                                           max_task_retries=0, max_concurrency=1, resources=resources or {})
     return [cls.remote(settings, backends) for _ in range(n)]
+
+
+def fallback_factory(settings: Settings, backends: tuple[str, ...]):
+    """Makes actors that only fit the on-demand node type (its custom resource exists only on our cluster
+    configs); None when this Ray has no such nodes and no autoscaler that could add them."""
+    import ray
+
+    from infra.clusters.config import ONDEMAND_RESOURCE
+
+    if not settings.address and ONDEMAND_RESOURCE not in ray.cluster_resources():
+        return None
+    return lambda: make_actors(settings, 1, backends, {ONDEMAND_RESOURCE: settings.gpus_per_actor})[0]

@@ -15,7 +15,7 @@ from orchestrator.errors import Problem, S2VError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, published_key, stitch_and_publish
-from orchestrator.ray_session import actor_count, make_actors, ray_session
+from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from orchestrator.settings import Settings
 
@@ -126,7 +126,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
 
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
                                                        retry_exceptions=True)
-    actors = make_actors(settings, actor_count(settings), tuple(sorted({p.job.backend for p in todo})))
+    backends = tuple(sorted({p.job.backend for p in todo}))
+    actors = make_actors(settings, actor_count(settings), backends)
     stitching: dict = {}  # ref → JobState
     price = settings.price()
 
@@ -166,7 +167,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
             state.write(force=True)
 
     sched = Scheduler(settings, str(work.root), actors, on_clip=on_clip, on_job_ready=on_ready,
-                      on_job_failed=on_failed, on_tick=lambda: collect(0))
+                      on_job_failed=on_failed, on_tick=lambda: collect(0),
+                      make_fallback_actor=fallback_factory(settings, backends))
     sched.add_jobs(todo, done)
     sched.run()
     deadline = time.monotonic() + 3600
@@ -177,9 +179,10 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     for js in sched.jobs.values():
         r = results[js.plan.job.id]
         if r.status in ("pending", "stitching"):
-            _finish(r, js, "failed", js.failed or "not rendered (run stopped before this job)", price)
+            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)",
+                    price)
     infos = []
-    for a in actors:
+    for a in [slot.handle for slot in sched.slots]:  # fallback replacements included
         try:
             infos.append(ray.get(a.info.remote(), timeout=5))
         except Exception:  # noqa: BLE001 - a dead actor has no info to give

@@ -58,6 +58,9 @@ class Slot:
     failures: dict = field(default_factory=dict)  # job id → application failures on this actor
     watchdog_fired: bool = False
     blocked: bool = False  # taken out of rotation (fails many different jobs)
+    avoid_node: str | None = None  # preempted there: usable again once restarted on another node
+    retry_at: float = 0.0
+    fallback: bool = False  # created on the on-demand fallback node type
 
 
 class Scheduler:
@@ -69,13 +72,16 @@ class Scheduler:
     def __init__(self, settings: Settings, work: str, actors: list, *,
                  on_clip: Callable = lambda js, r: None, on_job_ready: Callable = lambda js: None,
                  on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None,
-                 should_start_chain: Callable[[Chain], bool] = lambda c: True):
+                 make_fallback_actor: Callable[[], object] | None = None):
         self.settings, self.work = settings, work
         # an actor is usable once its first ping answers, i.e. after __init__ loaded the model: start-up and
         # model load never count against the watchdog's per-clip clock
         self.slots = [Slot(a, healthy=False, probe=a.ping.remote()) for a in actors]
         self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
-        self.should_start_chain = should_start_chain
+        self.make_fallback_actor = make_fallback_actor
+        self.preempt_times: list[float] = []
+        self.fallback_active = False
+        self.stop_reason: str | None = None
         self.jobs: dict[str, JobState] = {}
         self.queue: deque[Chain] = deque()
         self.events: list[tuple] = []  # (t, kind, job, scene, clip) for tests and the report
@@ -107,15 +113,18 @@ class Scheduler:
         for js in list(self.jobs.values()):
             if js.scenes_left == 0:
                 self.on_job_ready(js)
+        last_healthy = time.monotonic()
         while self.queue or any(s.chain or s.inflight for s in self.slots):
+            if any(s.healthy for s in self.slots):
+                last_healthy = time.monotonic()
+            elif time.monotonic() - last_healthy > self.settings.no_worker_timeout_s:
+                self._fail_queued(f"no GPU worker came back within {self.settings.no_worker_timeout_s:.0f}s")
+                break
             self._assign()
             refs = [r for s in self.slots for r in s.inflight] + [s.probe for s in self.slots if s.probe is not None]
             if not refs:
                 if self.queue and all(s.blocked for s in self.slots):
-                    for js in {c.plan.job.id: self.jobs[c.plan.job.id] for c in self.queue}.values():
-                        js.failed = js.failed or "no healthy worker left (all taken out of rotation)"
-                        self.on_job_failed(js)
-                    self.queue.clear()
+                    self._fail_queued("no healthy worker left (all taken out of rotation)")
                     break
                 if self.queue and not any(s.healthy for s in self.slots):
                     time.sleep(WAIT_S)  # every actor is restarting; wait for one to come back
@@ -129,20 +138,30 @@ class Scheduler:
             ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 self._handle(ref)
+            self._probe_all()
             self._watchdog()
             self.on_tick()
 
     def _assign(self) -> None:
         for slot in self.slots:
+            if (self.fallback_active and slot.avoid_node and slot.chain is None and not slot.inflight
+                    and self.make_fallback_actor is not None):
+                self._replace_with_fallback(slot)  # its node is going away: an on-demand actor takes its place
             if not slot.healthy or slot.blocked:
                 continue
             if slot.chain is None and self.queue and not self.stopped_starting:
+                if self.fallback_active and not slot.fallback and self.make_fallback_actor is not None:
+                    self._replace_with_fallback(slot)
+                    continue
                 chain = self._next_chain()
                 if chain is None:
                     break
-                if not self.should_start_chain(chain):
+                over = self._over_budget(chain)
+                if over:
                     self.queue.appendleft(chain)
                     self.stopped_starting = True
+                    self.stop_reason = over
+                    log.warning("%s", over)
                     break
                 slot.chain = chain
                 chain.next_submit = chain.next_done
@@ -179,10 +198,14 @@ class Scheduler:
         if ref is slot.probe:
             slot.probe = None
             try:
-                ray.get(ref, timeout=10)
-                slot.healthy = True
+                answer = ray.get(ref, timeout=10)
             except (RayActorError, GetTimeoutError):
-                slot.probe = slot.handle.ping.remote()
+                slot.retry_at = time.monotonic() + 1.0
+                return
+            if slot.avoid_node and isinstance(answer, dict) and answer.get("node") == slot.avoid_node:
+                slot.retry_at = time.monotonic() + 2.0  # still on the node under notice
+                return
+            slot.healthy, slot.avoid_node = True, None
             return
         chain = slot.chain
         try:
@@ -232,6 +255,7 @@ class Scheduler:
             js.infra_retries += 1
             if getattr(err, "preempted", False):
                 js.preemptions += 1
+                self._preempted()
             self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
             if watchdog:
                 self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
@@ -252,6 +276,9 @@ class Scheduler:
             self.events.append((time.monotonic(), "preempted", chain.plan.job.id, chain.scene.index, chain.next_done))
             self._requeue(slot, chain)
             slot.healthy = False  # a node under notice takes no new chain
+            slot.avoid_node = cause.node or None
+            slot.probe = slot.handle.info.remote()
+            self._preempted()
             return
         reason = f"{type(cause).__name__}: {cause}"
         self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
@@ -261,6 +288,13 @@ class Scheduler:
         if len(slot.failures) >= 3:  # this worker fails many different jobs: take it out of rotation
             log.warning("taking an actor out of rotation after failures in jobs %s", sorted(slot.failures))
             slot.blocked = True
+
+    def _fail_queued(self, reason: str) -> None:
+        for js in {c.plan.job.id: self.jobs[c.plan.job.id] for c in self.queue}.values():
+            if js.failed is None:
+                js.failed = reason
+                self.on_job_failed(js)
+        self.queue.clear()
 
     def _count_failure(self, js: JobState, reason: str) -> None:
         js.attempts += 1
@@ -288,6 +322,44 @@ class Scheduler:
                 ray.kill(slot.handle, no_restart=False)
 
     def _probe_all(self) -> None:
+        now = time.monotonic()
         for s in self.slots:
-            if not s.healthy and s.probe is None:
-                s.probe = s.handle.ping.remote()
+            if not s.healthy and not s.blocked and s.probe is None and now >= s.retry_at:
+                s.probe = s.handle.info.remote() if s.avoid_node else s.handle.ping.remote()
+
+    # ---------- preemption fallback and budget ----------
+    def _preempted(self) -> None:
+        now = time.monotonic()
+        window = self.settings.fallback_window_min * 60
+        self.preempt_times = [t for t in self.preempt_times if now - t <= window] + [now]
+        if (not self.fallback_active and self.make_fallback_actor is not None
+                and len(self.preempt_times) >= self.settings.fallback_after_preemptions):
+            log.warning("%d preemptions in %.0f min: new work goes to the on-demand node type",
+                        len(self.preempt_times), self.settings.fallback_window_min)
+            self.fallback_active = True
+
+    def _replace_with_fallback(self, slot: Slot) -> None:
+        import ray
+
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        slot.handle = self.make_fallback_actor()
+        slot.fallback, slot.healthy, slot.avoid_node = True, False, None
+        slot.probe = slot.handle.ping.remote()
+
+    def _over_budget(self, chain: Chain) -> str | None:
+        """A reason to start no more chains, or None: spend so far + work already committed + this chain."""
+        budget = self.settings.budget_usd
+        if budget is None:
+            return None
+        per_s = self.settings.price() / 3600
+        exp = self.settings.expected_clip_s
+        spent = sum(js.gpu_s for js in self.jobs.values()) * per_s
+        running = sum(s.chain.remaining * exp(s.chain.plan.job.backend) for s in self.slots if s.chain) * per_s
+        this = chain.remaining * exp(chain.plan.job.backend) * per_s
+        if spent + running + this > budget:
+            return (f"budget ${budget:.2f} reached: spent ${spent:.2f} + committed ${running:.2f} + next chain "
+                    f"${this:.2f}; no new chains started")
+        return None

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     clip_timeout_min_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="Application-error attempts per job before it fails.")
     stitch_cpus: float = Field(1.0, gt=0)
+    no_worker_timeout_s: float = Field(1800.0, gt=0, description="Fail what is left when no actor is alive this long.")
 
     # cost model
     seconds_per_clip: dict[str, float] = Field(
@@ -99,7 +100,9 @@ class Settings(BaseSettings):
     cloud_image: str | None = Field(None, description="VM image / container image; None = provider default.")
     cloud_project: str | None = Field(None, description="GCP project id.")
     cluster_name: str = "s2v"
-    preemption_sources: str = Field("auto", description="Comma list of aws,gcp,sigterm; 'auto' detects; 'none' off.")
+    # "none" by default: probing cloud metadata endpoints from a laptop or CI would send traffic off the machine;
+    # cluster runs submitted with `s2v render --cluster` set it to "auto" for the driver and its actors.
+    preemption_sources: str = Field("none", description="Comma list of aws,gcp,sigterm; 'auto' detects; 'none' off.")
     preemption_poll_s: float = Field(1.0, gt=0)
     fallback_after_preemptions: int = Field(3, ge=1, description="N preemptions in M minutes → on-demand type.")
     fallback_window_min: float = Field(30.0, gt=0)

@@ -129,7 +129,7 @@ def submit_run(
         "working_dir": str(wd),
         "excludes": EXCLUDES,
         # The driver joins the cluster it runs on instead of starting a private local Ray.
-        "env_vars": {"S2V_ADDRESS": "auto", **(env_vars or {})},
+        "env_vars": {"S2V_ADDRESS": "auto", "S2V_PREEMPTION_SOURCES": "auto", **(env_vars or {})},
     }
     client = _client(address)
     try:

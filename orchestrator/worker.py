@@ -27,6 +27,10 @@ class ChainBroken(S2VError):
 class Preempted(S2VError):
     """This node got a preemption notice; the chain continues elsewhere from its last checkpoint."""
 
+    def __init__(self, message: str, node: str = ""):
+        super().__init__(message)
+        self.node = node
+
 
 class _LRU(OrderedDict):
     def __init__(self, cap: int):
@@ -77,11 +81,18 @@ class RenderWorker:
         except ImportError:
             return
         try:
-            self.watcher = watcher_from_settings(self.settings)
+            self.watcher = watcher_from_settings(self.settings, on_notice=self._on_notice)
             if self.watcher is not None:
                 self.watcher.start()
         except Exception:  # noqa: BLE001 - a broken watcher must not stop rendering
             self.watcher = None
+
+    @staticmethod
+    def _on_notice(notice) -> None:
+        """Drain this node so Ray places nothing new here; chains resume elsewhere from their checkpoints."""
+        from infra.preemption import drain_this_node
+
+        drain_this_node(notice.deadline, f"s2v: {notice.source}: {notice.reason}")
 
     def info(self) -> dict:
         import ray
@@ -138,8 +149,12 @@ class RenderWorker:
 
     def render_clip(self, plan: JobPlan, si: int, ci: int, work: str) -> dict:
         """Render clip ci of scene si and checkpoint it. Returns timings for the report."""
-        if self.watcher is not None and self.watcher.notice() is not None:
-            raise Preempted(f"preemption notice: {self.watcher.notice().reason}")
+        notice = self.watcher.notice() if self.watcher is not None else None
+        if notice is not None:  # take no new clip: the previous clip is checkpointed, the chain moves on
+            import ray
+
+            raise Preempted(f"preemption notice ({notice.source}): {notice.reason}",
+                            ray.get_runtime_context().get_node_id())
         t0 = time.monotonic()
         wa = WorkArea.at(work, self.settings)
         backend = self._backend(plan.job.backend)
