@@ -1,0 +1,107 @@
+"""`s2v status` reads a run's state from the work area: after a finished run (table and --json), by run id, and
+after the driver was SIGKILLed mid-run (the last written state, "running", stays readable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import media
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    work = tmp_path / "work"
+    monkeypatch.setenv("S2V_WORK", str(work))
+    monkeypatch.setenv("S2V_GPUS", "2")
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables fold at 80 columns otherwise
+    return work
+
+
+def test_status_after_a_finished_run(ray_local, assets, tmp_path, env, run_cli, capsys):
+    out = tmp_path / "out"
+    m = media.write_manifest(tmp_path / "m.yaml", [
+        {"id": "one", "audio": str(assets["speech4"]), "seed": 1},
+        {"id": "nofile", "audio": str(tmp_path / "missing.wav")}],
+        {"image": str(assets["image"]), "size": "96*96", "output": str(out)})
+    assert run_cli("render", m, "--no-progress", "--run-id", "nightly-1") == 2  # one invalid row
+    capsys.readouterr()
+
+    assert run_cli("status", "--json") == 0  # no RUN: the latest one
+    state = json.loads(capsys.readouterr().out)
+    assert state["run_id"] == "nightly-1" and state["status"] == "finished"
+    assert state["manifest"] == str(m) and state["pid"] == os.getpid()
+    assert state["jobs"]["one"]["status"] == "published" and state["jobs"]["one"]["output"] == str(out / "one.mp4")
+    assert state["jobs"]["one"]["clips_rendered"] == state["jobs"]["one"]["clips"] > 0
+    assert state["jobs"]["nofile"]["status"] == "invalid" and "missing.wav" in state["jobs"]["nofile"]["reason"]
+
+    assert run_cli("status", "nightly-1") == 0  # by id, as a table
+    text = capsys.readouterr().err
+    assert "run nightly-1 (finished)" in text and "published" in text and "invalid" in text
+
+    # a second run becomes the latest; the first stays readable by id, from a fresh --work flag too
+    assert run_cli("render", m, "--no-progress", "--run-id", "nightly-2") == 2
+    capsys.readouterr()
+    assert run_cli("status", "--json", "--work", env) == 0
+    latest = json.loads(capsys.readouterr().out)
+    assert latest["run_id"] == "nightly-2" and latest["jobs"]["one"]["status"] == "skipped"
+    assert run_cli("status", "nightly-1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["jobs"]["one"]["status"] == "published"
+
+    assert run_cli("status", "no-such-run") == 2
+    assert "no run named no-such-run" in capsys.readouterr().err
+    assert run_cli("status", "--work", tmp_path / "empty-work") == 2
+
+
+def _rendered_some(state_file: Path) -> bool:
+    """The driver's state (written at most every 2 s) records a rendered clip of an unfinished job."""
+    try:
+        job = json.loads(state_file.read_text())["jobs"]["slow"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return job["status"] == "pending" and job["clips_rendered"] >= 1
+
+
+def test_status_after_the_driver_was_sigkilled(assets, tmp_path, env, run_cli, capsys):
+    """The driver dies without a word (SIGKILL, its own local Ray); its last state is still there to read."""
+    pcm, _ = media.speech([(9.0, 0.6), (9.0, 0)], seed=11)
+    wav = media.write_wav(tmp_path / "long.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": "slow", "audio": str(wav), "seed": 1}],
+                             {"image": str(assets["image"]), "size": "96*96", "backend": "faults",
+                              "output": str(tmp_path / "out"), "max_scene_s": 25})
+    run_env = {**os.environ, "S2V_GPUS": "1", "S2V_FAULTS_DIR": str(tmp_path / "faults"),
+               "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 2.0}])}  # 4 clips: ~8 s
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "render", str(m), "--no-progress",
+                          "--run-id", "doomed"], cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    state_file = env / "runs" / "doomed" / "state.json"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and not _rendered_some(state_file):
+            time.sleep(0.05)
+        assert _rendered_some(state_file), "the driver never recorded a rendered clip"
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and its private Ray, nothing else
+    finally:
+        p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+
+    assert run_cli("status", "doomed", "--json") == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["status"] == "running"  # never marked finished: the reader can tell it did not end
+    assert state["pid"] == p.pid and state["run_id"] == "doomed"
+    job = state["jobs"]["slow"]
+    assert job["status"] == "pending" and 0 < job["clips_rendered"] < job["clips"]
+    assert json.loads(state_file.read_text())["updated"] <= time.time()
+    assert not (tmp_path / "out" / "slow.mp4").exists()
+
+    assert run_cli("status") == 0  # the latest run, as a table
+    assert "run doomed (running)" in capsys.readouterr().err
