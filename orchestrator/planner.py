@@ -111,9 +111,12 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
     return w, h
 
 
-def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None) -> str:
-    """Content hash of everything that changes the job's pixels (not its id, output, priority or tags)."""
+def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None,
+            id_in_pixels: bool = False) -> str:
+    """Content hash of everything that changes the job's pixels (not output, priority or tags; the id only for
+    backends that draw it)."""
     ident = {
+        "id": job.id if id_in_pixels else None,
         "audio": audio_sha, "image": image_sha, "pose": pose_sha,
         "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed, "size": job.size,
         "backend": job.backend, "backend_version": backend_version,
@@ -202,7 +205,8 @@ def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
     cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s)
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
-        job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha), backend_version=spec.version, fps=spec.fps,
+        job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels),
+        backend_version=spec.version, fps=spec.fps,
         duration_s=a.duration_s, frames=a.frames, width=w, height=h, audio_sha256=a_sha, image_sha256=i_sha,
         pose_sha256=pose_sha, scenes=chains_for(a.frames, cuts, spec, job.seed),
     )

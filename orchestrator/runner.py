@@ -108,20 +108,34 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         results[p.job.id] = base
     state = _State(work, run_id, location, results)
     state.write(force=True)
+    from orchestrator.webhook import Webhook
+
+    hook = Webhook.from_settings(settings)
+    for r in results.values():
+        if r.status == "invalid" and hook:
+            hook.job(r.model_dump(), run_id)
     actors_info: list[dict] = []
     events: list[tuple] = []
     if todo:
         done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
         progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
         with ray_session(settings):
-            actors_info, events = _schedule(todo, done, settings, work, results, state, progress)
+            actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
+                                            lambda r: hook.job(r.model_dump(), run_id) if hook else None)
         progress.stop()
     state.finish()
+    if hook:
+        counts = {st: sum(1 for r in results.values() if r.status == st)
+                  for st in ("published", "skipped", "failed", "invalid")}
+        hook.run_finished({"run_id": run_id, "manifest": location, **counts,
+                           "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
+                           "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
+        hook.close(timeout_s=30)
     return RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
                      events=events, wall_s=time.monotonic() - t_start)
 
 
-def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress):
+def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
     import ray
 
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
@@ -148,6 +162,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
 
     def on_failed(js: JobState) -> None:
         _finish(results[js.plan.job.id], js, "failed", js.failed, price)
+        notify(results[js.plan.job.id])
         progress.job(js.plan.job.id, "failed")
         state.write(force=True)
 
@@ -163,6 +178,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
             except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
                 cause = getattr(e, "cause", None) or e
                 _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}", price)
+            notify(results[js.plan.job.id])
             progress.job(js.plan.job.id, results[js.plan.job.id].status)
             state.write(force=True)
 

@@ -121,7 +121,7 @@ class RenderWorker:
         return self.audio[k]
 
     def _scene(self, plan: JobPlan, si: int, backend):
-        k = (plan.key, si, plan.job.backend)
+        k = (plan.key, plan.job.id, si, plan.job.backend)
         if k in self.scenes:
             return self.scenes[k]
         spec = backend.spec

@@ -24,6 +24,7 @@ class BackendSpec(BaseModel):
     size_divisor: int = 16
     sample_rate: int = 16000
     deterministic: bool = True
+    id_in_pixels: bool = False  # the job id is drawn into the frames (draft): then it is part of the job key
 
 
 class SceneInput(BaseModel):

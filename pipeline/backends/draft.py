@@ -50,7 +50,7 @@ class DraftBackend(Backend):
     Its tail is the chain's motion state (drift phase, smoothed level): clip k+1 continues clip k exactly."""
 
     spec = BackendSpec(name="draft", version="1", fps=16, clip_frames=80, first_clip_frames=80, tail_frames=1,
-                       size_divisor=16)
+                       size_divisor=16, id_in_pixels=True)
 
     def load(self, device: str = "cpu") -> None:
         from PIL import ImageFont

@@ -28,7 +28,7 @@ class InjectedFault(RenderError):
 
 class FaultBackend(DraftBackend):
     spec = BackendSpec(name="faults", version="1", fps=16, clip_frames=80, first_clip_frames=80, tail_frames=1,
-                       size_divisor=16)
+                       size_divisor=16, id_in_pixels=True)
 
     def load(self, device: str = "cpu") -> None:
         super().load(device)
