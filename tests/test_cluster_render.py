@@ -1,0 +1,117 @@
+"""Issue 6: `s2v render --cluster` against a real head (`ray start --head` on 127.0.0.1, free ports, 2 logical
+GPUs) runs the example manifest through the Jobs API; outputs land where --set output points.
+
+The head's processes carry an environment marker and are stopped by it alone: `ray stop` would stop every Ray on
+the machine, including other tests' and other sessions'."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "S2V_TEST_HEAD"
+EXAMPLE_IDS = ("lesson-01-photosynthesis", "lesson-02-water-cycle", "lesson-03-summary")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _marked_pids(tag: str) -> list[int]:
+    needle = f"{MARKER}={tag}\0".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if needle in (d / "environ").read_bytes():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_head(tmp_path_factory):
+    """A head with 2 logical GPUs and 2 CPUs (stitching); its dashboard (the Jobs API) on 127.0.0.1 only."""
+    tag = uuid.uuid4().hex[:8]
+    gcs, dash, client, agent = _free_ports(4)
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               RAY_AUTH_MODE="disabled", **{MARKER: tag})
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the job's `python` is this venv's
+    temp = tmp_path_factory.mktemp("ray")
+    proc = subprocess.run(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+         "--num-cpus=2", "--num-gpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, capture_output=True, timeout=180)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+        yield f"http://127.0.0.1:{dash}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _marked_pids(tag):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.time() + 3
+            while _marked_pids(tag) and time.time() < end:
+                time.sleep(0.1)
+        assert not _marked_pids(tag)
+
+
+def test_render_cluster_runs_the_example_manifest_through_the_jobs_api(gpu_head, tmp_path, run_cli, monkeypatch,
+                                                                       capsys):
+    import orchestrator.submit as sub
+
+    monkeypatch.setattr(sub, "_JOBS_FILE", tmp_path / "jobs.json")  # not the user's ~/.s2v
+    monkeypatch.chdir(ROOT)  # the working dir that is uploaded is the project
+    out, work = tmp_path / "out", tmp_path / "work"
+    t0 = time.monotonic()
+    code = run_cli("render", "--cluster", gpu_head, "manifests/example.yaml", "--set", f"output={out}",
+                   "--work", work, "--run-id", "cluster-1")
+    logs = capsys.readouterr()
+    text = logs.out + logs.err
+    assert code == 0, text[-4000:]
+    wall = time.monotonic() - t0
+
+    # the run went through the Jobs API: a submission id was printed and remembered, and it succeeded there
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    job_id = next(iter(json.loads((tmp_path / "jobs.json").read_text())))
+    assert job_id in text
+    info = JobSubmissionClient(gpu_head).get_job_info(job_id)
+    assert info.status == JobStatus.SUCCEEDED
+    assert "orchestrator.cli render manifests/example.yaml" in info.entrypoint
+    assert "--cluster" not in info.entrypoint  # the remote driver renders; it does not submit again
+
+    for jid in EXAMPLE_IDS:
+        meta = json.loads((out / f"{jid}.json").read_text())
+        assert (out / f"{jid}.mp4").stat().st_size > 0 and (out / f"{jid}.jpg").stat().st_size > 0
+        assert meta["id"] == jid and meta["frames"] > 0 and meta["backend"]["name"] == "draft"
+    assert json.loads((out / "lesson-02-water-cycle.json").read_text())["plan"]["scenes"][1]  # cut into scenes
+
+    # the remote driver (another process) wrote the run state where --work pointed
+    state = json.loads((work / "runs" / "cluster-1" / "state.json").read_text())
+    assert state["status"] == "finished" and {j["status"] for j in state["jobs"].values()} == {"published"}
+    assert state["pid"] != os.getpid()
+    report = json.loads((out / "report.json").read_text())
+    assert report["exit_code"] == 0 and report["totals"]["published"] == 3
+    assert wall < 240
