@@ -125,7 +125,7 @@ def bad_manifest(tmp_path_factory, assets):
     for n, text in enumerate(m.read_text().splitlines(), 1):
         hit = re.match(r"^- id: (.*)$", text)
         if hit:
-            lines.setdefault(yaml.safe_load(hit.group(1)) if hit.group(1) != "''" else "", []).append(n)
+            lines.setdefault(yaml.safe_load(hit.group(1)) or "", []).append(n)
     return m, lines
 
 
