@@ -21,6 +21,7 @@ class Chain:
     scene: ScenePlan
     next_done: int = 0  # first clip not yet checkpointed
     next_submit: int = 0
+    failed_on: set = field(default_factory=set)  # slots whose actor raised on this chain: try another first
 
     @property
     def n(self) -> int:
@@ -153,9 +154,9 @@ class Scheduler:
                 if self.fallback_active and not slot.fallback and self.make_fallback_actor is not None:
                     self._replace_with_fallback(slot)
                     continue
-                chain = self._next_chain()
+                chain = self._next_chain(slot)
                 if chain is None:
-                    break
+                    continue
                 over = self._over_budget(chain)
                 if over:
                     self.queue.appendleft(chain)
@@ -174,10 +175,14 @@ class Scheduler:
                 self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, chain.next_submit))
                 chain.next_submit += 1
 
-    def _next_chain(self) -> Chain | None:
-        while self.queue:
-            c = self.queue.popleft()
-            if self.jobs[c.plan.job.id].failed is None:
+    def _next_chain(self, slot: Slot) -> Chain | None:
+        """The first live chain this slot has not failed; one it failed only when no other actor could take it."""
+        self.queue = deque(c for c in self.queue if self.jobs[c.plan.job.id].failed is None)
+        me = id(slot)
+        others = any(s.healthy and not s.blocked and id(s) != me for s in self.slots)
+        for i, c in enumerate(self.queue):
+            if me not in c.failed_on or not others:
+                del self.queue[i]
                 return c
         return None
 
@@ -283,9 +288,10 @@ class Scheduler:
         reason = f"{type(cause).__name__}: {cause}"
         self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
         slot.failures[js.plan.job.id] = slot.failures.get(js.plan.job.id, 0) + 1
+        chain.failed_on.add(id(slot))
         self._requeue(slot, chain)
         self._count_failure(js, reason)
-        if len(slot.failures) >= 3:  # this worker fails many different jobs: take it out of rotation
+        if len(slot.failures) >= self.settings.blocklist_after_jobs:  # it fails many different jobs: a bad worker
             log.warning("taking an actor out of rotation after failures in jobs %s", sorted(slot.failures))
             slot.blocked = True
 

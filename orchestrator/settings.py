@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     clip_timeout_factor: float = Field(10.0, gt=1, description="Watchdog: kill a clip after factor × expected seconds.")
     clip_timeout_min_s: float = Field(120.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="Application-error attempts per job before it fails.")
+    blocklist_after_jobs: int = Field(3, ge=2, description="Take an actor out of rotation once clips of this many "
+                                      "different jobs failed on it (render-farm style blocklist).")
     stitch_cpus: float = Field(1.0, gt=0)
     no_worker_timeout_s: float = Field(1800.0, gt=0, description="Fail what is left when no actor is alive this long.")
 

@@ -83,14 +83,23 @@ def normalize_image_argv(src: str, dest: str) -> list[str]:
 
 def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str = "ffmpeg",
                timeout_s: float = 3600, media_error: bool = False) -> bytes:
-    """Run ffmpeg; raise with its stderr. media_error=True turns a failure into a user-facing MediaError."""
+    """Run ffmpeg; raise with its stderr. media_error=True turns a failure into a user-facing MediaError.
+    Only transient failures (a hung or unstartable process) are retried, per the "ffmpeg" policy."""
+    from orchestrator.retry import retrying
+
+    return retrying("ffmpeg")(_run_ffmpeg_once, args, input_bytes, what, timeout_s, media_error)
+
+
+def _run_ffmpeg_once(args, input_bytes, what, timeout_s, media_error) -> bytes:
     argv = [ffmpeg_bin(), *args]
     try:
         proc = subprocess.run(argv, input=input_bytes, capture_output=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise TransientError(f"{what}: ffmpeg timed out after {timeout_s:.0f}s") from None
-    except OSError as e:  # binary missing or not executable
-        raise RenderError(f"{what}: cannot run ffmpeg at {argv[0]}: {e}") from None
+    except FileNotFoundError as e:
+        raise RenderError(f"{what}: ffmpeg not found at {argv[0]}: {e}") from None
+    except OSError as e:  # EAGAIN, ENOMEM at fork: worth another try
+        raise TransientError(f"{what}: cannot start ffmpeg at {argv[0]}: {e}") from None
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip()[-2000:] or f"exit code {proc.returncode}"
         cls = MediaError if media_error else RenderError

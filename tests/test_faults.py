@@ -162,3 +162,19 @@ def test_driver_sigkill_then_rerun_resumes(drill, baseline, tmp_path):
     assert _outputs(out) == baseline[0]
     starts = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(faults_dir / "starts"))
     assert sum(n - 1 for n in starts.values()) <= 1
+
+
+def test_a_worker_failing_several_jobs_is_taken_out_of_rotation(ray_local, assets, settings, tmp_path):
+    """Logical GPU 1 fails whatever it renders: after failures in two different jobs it gets no more work,
+    and every job is published by the other actor."""
+    jobs = [{"id": f"j{i}", "audio": str(assets["speech4"]), "seed": i} for i in range(4)]
+    m = media.write_manifest(tmp_path / "m.yaml", jobs, {"image": str(assets["image"]), "size": "96*96",
+                                                         "backend": "faults"})
+    s, out = _with(settings, tmp_path, "bad-gpu", [{"action": "fail", "gpu": 1}], blocklist_after_jobs=2,
+                   max_attempts=3)
+    res = _render_to(m, s, out)
+    assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
+    errors = [e for e in res.events if e[1] == "error"]
+    assert len({e[2] for e in errors}) == 2  # blocked once it had failed two different jobs
+    by_gpu = {a["gpus"][0]: a["clips"] for a in res.actors}
+    assert by_gpu["1"] == 0 and by_gpu["0"] == sum(r.clips for r in res.jobs.values())

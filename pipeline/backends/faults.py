@@ -3,7 +3,8 @@
 Rules come from settings.faults, e.g.
   [{"action": "fail", "job": "lesson-2", "times": 0},              # always fail that job's clips
    {"action": "kill", "job": "*", "scene": 0, "clip": 2, "times": 1},  # kill the actor process once
-   {"action": "slow", "seconds": 0.5}]                              # every clip takes ≥ 0.5 s
+   {"action": "slow", "seconds": 0.5},                              # every clip takes ≥ 0.5 s
+  {"action": "fail", "gpu": 1}]                                     # a bad card: fails whatever it renders
 times = how often the rule fires across all processes and runs (0 = every time); the count lives in
 settings.faults_dir (files created with O_EXCL), so "once" means once even after the actor restarts."""
 
@@ -46,6 +47,11 @@ class FaultBackend(DraftBackend):
     def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int) -> bool:
         if rule.get("job", "*") not in ("*", job):
             return False
+        if rule.get("gpu") is not None:  # a bad card: only the actor holding this (logical) GPU id
+            import ray
+
+            if str(rule["gpu"]) not in [str(g) for g in ray.get_gpu_ids()]:
+                return False
         if rule.get("scene") is not None and rule["scene"] != scene:
             return False
         if rule.get("clip") is not None and rule["clip"] != clip:
