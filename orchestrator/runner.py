@@ -200,7 +200,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     infos = []
     for a in [slot.handle for slot in sched.slots]:  # fallback replacements included
         try:
-            infos.append(ray.get(a.info.remote(), timeout=5))
+            infos.append(ray.get(a.info.remote(), timeout=15))
         except Exception:  # noqa: BLE001 - a dead actor has no info to give
             infos.append({"dead": True})
     return infos, sched.events

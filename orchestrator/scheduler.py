@@ -13,6 +13,7 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
+RETRY_ELSEWHERE_S = 60.0  # a chain that failed on an actor waits this long for another before going back
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Chain:
     scene: ScenePlan
     next_done: int = 0  # first clip not yet checkpointed
     next_submit: int = 0
-    failed_on: set = field(default_factory=set)  # slots whose actor raised on this chain: try another first
+    failed_on: dict = field(default_factory=dict)  # slot id → when its actor raised on this chain
 
     @property
     def n(self) -> int:
@@ -176,12 +177,13 @@ class Scheduler:
                 chain.next_submit += 1
 
     def _next_chain(self, slot: Slot) -> Chain | None:
-        """The first live chain this slot has not failed; one it failed only when no other actor could take it."""
+        """The first live chain this slot has not failed. One it failed goes to another actor first (even one
+        still starting); it comes back here only when no other actor exists or none took it within a minute."""
         self.queue = deque(c for c in self.queue if self.jobs[c.plan.job.id].failed is None)
-        me = id(slot)
-        others = any(s.healthy and not s.blocked and id(s) != me for s in self.slots)
+        me, now = id(slot), time.monotonic()
+        others = any(not s.blocked and id(s) != me for s in self.slots)
         for i, c in enumerate(self.queue):
-            if me not in c.failed_on or not others:
+            if me not in c.failed_on or not others or now - c.failed_on[me] > RETRY_ELSEWHERE_S:
                 del self.queue[i]
                 return c
         return None
@@ -249,6 +251,20 @@ class Scheduler:
         slot.inflight.clear()
         slot.chain = None
         if chain is not None and self.jobs[chain.plan.job.id].failed is None:
+            # the checkpoints are the truth: a success may still sit unread behind the failure that got here first
+            from orchestrator.checkpoints import WorkArea, first_missing
+
+            try:
+                done = WorkArea.at(self.work, self.settings).done_clips(chain.plan.key).get(chain.scene.index, set())
+                chain.next_done = max(chain.next_done, first_missing(done, chain.n))
+            except Exception as e:  # noqa: BLE001 - an unreadable listing only costs a re-render
+                log.warning("could not list checkpoints of %s: %s", chain.plan.job.id, e)
+            if chain.next_done >= chain.n:  # everything is checkpointed after all
+                js = self.jobs[chain.plan.job.id]
+                js.scenes_left -= 1
+                if js.scenes_left == 0:
+                    self.on_job_ready(js)
+                return
             chain.next_submit = chain.next_done
             self.queue.appendleft(chain)  # resume first: it is already partly paid for
 
@@ -288,7 +304,7 @@ class Scheduler:
         reason = f"{type(cause).__name__}: {cause}"
         self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
         slot.failures[js.plan.job.id] = slot.failures.get(js.plan.job.id, 0) + 1
-        chain.failed_on.add(id(slot))
+        chain.failed_on[id(slot)] = time.monotonic()
         self._requeue(slot, chain)
         self._count_failure(js, reason)
         if len(slot.failures) >= self.settings.blocklist_after_jobs:  # it fails many different jobs: a bad worker
