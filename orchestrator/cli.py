@@ -161,6 +161,8 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
             return submit.follow(run)
     if state is None:
         raise InputError(f"no run {'named ' + run if run else 'recorded'} in work area {settings.work}",)
+    if state["status"] == "running" and _driver_gone(state):
+        state["status"] = "interrupted (its driver is gone: rerun the same command to resume)"
     if as_json:
         typer.echo(json.dumps(state, indent=1))
     else:
@@ -168,6 +170,22 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
         con.print(f"run {state['run_id']} ({state['status']}), manifest {state['manifest']}")
         con.print(results_table(state["jobs"]))
     return 0
+
+
+def _driver_gone(state: dict) -> bool:
+    """True only when the driver ran on this host and its process no longer exists."""
+    import os
+    import socket
+
+    if state.get("host") != socket.gethostname() or not state.get("pid"):
+        return False
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 for _name, _mod in (("models", "orchestrator.cli_models"), ("cluster", "orchestrator.cli_cluster")):

@@ -11,7 +11,7 @@ import uuid
 from pydantic import BaseModel
 
 from orchestrator.checkpoints import WorkArea
-from orchestrator.errors import Problem, S2VError, exit_code_for
+from orchestrator.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, published_key, stitch_and_publish
@@ -138,8 +138,9 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
 def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
     import ray
 
+    # only transient errors are worth a second stitch: a failed check or gate would fail the same way again
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
-                                                       retry_exceptions=True)
+                                                       retry_exceptions=[TransientError])
     backends = tuple(sorted({p.job.backend for p in todo}))
     actors = make_actors(settings, actor_count(settings), backends)
     stitching: dict = {}  # ref → JobState

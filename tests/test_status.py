@@ -96,7 +96,8 @@ def test_status_after_the_driver_was_sigkilled(assets, tmp_path, env, run_cli, c
 
     assert run_cli("status", "doomed", "--json") == 0
     state = json.loads(capsys.readouterr().out)
-    assert state["status"] == "running"  # never marked finished: the reader can tell it did not end
+    assert state["status"].startswith("interrupted")  # never marked finished, and its pid is gone
+    assert json.loads(state_file.read_text())["status"] == "running"  # what the dead driver last wrote
     assert state["pid"] == p.pid and state["run_id"] == "doomed"
     job = state["jobs"]["slow"]
     assert job["status"] == "pending" and 0 < job["clips_rendered"] < job["clips"]
@@ -104,4 +105,4 @@ def test_status_after_the_driver_was_sigkilled(assets, tmp_path, env, run_cli, c
     assert not (tmp_path / "out" / "slow.mp4").exists()
 
     assert run_cli("status") == 0  # the latest run, as a table
-    assert "run doomed (running)" in capsys.readouterr().err
+    assert "run doomed (interrupted" in capsys.readouterr().err
