@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
 from typer.testing import CliRunner
 
 from orchestrator.cli_cluster import app
+from procs import free_ports
 
 MARKER = "S2V_LOCAL_NODE"
 TESTS = Path(__file__).resolve().parent
@@ -166,18 +166,8 @@ class LocalNodeProvider(NodeProvider):
         return LocalCommandRunner(node_id, self.state.parent / node_id, env)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _local_config(tmp_path: Path) -> dict:
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     head_start = (f"ray start --head --node-ip-address=127.0.0.1 --port={gcs} --dashboard-host=127.0.0.1 "
                   f"--dashboard-port={dash} --ray-client-server-port={client} --dashboard-agent-listen-port={agent} "
                   "--num-cpus=1 --num-gpus=0 --disable-usage-stats --autoscaling-config=~/ray_bootstrap_config.yaml")

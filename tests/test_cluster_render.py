@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,40 +16,18 @@ import uuid
 from pathlib import Path
 
 import pytest
+from procs import MARKER, free_ports, marked_pids
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = "S2V_TEST_HEAD"
+
 EXAMPLE_IDS = ("lesson-01-photosynthesis", "lesson-02-water-cycle", "lesson-03-summary")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _marked_pids(tag: str) -> list[int]:
-    needle = f"{MARKER}={tag}\0".encode()
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if needle in (d / "environ").read_bytes():
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
 
 
 @pytest.fixture(scope="module")
 def gpu_head(tmp_path_factory):
     """A head with 2 logical GPUs and 2 CPUs (stitching); its dashboard (the Jobs API) on 127.0.0.1 only."""
     tag = uuid.uuid4().hex[:8]
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                RAY_AUTH_MODE="disabled", **{MARKER: tag})
     env.pop("RAY_ADDRESS", None)
@@ -66,15 +43,15 @@ def gpu_head(tmp_path_factory):
         yield f"http://127.0.0.1:{dash}"
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _marked_pids(tag):
+            for pid in marked_pids(tag):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             end = time.time() + 3
-            while _marked_pids(tag) and time.time() < end:
+            while marked_pids(tag) and time.time() < end:
                 time.sleep(0.1)
-        assert not _marked_pids(tag)
+        assert not marked_pids(tag)
 
 
 def test_render_cluster_runs_the_example_manifest_through_the_jobs_api(gpu_head, tmp_path, run_cli, monkeypatch,

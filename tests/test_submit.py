@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,37 +17,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.submit import RemoteRunFailed, _strip_local_flags, dashboard_address, follow, submit_run
-
-MARKER = "S2V_TEST_HEAD"
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from procs import MARKER, free_ports, marked_pids
 
 
-def _marked_pids(tag: str) -> list[int]:
-    needle = f"{MARKER}={tag}\0".encode()
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if needle in (d / "environ").read_bytes():
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
 
 
 @pytest.fixture(scope="module")
 def head():
     tag = uuid.uuid4().hex[:8]
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent = free_ports(4)
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                RAY_AUTH_MODE="disabled", **{MARKER: tag})
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
@@ -60,13 +37,13 @@ def head():
         yield f"http://127.0.0.1:{dash}"
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _marked_pids(tag):
+            for pid in marked_pids(tag):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             end = time.time() + 5
-            while _marked_pids(tag) and time.time() < end:
+            while marked_pids(tag) and time.time() < end:
                 time.sleep(0.1)
 
 

@@ -69,6 +69,39 @@ class Storage(ABC):
         self.delete(probe)
 
 
+def fill_atomically(dest: Path, fill, prefix: str = ".tmp-", fsync: bool = False) -> None:
+    """Have fill(tmp_path) write a temp file beside dest, then rename it over dest: dest is whole or absent."""
+    import os
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
+    os.close(fd)
+    try:
+        fill(tmp)
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def env_settings():
+    """Settings from S2V_* env vars, for callers that have none (a manifest read by URI)."""
+    from orchestrator.settings import Settings
+
+    try:
+        return Settings()
+    except Exception:  # noqa: BLE001 — a broken S2V_* env var must not hide the storage error the caller asked for
+        return None
+
+
+def as_uri(u: Uri | str) -> Uri:
+    return u if isinstance(u, Uri) else parse(u)
+
+
 _instances: dict[tuple[str, int], Storage] = {}
 
 

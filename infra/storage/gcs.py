@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import os
 import posixpath
-import tempfile
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -20,8 +19,8 @@ from google.api_core import exceptions as gex
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from infra.storage.base import Storage
-from infra.storage.uri import Uri, parse
+from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
+from infra.storage.uri import Uri
 from orchestrator.errors import InputError, StorageError
 from orchestrator.retry import register_transient, retrying
 
@@ -57,19 +56,6 @@ def is_transient_gcs(exc: BaseException) -> bool:
 register_transient(is_transient_gcs)
 
 
-def _env_settings():
-    from orchestrator.settings import Settings
-
-    try:
-        return Settings()
-    except Exception:  # noqa: BLE001 — a broken S2V_* env var must not hide the storage error the caller asked for
-        return None
-
-
-def _as_uri(u: Uri | str) -> Uri:
-    return u if isinstance(u, Uri) else parse(u)
-
-
 def _crc32c_of(path: Path) -> str:
     c = google_crc32c.Checksum()
     with open(path, "rb") as fh:
@@ -83,7 +69,7 @@ class GCSStorage(Storage):
 
     def __init__(self, settings=None):
         # callers without a Settings object (e.g. a manifest read by URI) still get S2V_* env configuration
-        super().__init__(settings if settings is not None else _env_settings())
+        super().__init__(settings if settings is not None else env_settings())
         self._client_obj: gcs.Client | None = None
 
     def _opt(self, name: str, default=None):
@@ -178,29 +164,21 @@ class GCSStorage(Storage):
     # -- reads ----------------------------------------------------------------------------------------------
 
     def read_bytes(self, uri: Uri | str) -> bytes:
-        u = _as_uri(uri)
+        u = as_uri(uri)
         return self._call("read", u, lambda: self._blob(u).download_as_bytes(retry=None, timeout=self._timeout()))
 
     def download(self, uri: Uri | str, dest: Path) -> Path:
-        u, dest = _as_uri(uri), Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        u, dest = as_uri(uri), Path(dest)
 
-        def once() -> None:
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
-            os.close(fd)
-            try:
-                # crc32c checked by the library against the object's stored checksum
-                self._blob(u).download_to_filename(tmp, retry=None, timeout=self._timeout(), checksum="crc32c")
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        def once() -> None:  # a fresh temp file per attempt; crc32c checked against the object's own checksum
+            fill_atomically(dest, lambda tmp: self._blob(u).download_to_filename(
+                tmp, retry=None, timeout=self._timeout(), checksum="crc32c"), TMP_PREFIX)
 
         self._call("download", u, once)
         return dest
 
     def exists(self, uri: Uri | str) -> bool:
-        u = _as_uri(uri)
+        u = as_uri(uri)
 
         def check() -> bool:
             if self._blob(u).exists(retry=None, timeout=self._timeout()):
@@ -213,7 +191,7 @@ class GCSStorage(Storage):
 
     def version_tag(self, uri: Uri | str) -> str:
         """A tag that changes when the object's content does (size + crc32c), for the input cache."""
-        u = _as_uri(uri)
+        u = as_uri(uri)
 
         def stat() -> str:
             blob = self._client.bucket(u.bucket).get_blob(u.key, retry=None, timeout=self._timeout())
@@ -226,7 +204,7 @@ class GCSStorage(Storage):
         return self._call("check", u, stat)
 
     def list(self, prefix: Uri | str) -> Iterator[Uri]:
-        p = _as_uri(prefix)
+        p = as_uri(prefix)
         names = self._call(
             "list", p, lambda: [b.name for b in self._client.list_blobs(p.bucket, prefix=p.key or None, retry=None, timeout=self._timeout())]
         )
@@ -257,7 +235,7 @@ class GCSStorage(Storage):
             raise StorageError(f"{u}: another writer replaced the object during the upload; not overwritten") from None
 
     def write_bytes(self, uri: Uri | str, data: bytes) -> None:
-        u = _as_uri(uri)
+        u = as_uri(uri)
         crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
         def send(gen: int) -> None:
@@ -268,7 +246,7 @@ class GCSStorage(Storage):
         self._call("write", u, lambda: self._put(u, send, len(data), crc))
 
     def upload(self, src: Path, uri: Uri | str) -> None:
-        u, src = _as_uri(uri), Path(src)
+        u, src = as_uri(uri), Path(src)
         if not src.is_file():
             raise StorageError(f"{src}: no such file to upload to {u}")
         size, crc = src.stat().st_size, _crc32c_of(src)
@@ -284,7 +262,7 @@ class GCSStorage(Storage):
         self._call("upload", u, lambda: self._put(u, send, size, crc))
 
     def delete(self, uri: Uri | str) -> None:
-        u = _as_uri(uri)
+        u = as_uri(uri)
 
         def rm() -> None:
             try:
@@ -299,7 +277,7 @@ class GCSStorage(Storage):
 
     def share_url(self, uri: Uri | str, expires_s: int = 7 * 24 * 3600) -> str:
         """A V4 signed URL when the credentials can sign (a key, or IAM signBlob); otherwise a plain link."""
-        u = _as_uri(uri)
+        u = as_uri(uri)
         ttl = dt.timedelta(seconds=max(1, min(int(expires_s), 7 * 24 * 3600)))
         blob = self._blob(u)
         kw = {"api_access_endpoint": self._emulator} if self._emulator else {}
@@ -326,7 +304,7 @@ class GCSStorage(Storage):
         return f"https://storage.cloud.google.com/{u.bucket}/{quote(u.key)}"
 
     def check_writable(self, prefix: Uri | str) -> None:
-        p = _as_uri(prefix)
+        p = as_uri(prefix)
 
         def need_bucket() -> None:
             if not self._client.bucket(p.bucket).exists(retry=None, timeout=self._timeout()):

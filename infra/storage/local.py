@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from infra.storage.base import Storage
+from infra.storage.base import Storage, fill_atomically
 from infra.storage.uri import Uri
 from orchestrator.errors import StorageError
 
@@ -56,22 +55,11 @@ class LocalStorage(Storage):
 
     @staticmethod
     def _atomic(dest: Path, fill) -> None:
-        """Write into a temp file in the destination folder, fsync, then rename over the final name."""
+        """Temp file in the destination folder, fsync, rename over the final name; OS errors name the path."""
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-            os.close(fd)
-        except OSError as e:
-            raise StorageError(f"{dest}: cannot write there ({e.strerror}); check the folder exists and is writable") from None
-        try:
-            fill(tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
+            fill_atomically(dest, fill, ".tmp-", fsync=True)
         except FileNotFoundError as e:
             raise StorageError(f"{e.filename}: no such file") from None
         except OSError as e:
-            raise StorageError(f"{dest}: write failed ({e.strerror})") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            raise StorageError(f"{dest}: cannot write there ({e.strerror}); check the folder exists and is "
+                               "writable") from None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -15,8 +13,8 @@ import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from infra.storage.base import Storage
-from infra.storage.uri import Uri, parse
+from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
+from infra.storage.uri import Uri
 from orchestrator.errors import InputError, StorageError
 from orchestrator.retry import register_transient, retrying
 
@@ -68,25 +66,12 @@ def is_transient_s3(exc: BaseException) -> bool:
 register_transient(is_transient_s3)
 
 
-def _env_settings():
-    from orchestrator.settings import Settings
-
-    try:
-        return Settings()
-    except Exception:  # noqa: BLE001 — a broken S2V_* env var must not hide the storage error the caller asked for
-        return None
-
-
-def _as_uri(u: Uri | str) -> Uri:
-    return u if isinstance(u, Uri) else parse(u)
-
-
 class S3Storage(Storage):
     scheme = "s3"
 
     def __init__(self, settings=None):
         # callers without a Settings object (e.g. a manifest read by URI) still get S2V_* env configuration
-        super().__init__(settings if settings is not None else _env_settings())
+        super().__init__(settings if settings is not None else env_settings())
         self._client_obj = None
 
     # -- client ---------------------------------------------------------------------------------------------
@@ -167,29 +152,21 @@ class S3Storage(Storage):
     # -- reads ----------------------------------------------------------------------------------------------
 
     def read_bytes(self, uri: Uri | str) -> bytes:
-        u = _as_uri(uri)
+        u = as_uri(uri)
         return self._call("read", u, lambda: self._client.get_object(Bucket=u.bucket, Key=u.key)["Body"].read())
 
     def download(self, uri: Uri | str, dest: Path) -> Path:
-        u, dest = _as_uri(uri), Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        u, dest = as_uri(uri), Path(dest)
 
-        def once() -> None:
-            # a fresh temp name per attempt: dest is complete or absent, never half-written
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=dest.parent)
-            os.close(fd)
-            try:
-                self._client.download_file(u.bucket, u.key, tmp, Config=self._transfer_config())
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        def once() -> None:  # a fresh temp name per attempt: dest is complete or absent, never half-written
+            fill_atomically(dest, lambda tmp: self._client.download_file(
+                u.bucket, u.key, tmp, Config=self._transfer_config()), TMP_PREFIX)
 
         self._call("download", u, once)
         return dest
 
     def exists(self, uri: Uri | str) -> bool:
-        u = _as_uri(uri)
+        u = as_uri(uri)
 
         def head() -> bool:
             try:
@@ -227,7 +204,7 @@ class S3Storage(Storage):
 
     def version_tag(self, uri: Uri | str) -> str:
         """A tag that changes when the object's content does (size + ETag), for the input cache."""
-        u = _as_uri(uri)
+        u = as_uri(uri)
 
         def head() -> str:
             try:
@@ -245,7 +222,7 @@ class S3Storage(Storage):
         return self._call("check", u, head)
 
     def list(self, prefix: Uri | str) -> Iterator[Uri]:
-        p = _as_uri(prefix)
+        p = as_uri(prefix)
         pages = self._call("list", p, lambda: list(self._client.get_paginator("list_objects_v2").paginate(Bucket=p.bucket, Prefix=p.key)))
         for page in pages:
             for obj in page.get("Contents", []):
@@ -256,7 +233,7 @@ class S3Storage(Storage):
 
     def write_bytes(self, uri: Uri | str, data: bytes) -> None:
         # a single PUT is all-or-nothing on S3; no temp key needed for small objects
-        u = _as_uri(uri)
+        u = as_uri(uri)
         self._call("write", u, lambda: self._client.put_object(Bucket=u.bucket, Key=u.key, Body=data))
 
     def upload(self, src: Path, uri: Uri | str) -> None:
@@ -265,7 +242,7 @@ class S3Storage(Storage):
         Multipart uploads are atomic on AWS, but not every S3-compatible store guarantees it after a crash;
         the copy is the one step that makes the final key appear, and it only runs from a complete temp object.
         """
-        u, src = _as_uri(uri), Path(src)
+        u, src = as_uri(uri), Path(src)
         if not src.is_file():
             raise StorageError(f"{src}: no such file to upload to {u}")
         size = src.stat().st_size
@@ -286,13 +263,13 @@ class S3Storage(Storage):
                 log.warning("could not remove temp object %s: %s", tmp, type(e).__name__)
 
     def delete(self, uri: Uri | str) -> None:
-        u = _as_uri(uri)
+        u = as_uri(uri)
         self._call("delete", u, lambda: self._client.delete_object(Bucket=u.bucket, Key=u.key))
 
     # -- sharing / checks -----------------------------------------------------------------------------------
 
     def share_url(self, uri: Uri | str, expires_s: int = 7 * 24 * 3600) -> str:
-        u = _as_uri(uri)
+        u = as_uri(uri)
         # SigV4 presigned URLs are valid for at most 7 days
         expires_s = max(1, min(int(expires_s), 7 * 24 * 3600))
         try:
@@ -303,7 +280,7 @@ class S3Storage(Storage):
             raise self._explain("presign a URL for", u, e) from None
 
     def check_writable(self, prefix: Uri | str) -> None:
-        p = _as_uri(prefix)
+        p = as_uri(prefix)
         # bucket first: a clear "no such bucket" beats a store that auto-creates buckets on PUT
         self._call("write under", p, lambda: self._require_bucket(p))
         probe = p.join(f"{TMP_PREFIX}write-probe-{uuid.uuid4().hex[:8]}")
