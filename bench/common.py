@@ -15,12 +15,12 @@ from pathlib import Path
 os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                    "RAY_AUTH_MODE": "disabled", "RAY_IGNORE_UNHANDLED_ERRORS": "1"})
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from orchestrator.manifest import JobSpec  # noqa: E402
-from orchestrator.planner import JobPlan, chains_for  # noqa: E402
-from pipeline.audio import AudioAnalysis, cut_points  # noqa: E402
-from pipeline.backends.timed import TimedBackend, clip_seconds  # noqa: E402
+from orchestrator.manifest import JobSpec
+from orchestrator.planner import JobPlan, chains_for
+from pipeline.audio import AudioAnalysis, cut_points
+from pipeline.backends.timed import TimedBackend, clip_seconds
 
 REAL_CLIP_S = 240.0  # Wan 2.2 S2V 14B, one 80-frame clip on one H100 (docs/models.md): the time being scaled
 
@@ -68,7 +68,7 @@ def emit(name: str, result: dict, out: str | None = None) -> dict:
 def synthetic_analysis(duration_s: float, rng: np.random.Generator, fps: int = 16) -> AudioAnalysis:
     """Speech-like pause structure without audio: 2–15 s of speech, then a 0.15–1.5 s pause (short ones fall
     under min_pause_s and do not count, as in real narration)."""
-    frames = int(round(duration_s * fps))
+    frames = round(duration_s * fps)
     pauses, t = [], 0.0
     while True:
         t += rng.uniform(2.0, 15.0)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from bench.common import emit
@@ -40,7 +39,7 @@ class UtilSampler(threading.Thread):
         while exe and not self.stop.wait(0.1):
             try:
                 out = subprocess.run([exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                                     capture_output=True, text=True, timeout=5, check=False).stdout
                 self.samples += [int(x) for x in out.split() if x.strip().isdigit()]
             except (OSError, subprocess.SubprocessError):
                 return
@@ -60,8 +59,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         return emit("gpu", {"skipped": why}, a.out)
     import torch
 
-    from bench.realjobs import plans_for  # noqa: F401 - imports the test media generator
-    from bench.realjobs import media, speech_file
+    from bench.realjobs import (
+        media,
+        plans_for,  # noqa: F401 - imports the test media generator
+        speech_file,
+    )
     from orchestrator.runner import render
     from orchestrator.settings import Settings
     from pipeline.backends.wan_tiny import make_tiny

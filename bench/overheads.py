@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -26,7 +27,7 @@ def measure(size: str, image_px: int, seconds: float, clip_s: float, tmp: Path) 
     results = []
     pool = pool_run(plans, settings, 1, on_clip=lambda js, r: results.append((time.monotonic(), r)))
     steady = results[1:]  # clip 0 also prepares the scene (decode, fit the photo): a once-per-chain cost
-    periods = [b[0] - a[0] for a, b in zip(steady, steady[1:])]
+    periods = [b[0] - a[0] for a, b in itertools.pairwise(steady)]
     render = statistics.median(r["render_s"] for _, r in steady)
     actor_total = statistics.median(r["total_s"] for _, r in steady)
     period = statistics.median(periods)

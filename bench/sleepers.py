@@ -17,7 +17,8 @@ class SleepWorker:
 
     def __init__(self, base_s: float, starts_dir: str | None = None, load_s: float = 0.0):
         self.base_s, self.clips = base_s, 0
-        self.log = open(os.path.join(starts_dir, f"{os.getpid()}.log"), "a", buffering=1) if starts_dir else None
+        self.log = open(  # noqa: SIM115 - held for the actor's life; line-buffered so a kill loses nothing
+            os.path.join(starts_dir, f"{os.getpid()}.log"), "a", buffering=1) if starts_dir else None
         time.sleep(load_s)  # a restart pays the (scaled) model load again
 
     def ping(self) -> bool:
