@@ -128,15 +128,14 @@ class Scheduler:
                 if self.queue and all(s.blocked for s in self.slots):
                     self._fail_queued("no healthy worker left (all taken out of rotation)")
                     break
-                if self.queue and not any(s.healthy for s in self.slots):
-                    time.sleep(WAIT_S)  # every actor is restarting; wait for one to come back
-                    self._probe_all()
-                    self.on_tick()
-                    continue
-                if self.queue and self.stopped_starting:
+                if not self.queue or self.stopped_starting:
                     break
-                if not self.queue:
-                    break
+                # work is queued but nothing is in flight (actors restarting, or a chain waiting for another
+                # actor than the one that failed it): wait a tick, never spin
+                time.sleep(WAIT_S)
+                self._probe_all()
+                self.on_tick()
+                continue
             ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 self._handle(ref)

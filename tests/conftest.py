@@ -36,6 +36,15 @@ def ray_local():
     # left running for the next test; a cluster test shuts it down itself
 
 
+@pytest.fixture
+def no_ray():
+    """For tests that start their own cluster or need Ray absent: stop the shared local Ray first."""
+    import ray
+
+    ray.shutdown()
+    yield
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         import ray

@@ -187,7 +187,7 @@ def test_sigterm_handler_and_flag_file(tmp_path):
     assert other.check().source == "sigterm"
 
 
-def test_watcher_from_settings(meta_server, monkeypatch):
+def test_watcher_from_settings(meta_server, monkeypatch, no_ray):
     meta, url = meta_server
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
     assert watcher_from_settings(Settings(preemption_sources="none")) is None
@@ -210,7 +210,7 @@ def test_watcher_from_settings(meta_server, monkeypatch):
     w.stop()
 
 
-def test_drain_this_node_on_multinode_cluster(monkeypatch):
+def test_drain_this_node_on_multinode_cluster(monkeypatch, no_ray):
     """A real drain with reason PREEMPTION on the worker node of a two-node local cluster."""
     for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                  "RAY_AUTH_MODE": "disabled"}.items():
