@@ -6,7 +6,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.common import REAL_CLIP_S, catalog, catalog_stats, emit, lower_bound, start_ray
+from bench.common import (
+    REAL_CLIP_S,
+    catalog,
+    catalog_stats,
+    emit,
+    lower_bound,
+    start_ray,
+)
 from bench.sleepers import run_chains
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test media generator is the one source of speech-like audio
 
-import media  # noqa: E402
+import media
 
 
 def speech_file(path: Path, seconds: float, seed: int) -> Path:
