@@ -45,6 +45,10 @@ class WorkArea:
     def clip_done(self, key: str, scene: int, clip: int) -> Uri:
         return _suffixed(self.clip_base(key, scene, clip), ".done.json")
 
+    def job_audio(self, key: str) -> Uri:
+        """The job's audio encoded once as AAC (non-AAC sources), so the stitch is a stream copy."""
+        return self.job_dir(key).join("audio.m4a")
+
     def run_dir(self, run_id: str) -> Uri:
         return self.root.join("runs", run_id)
 

@@ -94,6 +94,17 @@ def sha256_file(path: Path) -> str:
 
 
 def image_size(path: Path, where: str) -> tuple[int, int]:
+    """Width and height of a fully decodable image of usable size; decoded once per file version."""
+    st = os.stat(path)
+    try:
+        return _image_size_cached(str(path), st.st_size, st.st_mtime_ns)
+    except MediaError as e:
+        raise MediaError(f"{where} {e}") from None
+
+
+@lru_cache(maxsize=4096)
+def _image_size_cached(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    # a catalog names the same presenter photo on thousands of rows: decode it once, not per row
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -103,11 +114,11 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
             w, h = im.size
             im.load()  # verify() reads headers only: a truncated JPEG fails here, not mid-render
     except UnidentifiedImageError:
-        raise MediaError(f"{where} is not an image (no known image format in it)") from None
+        raise MediaError("is not an image (no known image format in it)") from None
     except (OSError, SyntaxError, ValueError) as e:  # e.g. "image file is truncated (50 bytes not processed)"
-        raise MediaError(f"{where} is not a readable image ({str(e).split(' (')[0] or type(e).__name__})") from None
+        raise MediaError(f"is not a readable image ({str(e).split(' (')[0] or type(e).__name__})") from None
     if min(w, h) < MIN_IMAGE_SIDE:
-        raise MediaError(f"{where} is {w}×{h} px; the presenter image needs at least {MIN_IMAGE_SIDE} px on each side")
+        raise MediaError(f"is {w}×{h} px; the presenter image needs at least {MIN_IMAGE_SIDE} px on each side")
     return w, h
 
 

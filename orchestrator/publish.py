@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -12,7 +13,10 @@ from orchestrator.checkpoints import WorkArea
 from orchestrator.planner import JobPlan, local_path
 from orchestrator.retry import retrying
 from orchestrator.settings import Settings
+from pipeline.media import encode_audio_argv, probe, run_ffmpeg
 from pipeline.stitch import stitch
+
+log = logging.getLogger("s2v.publish")
 
 
 def output_uris(plan: JobPlan) -> dict[str, Uri]:
@@ -54,8 +58,50 @@ def sidecar(plan: JobPlan, result, timings: dict, stats: dict) -> dict:
     }
 
 
-def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict) -> dict:
-    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish. Returns the sidecar."""
+def source_is_aac(path: Path) -> bool:
+    return any(s.kind == "audio" and s.codec == "aac" for s in probe(path))
+
+
+def prepare_audio(plan: JobPlan, settings: Settings, work: str) -> str | None:
+    """Runs as a Ray task while the job renders: the job's audio as AAC, once, in the work area, so the stitch
+    only copies streams. None when the source is already AAC (the stitch copies the source itself) or when this
+    failed: it is an optimisation, and the stitch then encodes the audio itself (and reports any real error)."""
+    try:
+        src = local_path(plan.job.audio, settings)
+        if source_is_aac(src):
+            return None
+        wa = WorkArea.at(work, settings)
+        dest = wa.job_audio(plan.key)
+        if retrying("storage")(wa.storage.exists, dest):
+            return str(dest)
+        with tempfile.TemporaryDirectory(prefix="s2v-audio-") as tmp:
+            out = Path(tmp) / "audio.m4a"
+            run_ffmpeg(encode_audio_argv(str(src), str(out), settings.audio_bitrate), what=f"audio of {plan.job.id}")
+            retrying("storage")(wa.storage.upload, out, dest)
+        return str(dest)
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("pre-encoding the audio of %s failed (the stitch will encode it): %s", plan.job.id, e)
+        return None
+
+
+def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -> tuple[Path, bool]:
+    """(audio file, copy?) — the AAC source, the pre-encoded AAC from the work area, or the source to encode."""
+    src = local_path(plan.job.audio, settings)
+    if source_is_aac(src):
+        return src, True
+    pre = wa.job_audio(plan.key)
+    if retrying("storage")(wa.storage.exists, pre):
+        if pre.scheme == "file":
+            return Path(pre.key), True
+        local = tmpd / "audio.m4a"
+        retrying("storage")(wa.storage.download, pre, local)
+        return local, True
+    return src, False
+
+
+def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None) -> dict:
+    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish. Returns the sidecar.
+    audio_ready is prepare_audio's result, passed only so Ray runs this after it."""
     t0 = time.monotonic()
     wa = WorkArea.at(work, settings)
     uris = output_uris(plan)
@@ -71,10 +117,10 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
                     dst = tmpd / f"s{s.index:04d}c{c.index:04d}.mp4"
                     retrying("storage")(wa.storage.download, src, dst)
                     clips.append(dst)
-        audio = local_path(plan.job.audio, settings)
+        audio, copy = _stitch_audio(plan, settings, wa, tmpd)
         res = stitch(clips, str(audio), tmpd / f"{plan.job.id}.mp4", fps=plan.fps, expected_frames=plan.frames,
                      expected_audio_s=plan.duration_s, width=plan.width, height=plan.height,
-                     audio_bitrate=settings.audio_bitrate)
+                     audio_bitrate=settings.audio_bitrate, copy_audio=copy)
         from pipeline.gates import check_gates
 
         check_gates(res.video, plan, settings)

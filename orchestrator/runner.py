@@ -14,7 +14,7 @@ from orchestrator.checkpoints import WorkArea
 from orchestrator.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
-from orchestrator.publish import output_uris, published_key, stitch_and_publish
+from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from orchestrator.settings import Settings
@@ -143,6 +143,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
                                                        retry_exceptions=[TransientError])
     backends = tuple(sorted({p.job.backend for p in todo}))
     actors = make_actors(settings, actor_count(settings), backends)
+    audio_task = ray.remote(prepare_audio).options(num_cpus=settings.stitch_cpus)
+    audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
     stitching: dict = {}  # ref → JobState
     price = settings.price()
 
@@ -152,6 +154,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
                 "preemptions": js.preemptions, "attempts": js.attempts}
 
     def on_clip(js: JobState, res: dict) -> None:
+        if js.plan.job.id not in audio_started:
+            audio_started[js.plan.job.id] = audio_task.remote(js.plan, settings, str(work.root))
         r = results[js.plan.job.id]
         r.clips_rendered, r.gpu_s = js.clips_rendered, js.gpu_s
         progress.clip(js.plan.job.id)
@@ -159,7 +163,9 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
 
     def on_ready(js: JobState) -> None:
         results[js.plan.job.id].status = "stitching"
-        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js))] = js
+        # the audio task's ref as an argument: Ray starts the stitch after it, the driver never waits
+        audio_ref = audio_started.get(js.plan.job.id)
+        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref)] = js
 
     def on_failed(js: JobState) -> None:
         _finish(results[js.plan.job.id], js, "failed", js.failed, price)

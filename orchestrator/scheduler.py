@@ -177,15 +177,22 @@ class Scheduler:
 
     def _next_chain(self, slot: Slot) -> Chain | None:
         """The first live chain this slot has not failed. One it failed goes to another actor first (even one
-        still starting); it comes back here only when no other actor exists or none took it within a minute."""
-        self.queue = deque(c for c in self.queue if self.jobs[c.plan.job.id].failed is None)
+        still starting); it comes back here only when no other actor exists or none took it within a minute.
+        Chains of failed jobs are dropped as they come up (rebuilding the queue per start is quadratic)."""
         me, now = id(slot), time.monotonic()
         others = any(not s.blocked and id(s) != me for s in self.slots)
-        for i, c in enumerate(self.queue):
+        skipped: list[Chain] = []
+        found = None
+        while self.queue:
+            c = self.queue.popleft()
+            if self.jobs[c.plan.job.id].failed is not None:
+                continue
             if me not in c.failed_on or not others or now - c.failed_on[me] > RETRY_ELSEWHERE_S:
-                del self.queue[i]
-                return c
-        return None
+                found = c
+                break
+            skipped.append(c)
+        self.queue.extendleft(reversed(skipped))  # keep their places at the front
+        return found
 
     def _slot_of(self, ref):
         for s in self.slots:

@@ -62,11 +62,20 @@ def concat_list(paths: Sequence[str]) -> str:
     return "".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in paths)
 
 
-def stitch_argv(list_file: str, audio_src: str, dest: str, audio_bitrate: str = "192k") -> list[str]:
-    """Concatenate clips by stream copy and mux the ORIGINAL audio (AAC), moov atom first."""
+def stitch_argv(list_file: str, audio_src: str, dest: str, audio_bitrate: str = "192k",
+                copy_audio: bool = False) -> list[str]:
+    """Concatenate clips by stream copy and mux the ORIGINAL audio, moov atom first. copy_audio when the audio
+    is already AAC (the source itself, or encoded once per job by encode_audio_argv while the job rendered)."""
+    audio = ["-c:a", "copy"] if copy_audio else ["-c:a", "aac", "-b:a", audio_bitrate, "-ac", "2"]
     return ["-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", list_file, "-i", audio_src,
-            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", audio_bitrate, "-ac", "2",
+            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", *audio,
             *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
+
+
+def encode_audio_argv(src: str, dest: str, audio_bitrate: str = "192k") -> list[str]:
+    """The job's source audio → AAC in MP4, with the same parameters the stitch would use."""
+    return ["-nostdin", "-v", "error", "-y", "-i", src, "-map", "0:a:0", "-vn", "-c:a", "aac", "-b:a", audio_bitrate,
+            "-ac", "2", *BITEXACT, "-f", "mp4", dest]
 
 
 def poster_argv(video: str, at_s: float, dest: str) -> list[str]:

@@ -21,13 +21,15 @@ class StitchResult:
 
 
 def stitch(clips: list[Path], audio_src: str, dest: Path, *, fps: int, expected_frames: int,
-           expected_audio_s: float, width: int, height: int, audio_bitrate: str = "192k") -> StitchResult:
-    """clips must be in play order and encoded with identical parameters (no re-encode happens here)."""
+           expected_audio_s: float, width: int, height: int, audio_bitrate: str = "192k",
+           copy_audio: bool = False) -> StitchResult:
+    """clips must be in play order and encoded with identical parameters (no re-encode happens here);
+    copy_audio when audio_src is already AAC."""
     if not clips:
         raise RenderError("nothing to stitch: the job has no clips")
     lst = dest.with_suffix(".concat.txt")
     lst.write_text(concat_list([str(c) for c in clips]))
-    run_ffmpeg(stitch_argv(str(lst), audio_src, str(dest), audio_bitrate), what=f"stitching {dest.name}")
+    run_ffmpeg(stitch_argv(str(lst), audio_src, str(dest), audio_bitrate, copy_audio), what=f"stitching {dest.name}")
     lst.unlink(missing_ok=True)
     streams = probe(dest)
     v = next((s for s in streams if s.kind == "video"), None)
