@@ -8,6 +8,7 @@ import threading
 import time
 
 from bench.common import chain_times, lower_bound, simulate
+from orchestrator.worker import _LRU, resolve_plan
 from pipeline.backends.timed import clip_seconds
 
 
@@ -17,6 +18,7 @@ class SleepWorker:
 
     def __init__(self, base_s: float, starts_dir: str | None = None, load_s: float = 0.0):
         self.base_s, self.clips = base_s, 0
+        self.plans = _LRU(64)
         self.log = open(  # noqa: SIM115 - held for the actor's life; line-buffered so a kill loses nothing
             os.path.join(starts_dir, f"{os.getpid()}.log"), "a", buffering=1) if starts_dir else None
         time.sleep(load_s)  # a restart pays the (scaled) model load again
@@ -29,6 +31,7 @@ class SleepWorker:
 
     def render_clip(self, plan, si: int, ci: int, work: str) -> dict:
         t0 = time.monotonic()
+        plan = resolve_plan(plan, self.plans)  # the same plan hand-off as the real actor
         if self.log is not None:
             self.log.write(f"{plan.job.id} {si} {ci}\n")
         d = clip_seconds(plan.job.id, self.base_s)

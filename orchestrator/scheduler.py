@@ -85,6 +85,7 @@ class Scheduler:
         self.fallback_active = False
         self.stop_reason: str | None = None
         self.jobs: dict[str, JobState] = {}
+        self.plan_refs: dict[tuple[str, str], list] = {}
         self.queue: deque[Chain] = deque()
         self.events: list[tuple] = []  # (t, kind, job, scene, clip) for tests and the report
         self.stopped_starting = False
@@ -170,7 +171,8 @@ class Scheduler:
                 slot.watchdog_fired = False
             chain = slot.chain
             while chain and chain.next_submit < chain.n and len(slot.inflight) < self.settings.clips_in_flight_per_actor:
-                ref = slot.handle.render_clip.remote(chain.plan, chain.scene.index, chain.next_submit, self.work)
+                ref = slot.handle.render_clip.remote(self._plan_handle(chain.plan), chain.scene.index,
+                                                     chain.next_submit, self.work)
                 slot.inflight.append(ref)
                 self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, chain.next_submit))
                 chain.next_submit += 1
@@ -193,6 +195,16 @@ class Scheduler:
             skipped.append(c)
         self.queue.extendleft(reversed(skipped))  # keep their places at the front
         return found
+
+    def _plan_handle(self, plan: JobPlan) -> list:
+        """[ObjectRef] of the plan, put once: nested in a list so Ray passes the ref and the actor caches the plan
+        (a 20-minute job's plan pickled into every clip call cost ~2 ms per call on each side)."""
+        import ray
+
+        k = (plan.key, plan.job.id)
+        if k not in self.plan_refs:
+            self.plan_refs[k] = [ray.put(plan)]
+        return self.plan_refs[k]
 
     def _slot_of(self, ref):
         for s in self.slots:

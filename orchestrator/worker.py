@@ -44,6 +44,20 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
+def resolve_plan(handle, cache: "_LRU") -> JobPlan:
+    """A clip call carries its job's plan as [ObjectRef] (put once by the driver, not pickled per call); the
+    actor fetches it once and keeps it. A plain JobPlan is accepted too (direct callers, benchmarks)."""
+    if isinstance(handle, JobPlan):
+        return handle
+    import ray
+
+    ref = handle[0]
+    key = ref.hex()
+    if key not in cache:
+        cache.put(key, ray.get(ref, timeout=120))
+    return cache[key]
+
+
 def pick_device() -> str:
     """'cuda:0' when Ray gave this actor a GPU that is real, else 'cpu' (logical GPUs on CPU machines)."""
     import ray
@@ -69,6 +83,7 @@ class RenderWorker:
         self.scenes = _LRU(4)
         self.audio = _LRU(2)
         self.tails: dict = {}
+        self.plans = _LRU(64)
         self.clips_rendered = 0
         self.watcher = None
         self._start_watcher()
@@ -147,8 +162,9 @@ class RenderWorker:
         self.scenes.put(k, ctx)
         return ctx
 
-    def render_clip(self, plan: JobPlan, si: int, ci: int, work: str) -> dict:
+    def render_clip(self, plan_handle, si: int, ci: int, work: str) -> dict:
         """Render clip ci of scene si and checkpoint it. Returns timings for the report."""
+        plan = resolve_plan(plan_handle, self.plans)
         notice = self.watcher.notice() if self.watcher is not None else None
         if notice is not None:  # take no new clip: the previous clip is checkpointed, the chain moves on
             import ray
