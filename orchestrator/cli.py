@@ -43,11 +43,9 @@ def _check(manifest, settings, deep: bool):
 
     problems = list(manifest.problems)
     jobs = list(manifest.jobs)
-    try:
+    if jobs:
         from infra.storage.checks import check_inputs
-    except ImportError:
-        check_inputs = None
-    if check_inputs is not None and jobs:
+
         bad = check_inputs(jobs, settings)
         problems += bad
         jobs = [j for j in jobs if j.source not in {p.where for p in bad}]
@@ -188,11 +186,9 @@ def _driver_gone(state: dict) -> bool:
     return False
 
 
+# sub-command groups in their own modules (each imports its heavy libraries inside its commands)
 for _name, _mod in (("models", "orchestrator.cli_models"), ("cluster", "orchestrator.cli_cluster")):
-    try:
-        app.add_typer(importlib.import_module(_mod).app, name=_name)
-    except ImportError:  # the sub-command's module is optional in a partial install
-        pass
+    app.add_typer(importlib.import_module(_mod).app, name=_name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,11 +79,9 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         reason = "; ".join(str(p) for p in manifest.problems if p.where == where)
         results[key] = JobResult(id=key, status="invalid", reason=reason or "invalid row (see problems)")
     jobs = list(manifest.jobs)
-    try:
+    if jobs:
         from infra.storage.checks import check_inputs
-    except ImportError:
-        check_inputs = None
-    if check_inputs is not None and jobs:
+
         bad_sources: dict[str, list[Problem]] = {}
         for p in check_inputs(jobs, settings):
             bad_sources.setdefault(p.where, []).append(p)
