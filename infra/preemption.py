@@ -162,17 +162,40 @@ class SigtermSource:
         self._received: float | None = None
         self._prev = None
         self._installed = False
+        self._timer: threading.Timer | None = None
+        self._redelivered = False
         if install_handler and threading.current_thread() is threading.main_thread():
             self._prev = signal.signal(signal.SIGTERM, self._on_signal)
             self._installed = True
 
     def _on_signal(self, signum, frame) -> None:
+        if self._redelivered:  # our own second delivery, after the notice had time to be seen
+            self._call_prev(signum, frame)
+            return
         self._received = time.time()
-        # Chain to whatever was there (Ray's worker handler) only after the notice is visible.
-        if callable(self._prev) and self._prev not in (signal.SIG_DFL, signal.SIG_IGN):
-            threading.Timer(max(self.grace_s - 1.0, 0.0), self._prev, (signum, frame)).start()
+        # The previous handler (Ray's worker exits via sys.exit) must run on the main thread, where handlers run:
+        # re-deliver the signal to ourselves later rather than calling it from a timer thread, where sys.exit
+        # would only end that thread and the worker would never exit.
+        if self._prev is not signal.SIG_IGN:
+            self._timer = threading.Timer(max(self.grace_s - 1.0, 0.0), self._redeliver, (signum,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _redeliver(self, signum) -> None:
+        self._redelivered = True
+        os.kill(os.getpid(), signum)
+
+    def _call_prev(self, signum, frame) -> None:
+        prev = self._prev
+        if callable(prev):
+            prev(signum, frame)
+        elif prev in (signal.SIG_DFL, None):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._installed:
             signal.signal(signal.SIGTERM, self._prev if self._prev is not None else signal.SIG_DFL)
             self._installed = False

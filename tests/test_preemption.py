@@ -187,6 +187,20 @@ def test_sigterm_handler_and_flag_file(tmp_path):
     assert other.check().source == "sigterm"
 
 
+def test_sigterm_reaches_the_previous_handler_on_the_main_thread_after_the_window():
+    """Ray's worker handler exits with sys.exit: it must run on the main thread, after the notice window."""
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(threading.current_thread() is threading.main_thread()))
+    src = SigtermSource(grace_s=1.3)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert _wait(lambda: src.check() is not None, 2) and seen == []  # first the notice, nothing else
+        assert _wait(lambda: seen == [True], 3)  # then the old handler, on the main thread
+    finally:
+        src.close()
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_watcher_from_settings(meta_server, monkeypatch, no_ray):
     meta, url = meta_server
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
