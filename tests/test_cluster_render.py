@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from procs import MARKER, free_ports, marked_pids
+from procs import ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,32 +22,8 @@ EXAMPLE_IDS = ("lesson-01-photosynthesis", "lesson-02-water-cycle", "lesson-03-s
 @pytest.fixture(scope="module")
 def gpu_head(tmp_path_factory):
     """A head with 2 logical GPUs and 2 CPUs (stitching); its dashboard (the Jobs API) on 127.0.0.1 only."""
-    tag = uuid.uuid4().hex[:8]
-    gcs, dash, client, agent = free_ports(4)
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled", **{MARKER: tag})
-    env.pop("RAY_ADDRESS", None)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the job's `python` is this venv's
-    temp = tmp_path_factory.mktemp("ray")
-    proc = subprocess.run(
-        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         "--num-cpus=2", "--num-gpus=2", "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, capture_output=True, timeout=180)
-    try:
-        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-        yield f"http://127.0.0.1:{dash}"
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in marked_pids(tag):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            end = time.time() + 3
-            while marked_pids(tag) and time.time() < end:
-                time.sleep(0.1)
-        assert not marked_pids(tag)
+    with ray_head(num_cpus=2, num_gpus=2, temp_dir=tmp_path_factory.mktemp("ray")) as url:
+        yield url
 
 
 def test_render_cluster_runs_the_example_manifest_through_the_jobs_api(gpu_head, tmp_path, run_cli, monkeypatch,

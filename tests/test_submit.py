@@ -6,45 +6,19 @@ machine. The entrypoint is a tiny script in a temporary working dir standing in 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
-from pathlib import Path
 
 import pytest
 
 from orchestrator.submit import RemoteRunFailed, _strip_local_flags, dashboard_address, follow, submit_run
-from procs import MARKER, free_ports, marked_pids
+from procs import ray_head
 
 
 
 
 @pytest.fixture(scope="module")
 def head():
-    tag = uuid.uuid4().hex[:8]
-    gcs, dash, client, agent = free_ports(4)
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="disabled", **{MARKER: tag})
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-                    f"--dashboard-agent-listen-port={agent}", "--num-cpus=1", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=120)
-    try:
-        yield f"http://127.0.0.1:{dash}"
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in marked_pids(tag):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            end = time.time() + 5
-            while marked_pids(tag) and time.time() < end:
-                time.sleep(0.1)
+    with ray_head(num_cpus=1) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
