@@ -82,7 +82,9 @@ class RenderWorker:
         self.loads: dict[str, int] = {}
         self.scenes = _LRU(4)
         self.audio = _LRU(2)
-        self.tails: dict = {}
+        # last tail per running chain; bounded: a chain moved to another actor leaves its tail behind, and a
+        # Wan tail at 832×480 is ~175 MB
+        self.tails = _LRU(4)
         self.plans = _LRU(64)
         self.clips_rendered = 0
         self.watcher = None
@@ -203,7 +205,7 @@ class RenderWorker:
                       "seed": clip.seed, "render_s": round(render_s, 4)}
             wa.save_clip(plan.key, si, ci, mp4, tail_arr, marker)
         if ci + 1 < len(plan.scenes[si].clips):
-            self.tails[(plan.key, si, ci)] = tail_arr
+            self.tails.put((plan.key, si, ci), tail_arr)
         self.clips_rendered += 1
         import ray
 
