@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     plans = catalog(a.jobs)
     settings = Settings(gpus=a.gpus)
     start_ray(a.gpus)
-    try:
-        with tempfile.TemporaryDirectory(prefix="s2v-bench-faults-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="s2v-bench-faults-") as tmp:
+        try:
             base_dir, fault_dir = Path(tmp, "base"), Path(tmp, "faults")
             base_dir.mkdir(), fault_dir.mkdir()
             base = run_chains(plans, a.clip_s, a.gpus, settings, starts_dir=str(base_dir))
@@ -47,8 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  starts_dir=str(fault_dir))
             b_starts, b_unique = redone(base_dir)
             f_starts, f_unique = redone(fault_dir)
-    finally:
-        ray.shutdown()
+        finally:
+            # before the folder goes: ray.kill returns before a killed (restarting) actor is gone, and one
+            # still starting up would open its log file in there while the folder is being removed
+            ray.shutdown()
     kills = max(1, faulted["kills"])
     extra_s = faulted["makespan_s"] - base["makespan_s"]
     clips = sum(p.clips for p in plans)
