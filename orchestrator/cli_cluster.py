@@ -16,14 +16,9 @@ CONFIG_ARG = typer.Argument(Path("cluster.yaml"), help="Cluster config (see `s2v
 
 
 def _settings(ctx: typer.Context):
-    # The main CLI puts its one Settings object in ctx.obj; standalone use builds one from the environment.
+    """Settings from the S2V_* environment, like every other `s2v` command."""
     from orchestrator.settings import Settings
 
-    obj = ctx.obj if ctx is not None else None
-    if isinstance(obj, Settings):
-        return obj
-    if isinstance(obj, dict) and isinstance(obj.get("settings"), Settings):
-        return obj["settings"]
     return Settings()
 
 

@@ -224,7 +224,7 @@ def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) 
     for f in LOCATION_FIELDS:
         v = row.get(f)
         if v is None or v == "":
-            row.pop(f, None) if v == "" else None
+            row.pop(f, None)  # an empty location means "not given"
             continue
         if not isinstance(v, str):
             problems.add(where, f, f"must be a path or URI, got {type(v).__name__}")

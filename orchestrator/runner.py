@@ -91,8 +91,9 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         jobs = [j for j in jobs if j.source not in bad_sources]
     planned = plan_jobs(jobs, settings)
     problems += list(planned.problems)
+    source_of = {j.id: j.source for j in jobs}
     for jid in planned.failed:
-        reason = "; ".join(str(p) for p in planned.problems if next((j.source for j in jobs if j.id == jid), "?") == p.where)
+        reason = "; ".join(str(p) for p in planned.problems if p.where == source_of[jid])
         results[jid] = JobResult(id=jid, status="invalid", reason=reason)
     work = WorkArea.at(settings.work, settings)
     todo: list[JobPlan] = []
@@ -108,10 +109,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     state.write(force=True)
     from orchestrator.webhook import Webhook
 
-    hook = Webhook.from_settings(settings)
-    for r in results.values():
-        if r.status == "invalid" and hook:
-            hook.job(r.model_dump(), run_id)
+    hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
     actors_info: list[dict] = []
     events: list[tuple] = []
     if todo:

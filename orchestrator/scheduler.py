@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from orchestrator.checkpoints import WorkArea, first_missing
 from orchestrator.planner import JobPlan, ScenePlan
 from orchestrator.settings import Settings
 
@@ -99,8 +100,6 @@ class Scheduler:
             js = JobState(plan=p, scenes_left=0)
             self.jobs[p.job.id] = js
             for s in p.scenes:
-                from orchestrator.checkpoints import first_missing
-
                 k = first_missing(d.get(s.index, set()), len(s.clips))
                 if k < len(s.clips):
                     chains.append(Chain(p, s, next_done=k, next_submit=k))
@@ -270,8 +269,6 @@ class Scheduler:
         slot.chain = None
         if chain is not None and self.jobs[chain.plan.job.id].failed is None:
             # the checkpoints are the truth: a success may still sit unread behind the failure that got here first
-            from orchestrator.checkpoints import WorkArea, first_missing
-
             try:
                 done = WorkArea.at(self.work, self.settings).done_clips(chain.plan.key).get(chain.scene.index, set())
                 chain.next_done = max(chain.next_done, first_missing(done, chain.n))
@@ -287,8 +284,6 @@ class Scheduler:
             self.queue.appendleft(chain)  # resume first: it is already partly paid for
 
     def _lost_actor(self, slot: Slot, chain: Chain | None, watchdog: bool, err) -> None:
-        from orchestrator.worker import Preempted  # noqa: F401 - imported for clarity of the two paths
-
         if chain is not None:
             js = self.jobs[chain.plan.job.id]
             js.infra_retries += 1

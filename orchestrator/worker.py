@@ -93,10 +93,8 @@ class RenderWorker:
             self._backend(name)
 
     def _start_watcher(self) -> None:
-        try:
-            from infra.preemption import watcher_from_settings
-        except ImportError:
-            return
+        from infra.preemption import watcher_from_settings
+
         try:
             self.watcher = watcher_from_settings(self.settings, on_notice=self._on_notice)
             if self.watcher is not None:

@@ -83,11 +83,6 @@ def poster_argv(video: str, at_s: float, dest: str) -> list[str]:
             "-q:v", "3", *BITEXACT, "-f", "image2", "-c:v", "mjpeg", dest]
 
 
-def normalize_image_argv(src: str, dest: str) -> list[str]:
-    """Decode any ffmpeg-readable still image (webp, heic-less, …) to PNG."""
-    return ["-nostdin", "-v", "error", "-y", "-i", src, "-frames:v", "1", dest]
-
-
 # ---------- the one place ffmpeg runs ----------
 
 def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str = "ffmpeg",

@@ -31,7 +31,7 @@ from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
 from typer.testing import CliRunner
 
 from orchestrator.cli_cluster import app
-from procs import free_ports
+from procs import free_ports, marked_pids
 
 MARKER = "S2V_LOCAL_NODE"
 TESTS = Path(__file__).resolve().parent
@@ -39,16 +39,7 @@ ROOT = TESTS.parent
 
 
 def _node_pids(node_id: str) -> list[int]:
-    needle = f"{MARKER}={node_id}\0".encode()
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if needle in (d / "environ").read_bytes():
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
+    return [p for p in marked_pids(node_id, MARKER) if p != os.getpid()]
 
 
 def kill_node(node_id: str) -> None:
