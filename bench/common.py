@@ -20,7 +20,7 @@ import numpy as np
 from orchestrator.manifest import JobSpec
 from orchestrator.planner import JobPlan, chains_for
 from pipeline.audio import AudioAnalysis, cut_points
-from pipeline.backends.timed import TimedBackend, clip_seconds
+from pipeline.backends.drills.timed import TimedBackend, clip_seconds
 
 REAL_CLIP_S = 240.0  # Wan 2.2 S2V 14B, one 80-frame clip on one H100 (docs/models.md): the time being scaled
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         speech_file,
     )
     from orchestrator.runner import render
-    from orchestrator.settings import Settings
+    from core.settings import Settings
     from pipeline.backends.wan_tiny import make_tiny
 
     gpus = torch.cuda.device_count()

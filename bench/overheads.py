@@ -16,7 +16,7 @@ TARGET_CLIP_S = 60.0  # the issue's reference clip: overhead is judged against a
 
 
 def measure(size: str, image_px: int, seconds: float, clip_s: float, tmp: Path) -> dict:
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     d = tmp / size.replace("*", "x")
     d.mkdir()

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     import ray
 
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     lengths = [float(x) for x in a.lengths.split(",")]
     with tempfile.TemporaryDirectory(prefix="s2v-bench-pool-") as tmp:

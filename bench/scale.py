@@ -90,7 +90,7 @@ def bench_rerun(tmp: Path, rows: int, audios: list[Path], image: Path) -> dict:
     from orchestrator.planner import plan_jobs
     from orchestrator.publish import output_uris
     from orchestrator.runner import render
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     out = tmp / "published"
     m = write_csv(tmp / "rerun.csv", rows, audios, image, out)

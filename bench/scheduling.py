@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     import ray
 
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     plans = catalog(a.jobs)
     start_ray(a.gpus)

@@ -9,7 +9,7 @@ import time
 
 from bench.common import chain_times, lower_bound, simulate
 from orchestrator.worker import _LRU, resolve_plan
-from pipeline.backends.timed import clip_seconds
+from pipeline.backends.drills.timed import clip_seconds
 
 
 class SleepWorker:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ray.autoscaler.node_provider import NodeProvider
 
-from orchestrator.errors import ClusterError, ConfigError, TransientError
-from orchestrator.retry import retrying
+from core.errors import ClusterError, ConfigError, TransientError
+from core.retry import retrying
 
 log = logging.getLogger("s2v.runpod")
 
@@ -288,14 +288,3 @@ class RunPodNodeProvider(NodeProvider):
         cluster_config.setdefault("provider", {}).setdefault("use_internal_ips", False)
         return cluster_config
 
-
-def wait_running(provider: RunPodNodeProvider, node_id: str, timeout_s: float = 600.0) -> None:
-    """Block until the pod has runtime ports (tests and scripts; the launcher polls by itself)."""
-    end = time.time() + timeout_s
-    while time.time() < end:
-        with provider._lock:
-            provider._pods.pop(node_id, None)
-        if provider.is_running(node_id):
-            return
-        time.sleep(2.0)
-    raise ClusterError(f"pod {node_id} not running after {timeout_s:.0f} s")

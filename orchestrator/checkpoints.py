@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from infra.storage import Uri, parse, storage_for
-from orchestrator.retry import retrying
+from core.retry import retrying
 
 DONE_RE = re.compile(r"scene-(\d{4})/clip-(\d{4})\.done\.json$")
 
@@ -74,9 +74,6 @@ class WorkArea:
             if m:
                 out.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
         return out
-
-    def read_marker(self, key: str, scene: int, clip: int) -> dict:
-        return json.loads(self.storage.read_bytes(self.clip_done(key, scene, clip)))
 
     # --- run state (readable after the driver died, from any machine) ---
     def write_state(self, run_id: str, state: dict) -> None:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import click
 import typer
 
-from orchestrator.errors import InputError, S2VError, exit_code_for
+from core.errors import InputError, S2VError, exit_code_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch speech-to-video: manifest → plan → render on Ray → stitch → publish.")
@@ -26,7 +26,7 @@ def _console():
 
 
 def _settings(**overrides):
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.errors import ClusterError, ConfigError, S2VError, exit_code_for
+from core.errors import ClusterError, ConfigError, S2VError, exit_code_for
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ CONFIG_ARG = typer.Argument(Path("cluster.yaml"), help="Cluster config (see `s2v
 
 def _settings(ctx: typer.Context):
     """Settings from the S2V_* environment, like every other `s2v` command."""
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     return Settings()
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from infra.storage import uri as uris
-from orchestrator.errors import ManifestError, Problem, ProblemList
+from core.errors import ManifestError, Problem, ProblemList
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SIZE_RE = re.compile(r"^\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*$")
@@ -124,7 +124,7 @@ def _read_text(location: str, settings=None) -> str:
     else:
         from infra.storage import open_storage
 
-        from orchestrator.retry import retrying
+        from core.retry import retrying
 
         raw = retrying("storage")(open_storage(str(u), settings).read_bytes, u)
     try:

@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from infra.storage import uri as uris
-from orchestrator.errors import InputError, MediaError, Problem, S2VError
+from core.errors import InputError, MediaError, Problem, S2VError
 from orchestrator.manifest import JobSpec
-from orchestrator.settings import Settings
+from core.settings import Settings
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class
 from pipeline.backends.base import clip_frame_counts

@@ -11,8 +11,8 @@ from pathlib import Path
 from infra.storage import Uri, parse, storage_for
 from orchestrator.checkpoints import WorkArea
 from orchestrator.planner import JobPlan, local_path
-from orchestrator.retry import retrying
-from orchestrator.settings import Settings
+from core.retry import retrying
+from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
 from pipeline.stitch import stitch
 

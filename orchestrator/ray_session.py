@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from orchestrator.errors import ClusterError
-from orchestrator.settings import Settings
+from core.errors import ClusterError
+from core.settings import Settings
 
 # Local Ray must never bind the machine's external address, phone home, or ask for a token.
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",

@@ -11,13 +11,13 @@ import uuid
 from pydantic import BaseModel
 
 from orchestrator.checkpoints import WorkArea
-from orchestrator.errors import Problem, S2VError, TransientError, exit_code_for
+from core.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
-from orchestrator.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger("s2v.runner")
 

@@ -10,7 +10,8 @@ from typing import Callable
 
 from orchestrator.checkpoints import WorkArea, first_missing
 from orchestrator.planner import JobPlan, ScenePlan
-from orchestrator.settings import Settings
+from core.errors import ChainBroken, Preempted
+from core.settings import Settings
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
@@ -298,8 +299,6 @@ class Scheduler:
         slot.probe = slot.handle.ping.remote()
 
     def _app_error(self, slot: Slot, chain: Chain, e) -> None:
-        from orchestrator.worker import ChainBroken, Preempted
-
         cause = e.cause if getattr(e, "cause", None) is not None else e
         js = self.jobs[chain.plan.job.id]
         if isinstance(cause, ChainBroken):

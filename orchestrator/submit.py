@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from orchestrator.errors import ClusterError, ConfigError, RenderError
+from core.errors import ClusterError, ConfigError, RenderError
 
 DASHBOARD_PORT = 8265
 # Never uploaded: VCS data, environments, local work areas and rendered media (the upload limit is 100 MiB).

@@ -14,8 +14,8 @@ import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
-from orchestrator.errors import S2VError, TransientError
-from orchestrator.retry import retrying
+from core.errors import S2VError, TransientError
+from core.retry import retrying
 
 log = logging.getLogger("s2v.webhook")
 

@@ -11,25 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.checkpoints import WorkArea
-from orchestrator.errors import RenderError, S2VError
+from core.errors import ChainBroken, Preempted, RenderError
 from orchestrator.planner import JobPlan, local_path
-from orchestrator.settings import Settings
+from core.settings import Settings
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class
 from pipeline.backends.base import ClipRequest, SceneInput
 from pipeline.media import EncodeParams, encode_frames
-
-
-class ChainBroken(S2VError):
-    """The previous clip's tail is neither in memory nor checkpointed (its render failed): not the job's fault."""
-
-
-class Preempted(S2VError):
-    """This node got a preemption notice; the chain continues elsewhere from its last checkpoint."""
-
-    def __init__(self, message: str, node: str = ""):
-        super().__init__(message)
-        self.node = node
 
 
 class _LRU(OrderedDict):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.errors import MediaError
+from core.errors import MediaError
 from pipeline.media import decode_audio_argv, run_ffmpeg
 
 SR = 16000

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import RenderError
+from core.errors import RenderError
 
 BLACK_LUMA = 16.0  # mean luma (0-255) at or below this is black
 FROZEN_DIFF = 0.25  # mean absolute luma change per frame at or below this is frozen

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.errors import MediaError, RenderError, TransientError
+from core.errors import MediaError, RenderError, TransientError
 
 # Identical encoder parameters for every clip are what make stream-copy concatenation valid.
 BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1"]
@@ -89,7 +89,7 @@ def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str =
                timeout_s: float = 3600, media_error: bool = False) -> bytes:
     """Run ffmpeg; raise with its stderr. media_error=True turns a failure into a user-facing MediaError.
     Only transient failures (a hung or unstartable process) are retried, per the "ffmpeg" policy."""
-    from orchestrator.retry import retrying
+    from core.retry import retrying
 
     return retrying("ffmpeg")(_run_ffmpeg_once, args, input_bytes, what, timeout_s, media_error)
 

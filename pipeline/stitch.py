@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import RenderError
+from core.errors import RenderError
 from pipeline.media import concat_list, count_video_frames, poster_argv, probe, run_ffmpeg, stitch_argv
 
 

@@ -70,7 +70,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def settings(tmp_path):
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     return Settings(gpus=_RAY_GPUS, work=str(tmp_path / "work"), cache_dir=tmp_path / "cache")
 

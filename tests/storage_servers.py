@@ -302,7 +302,7 @@ def gcs_env(gcs_server, monkeypatch, tmp_path):
 
 
 def s3_settings(endpoint: str, tmp: Path, **kw):
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     base = dict(s3_endpoint_url=endpoint, s3_region="us-east-1", s3_addressing_style="path",
                 cache_dir=tmp / "cache", storage_connect_timeout_s=2.0, storage_read_timeout_s=10.0)
@@ -310,7 +310,7 @@ def s3_settings(endpoint: str, tmp: Path, **kw):
 
 
 def gcs_settings(tmp: Path, **kw):
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     base = dict(gcs_project="s2v-test", cache_dir=tmp / "cache", storage_connect_timeout_s=2.0,
                 storage_read_timeout_s=10.0)

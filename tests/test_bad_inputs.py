@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import media
-from orchestrator.errors import ManifestError
+from core.errors import ManifestError
 from orchestrator.runner import render
 from pipeline.media import ffmpeg_bin
 
@@ -133,7 +133,7 @@ def bad_manifest(tmp_path_factory, assets):
 def rendered(bad_manifest, tmp_path_factory):
     """One render of the whole catalog (valid rows render on real Ray; bad ones never reach a GPU)."""
     from conftest import start_local_ray
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     start_local_ray()
     tmp = tmp_path_factory.mktemp("badrun")

@@ -10,7 +10,7 @@ def test_timed_backend_sleeps_per_job_and_returns_frame_exact_clips():
 
     from pipeline.backends import backend_class
     from pipeline.backends.base import ClipRequest, SceneInput
-    from pipeline.backends.timed import SPREAD, clip_factor
+    from pipeline.backends.drills.timed import SPREAD, clip_factor
 
     b = backend_class("timed")(None)
     b.load()

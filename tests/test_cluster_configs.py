@@ -17,8 +17,8 @@ from infra.clusters.config import (
     load_config,
     validate_cluster_config,
 )
-from orchestrator.errors import ConfigError
-from orchestrator.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "cluster.yaml", *sorted((ROOT / "infra" / "clusters").glob("*.yaml"))]

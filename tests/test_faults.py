@@ -57,7 +57,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
 def baseline(drill, tmp_path_factory):
     """A fault-free run of the drill manifest: the bytes every faulty run must reproduce."""
     from conftest import start_local_ray
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     start_local_ray()
     tmp = tmp_path_factory.mktemp("baseline")
@@ -105,7 +105,7 @@ def test_worker_node_removed_mid_chain(drill, baseline, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ManifestError
+from core.errors import ManifestError
 from orchestrator.manifest import load_manifest, parse_defaults
 
 

@@ -20,7 +20,7 @@ from infra.preemption import (
     drain_this_node,
     watcher_from_settings,
 )
-from orchestrator.settings import Settings
+from core.settings import Settings
 
 
 class FakeMeta:

@@ -14,7 +14,7 @@ import pytest
 
 import media
 from orchestrator.runner import render
-from orchestrator.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture(scope="module")

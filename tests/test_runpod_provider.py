@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from infra.runpod_provider import CLUSTER_ENV, RunPodNodeProvider, deployment_mutation, gql_str
-from orchestrator.errors import ConfigError
+from core.errors import ConfigError
 
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|([{}\[\]:,()]))')
 
@@ -236,7 +236,7 @@ def test_missing_key(monkeypatch, tmp_path):
 
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
     monkeypatch.setattr(runpod, "api_key", None)
-    from orchestrator.errors import ClusterError
+    from core.errors import ClusterError
 
     with pytest.raises(ClusterError, match="RUNPOD_API_KEY"):
         _provider(tmp_path)

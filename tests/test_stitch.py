@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.errors import RenderError
+from core.errors import RenderError
 from pipeline.media import (EncodeParams, concat_list, encode_audio_argv, encode_frames, run_ffmpeg, stitch_argv)
 from pipeline.stitch import stitch
 

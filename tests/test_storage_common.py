@@ -10,7 +10,7 @@ import pytest
 
 from infra.storage.base import Storage
 from infra.storage.uri import Uri, parse
-from orchestrator.errors import InputError, StorageError
+from core.errors import InputError, StorageError
 from storage_servers import gcs_env, gcs_server, gcs_settings, s3_env, s3_server, s3_settings, unique  # noqa: F401
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("google.cloud.storage", reason="the gcs extra is not install
 from infra.storage import cache
 from infra.storage.gcs import GCSStorage
 from infra.storage.uri import parse
-from orchestrator.errors import InputError, StorageError
+from core.errors import InputError, StorageError
 from storage_servers import GCSServer, KillingProxy, free_port, gcs_env, gcs_server, gcs_settings, unique  # noqa: F401
 
 MB = 1024 * 1024

@@ -66,7 +66,7 @@ def test_submit_failure_exit_code_and_detach(head, project):
 
 
 def test_manifest_outside_working_dir_and_addresses(project, tmp_path_factory):
-    from orchestrator.errors import ConfigError
+    from core.errors import ConfigError
 
     other = tmp_path_factory.mktemp("elsewhere") / "m.yaml"
     other.write_text("jobs: []\n")

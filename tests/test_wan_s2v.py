@@ -19,7 +19,7 @@ if importlib.util.find_spec("diffsynth") is None or importlib.util.find_spec("to
 from typer.testing import CliRunner  # noqa: E402
 
 from orchestrator.cli_models import app as models_app  # noqa: E402
-from orchestrator.errors import ConfigError, RenderError  # noqa: E402
+from core.errors import ConfigError, RenderError  # noqa: E402
 from pipeline.backends import backend_spec  # noqa: E402
 from pipeline.backends.base import ClipRequest, SceneInput, clip_frame_counts  # noqa: E402
 from pipeline.backends.wan_s2v import WanS2VBackend, missing_files, official_size  # noqa: E402

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import ConfigError, ProblemList
+from core.errors import ConfigError, ProblemList
 
 PROVIDERS = ("aws", "gcp", "runpod")
 HEAD, SPOT, ONDEMAND = "head", "gpu_spot", "gpu_ondemand"

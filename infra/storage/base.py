@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
@@ -90,7 +92,7 @@ def fill_atomically(dest: Path, fill, prefix: str = ".tmp-", fsync: bool = False
 
 def env_settings():
     """Settings from S2V_* env vars, for callers that have none (a manifest read by URI)."""
-    from orchestrator.settings import Settings
+    from core.settings import Settings
 
     try:
         return Settings()
@@ -102,15 +104,35 @@ def as_uri(u: Uri | str) -> Uri:
     return u if isinstance(u, Uri) else parse(u)
 
 
-_instances: dict[tuple[str, int], Storage] = {}
+# Storage-relevant settings only: two Settings that agree on these share one instance (boto3/GCS clients are
+# expensive to build), and a changed endpoint or credentials file never reuses a stale client.
+_STORAGE_FIELD_PREFIXES = ("s3_", "gcs_", "storage_")
+_MAX_INSTANCES = 16
+_instances: OrderedDict[tuple, Storage] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _fingerprint(settings) -> tuple:
+    if settings is None:
+        return ()
+    names = getattr(type(settings), "model_fields", {})
+    return tuple((n, repr(getattr(settings, n))) for n in sorted(names) if n.startswith(_STORAGE_FIELD_PREFIXES))
 
 
 def storage_for(location: str | Uri, settings=None) -> Storage:
-    """The storage backend for a location's scheme, created once per (scheme, settings)."""
+    """The storage backend for a location's scheme: one instance per scheme and storage configuration, kept in
+    a small LRU keyed by the settings' storage values (never by object identity, which Python reuses)."""
     u = location if isinstance(location, Uri) else parse(location)
-    key = (u.scheme, id(settings))
-    if key not in _instances:
-        spec = REGISTRY[u.scheme]
-        mod, _, cls = spec.partition(":")
-        _instances[key] = getattr(importlib.import_module(mod), cls)(settings)
-    return _instances[key]
+    key = (u.scheme, _fingerprint(settings))
+    with _lock:
+        st = _instances.get(key)
+        if st is not None:
+            _instances.move_to_end(key)
+            return st
+    mod, _, cls = REGISTRY[u.scheme].partition(":")
+    st = getattr(importlib.import_module(mod), cls)(settings)
+    with _lock:
+        st = _instances.setdefault(key, st)
+        while len(_instances) > _MAX_INSTANCES:
+            _instances.popitem(last=False)
+    return st

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infra.storage.base import storage_for
 from infra.storage.uri import Uri, parse
-from orchestrator.errors import InputError
+from core.errors import InputError
 
 # Within one process (a render actor) the same input is asked for once per clip; remembering the answer for a
 # while saves even the metadata round trip. Short enough that a re-uploaded input is seen by the next run.

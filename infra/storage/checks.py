@@ -6,7 +6,7 @@ from pathlib import Path
 
 from infra.storage.base import storage_for
 from infra.storage.uri import Uri, parse
-from orchestrator.errors import InputError, Problem, S2VError, StorageError
+from core.errors import InputError, Problem, S2VError, StorageError
 
 INPUT_FIELDS = ("audio", "image", "pose")
 

@@ -21,8 +21,8 @@ from google.cloud import storage as gcs
 
 from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
 from infra.storage.uri import Uri
-from orchestrator.errors import InputError, StorageError
-from orchestrator.retry import register_transient, retrying
+from core.errors import InputError, StorageError
+from core.retry import register_transient, retrying
 
 log = logging.getLogger("s2v.storage.gcs")
 

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from infra.storage.base import Storage, fill_atomically
 from infra.storage.uri import Uri
-from orchestrator.errors import StorageError
+from core.errors import StorageError
 
 
 class LocalStorage(Storage):

@@ -15,8 +15,8 @@ from botocore.config import Config
 
 from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
 from infra.storage.uri import Uri
-from orchestrator.errors import InputError, StorageError
-from orchestrator.retry import register_transient, retrying
+from core.errors import InputError, StorageError
+from core.retry import register_transient, retrying
 
 log = logging.getLogger("s2v.storage.s3")
 
@@ -82,7 +82,7 @@ class S3Storage(Storage):
     @property
     def _client(self):
         if self._client_obj is None:
-            # boto3's own retries kept short: the storage policy in orchestrator.retry is the one that retries
+            # boto3's own retries kept short: the storage policy in core.retry is the one that retries
             cfg = Config(
                 retries={"max_attempts": 2, "mode": "standard"},
                 connect_timeout=self._opt("storage_connect_timeout_s", 10.0),

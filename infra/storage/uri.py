@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from orchestrator.errors import InputError
+from core.errors import InputError
 
 SCHEMES = ("file", "s3", "gs")
 
@@ -35,10 +35,6 @@ class Uri:
 
     def parent(self) -> "Uri":
         return Uri(self.scheme, self.bucket, posixpath.dirname(self.key.rstrip("/")))
-
-
-def is_remote(value: str) -> bool:
-    return "://" in value and not value.startswith("file://")
 
 
 def parse(value: str, base: str | None = None) -> Uri:

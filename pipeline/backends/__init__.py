@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import importlib
 
-from orchestrator.errors import InputError
+from core.errors import InputError
+from pipeline.backends import drills
 from pipeline.backends.base import Backend, BackendSpec, ClipOutput, ClipRequest, SceneInput
 
+# Production backends. Drill backends (fault injection, timed sleeps) live in pipeline.backends.drills and are
+# found by name too, but are never offered as a choice.
 REGISTRY: dict[str, str] = {
     "draft": "pipeline.backends.draft:DraftBackend",
-    "faults": "pipeline.backends.faults:FaultBackend",
     "wan-s2v": "pipeline.backends.wan_s2v:WanS2VBackend",
-    "timed": "pipeline.backends.timed:TimedBackend",
 }
 
 
 def backend_class(name: str) -> type[Backend]:
-    if name not in REGISTRY:
-        raise InputError(f"unknown backend '{name}'; known backends: {', '.join(sorted(REGISTRY))}")
-    mod, _, cls = REGISTRY[name].partition(":")
+    spec = REGISTRY.get(name) or drills.REGISTRY.get(name)
+    if spec is None:
+        raise InputError(f"unknown backend '{name}'; known backends: {', '.join(sorted(REGISTRY))} "
+                         f"(drills: {', '.join(sorted(drills.REGISTRY))})")
+    mod, _, cls = spec.partition(":")
     return getattr(importlib.import_module(mod), cls)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import ConfigError, MediaError, RenderError
+from core.errors import ConfigError, MediaError, RenderError
 from pipeline.backends.base import Backend, BackendSpec, ClipOutput, ClipRequest, SceneInput, fit_size
 from pipeline.backends.wan_tiny import DIT_CONFIG, DIT_INDEX, T5_FILE, TOKENIZER_DIR, VAE_FILE, WAV2VEC_DIR
 

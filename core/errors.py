@@ -71,6 +71,18 @@ class ClusterError(S2VError):
     """A cluster could not be created, reached or torn down."""
 
 
+class ChainBroken(S2VError):
+    """The previous clip's tail is neither in memory nor checkpointed (its render failed): not the job's fault."""
+
+
+class Preempted(S2VError):
+    """This node got a preemption notice; the chain continues elsewhere from its last checkpoint."""
+
+    def __init__(self, message: str, node: str = ""):
+        super().__init__(message)
+        self.node = node
+
+
 class InterruptedRun(S2VError):
     """The run was stopped (Ctrl-C, budget, preemption of the driver); a rerun resumes."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.errors import RenderError
+from core.errors import RenderError
 from pipeline.backends.base import BackendSpec, ClipOutput, ClipRequest
 from pipeline.backends.draft import DraftBackend
 

@@ -14,7 +14,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from orchestrator.errors import TransientError
+from core.errors import TransientError
 
 log = logging.getLogger("s2v.retry")
 
@@ -61,16 +61,3 @@ def retrying(policy: str, *, attempts: int | None = None, max_delay_s: float | N
         reraise=True,
     )
 
-
-def with_retry(policy: str):
-    """Decorator form of `retrying(policy)`."""
-
-    def deco(fn):
-        def wrapper(*a, **kw):
-            return retrying(policy)(fn, *a, **kw)
-
-        wrapper.__name__ = fn.__name__
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
-
-    return deco

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     wan_offload: str | None = Field(None, pattern="^(cpu|disk)$", description="Offload idle weights (CUDA only).")
     wan_vram_limit: float | None = Field(None, gt=0, description="GiB of GPU memory diffsynth may keep resident.")
 
-    # fault drills (the `faults` backend): see pipeline/backends/faults.py
+    # fault drills (the `faults` backend): see pipeline/backends/drills/faults.py
     faults: list[dict] = Field(default_factory=list)
     faults_dir: str | None = None
 
