@@ -1,0 +1,1 @@
+"""The shared ground under every layer: errors, settings, retry policies (imports nothing of the project)."""
