@@ -24,6 +24,35 @@ def _default_prices() -> dict[str, GpuPrice]:
     }
 
 
+# ---- cloud prices: USD per node-hour, keyed by the s2v-price-key label every cluster node carries; its
+# s2v-market label (spot / on-demand) picks the column. Override any entry with S2V_NODE_PRICES (JSON).
+class NodePrice(BaseModel):
+    """USD per node-hour of one kind of node."""
+
+    on_demand: float
+    spot: float
+
+
+# RunPod: Secure Cloud (global networking needs it) per-GPU-hour list prices, late 2026 — H100 and A100 as in
+# DESIGN.md; the RTX A4000 head at RunPod's serverless flex rate for its class ($0.00016/s), an upper bound
+# for a pod (the console quotes the live rate). Keys are infra.runpod_api.price_key: runpod-<gpu>-x<GPUs>.
+_RUNPOD_GPU_HOUR = {
+    "h100-80gb-hbm3": NodePrice(on_demand=2.69, spot=1.35),
+    "a100-sxm4-80gb": NodePrice(on_demand=1.59, spot=0.80),
+    "a100-80gb-pcie": NodePrice(on_demand=1.59, spot=0.80),
+    "rtx-a4000": NodePrice(on_demand=0.58, spot=0.58),
+}
+
+
+def _runpod_node_prices() -> dict[str, NodePrice]:
+    return {f"runpod-{gpu}-x{n}": NodePrice(on_demand=round(p.on_demand * n, 4), spot=round(p.spot * n, 4))
+            for gpu, p in _RUNPOD_GPU_HOUR.items() for n in (1, 2, 4, 8)}
+
+
+def _default_node_prices() -> dict[str, NodePrice]:
+    return {**_runpod_node_prices()}
+
+
 class Settings(BaseSettings):
     """Everything tunable; env vars are S2V_<NAME> (nested with __), CLI flags override."""
 
@@ -56,6 +85,9 @@ class Settings(BaseSettings):
     prices: dict[str, GpuPrice] = Field(default_factory=_default_prices)
     price_per_gpu_hour: float | None = Field(None, description="Overrides the price table when set.")
     budget_usd: float | None = None
+    # cloud prices (see NodePrice above)
+    node_prices: dict[str, NodePrice] = Field(default_factory=_default_node_prices,
+                                              description="USD per node-hour by s2v-price-key node label.")
 
     # encoding (identical for every clip so stitching is a stream copy)
     crf: int = Field(18, ge=0, le=51)
