@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     # keeps both out of logs and tracebacks: the secret signs, and webhook URLs often embed a token themselves.
     webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
     webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
+
+    @field_validator("node_prices", mode="after")
+    @classmethod
+    def _over_default_prices(cls, v: dict[str, NodePrice]) -> dict[str, NodePrice]:
+        # S2V_NODE_PRICES='{"runpod-h100-80gb-hbm3-x1": {...}}' corrects one entry; the rest of the table stays.
+        return {**_default_node_prices(), **v}
 
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""

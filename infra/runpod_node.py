@@ -1,4 +1,4 @@
-"""Run on a RunPod pod before `ray start`: its global-network IP and its node labels (`python -m infra.runpod_node env`)."""
+"""Run on a RunPod pod before `ray start`: its global-network IP and node labels (`python -m infra.runpod_node env`)."""
 
 from __future__ import annotations
 

@@ -221,7 +221,9 @@ class RunPodNodeProvider(NodeProvider):
         def env(market: str) -> dict[str, str]:
             return {**base_env, LABELS_ENV: json.dumps({PRICE_KEY_LABEL: key, MARKET_LABEL: market})}
 
-        if nc.get("interruptible") and is_gpu(nc):
+        if nc.get("interruptible") and not is_gpu(nc):
+            raise ConfigError("RunPod has no interruptible CPU pods; set interruptible: false or a gpu_type_id")
+        if nc.get("interruptible"):
             try:
                 if nc.get("bid_per_gpu") is not None and not float(nc["bid_per_gpu"]) > 0:
                     raise ConfigError(f"bid_per_gpu must be a positive USD per GPU-hour, got {nc['bid_per_gpu']!r}")

@@ -101,8 +101,7 @@ class FakeRunPod:
             gid, lp = parse_input(query, "gpuTypes")["id"], parse_input(query, "lowestPrice")
             return {"data": {"gpuTypes": [{
                 "id": gid, "secureSpotPrice": self.min_bid + 0.2, "communitySpotPrice": self.min_bid,
-                "lowestPrice": {"minimumBidPrice": self.min_bid * lp["gpuCount"] / lp["gpuCount"],
-                                "uninterruptablePrice": 2.69}}]}}
+                "lowestPrice": {"minimumBidPrice": self.min_bid, "uninterruptablePrice": 2.69 * lp["gpuCount"]}}]}}
         for op in self.DEPLOYS:
             if op + "(" in query:
                 return self._deploy(op, parse_input(query, op))
@@ -306,6 +305,15 @@ def test_refused_spot_falls_back_loudly_and_is_priced_on_demand(fake_runpod, tmp
     fake_runpod.interruptible_supported = True
     (c,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=0.5), {}, 1)
     assert p.node_labels(c)["s2v-market"] == "on-demand"
+
+
+def test_one_price_override_keeps_the_rest_of_the_table(monkeypatch):
+    from core.settings import Settings
+
+    monkeypatch.setenv("S2V_NODE_PRICES", json.dumps({"runpod-h100-80gb-hbm3-x1": {"on_demand": 2.39, "spot": 1.19}}))
+    prices = Settings().node_prices
+    assert prices["runpod-h100-80gb-hbm3-x1"].on_demand == 2.39
+    assert prices["runpod-rtx-a4000-x1"].on_demand > 0 and prices["runpod-h100-80gb-hbm3-x8"].spot > 0
 
 
 def test_shipped_template_forms_a_cluster(fake_runpod, tmp_path):

@@ -60,7 +60,6 @@ RUNPOD_KEYS = {
     "instance_id",
 }
 RUNPOD_CLOUD_TYPES = {"ALL", "COMMUNITY", "SECURE"}
-RUNPOD_CUDA = ["13.0", "13.1", "13.2"]  # host CUDA (driver >= 580) that runs the pinned torch 2.13 cu130 wheels
 
 
 def template_path(provider: str) -> Path:
