@@ -396,17 +396,24 @@ def _key_leaks(fake, *texts) -> list[str]:
 
 
 def test_api_key_reaches_the_head_as_a_file_only(fake_runpod, tmp_path, caplog, monkeypatch):
-    """The key: staged 0600 on the user's machine, mounted on the head only, read there from the file."""
+    """Through Ray's own launcher code: staged 0600, mounted on the head only, read there from the file."""
+    from ray.autoscaler._private.commands import _bootstrap_config, _set_up_config_for_head_node
+
     cfg = _template()
     cfg["provider"]["state_dir"] = str(tmp_path / "state")
     with caplog.at_level("DEBUG"):
-        boot = RunPodNodeProvider.bootstrap_config(copy.deepcopy(cfg))
+        boot = _bootstrap_config(copy.deepcopy(cfg), no_config_cache=True)
         key_file = boot["provider"]["api_key_file"]
         local = Path(boot["file_mounts"][key_file])
         assert local.read_text().strip() == KEY and stat.S_IMODE(local.stat().st_mode) == 0o600
         p = RunPodNodeProvider(boot["provider"], boot["cluster_name"])
-        remote = p.prepare_for_head_node(copy.deepcopy(boot))
-        assert key_file not in remote["file_mounts"] and remote["provider"]["api_key_file"] == key_file
+        head_cfg, remote_file = _set_up_config_for_head_node(copy.deepcopy(boot), p, no_restart=False)
+        remote_text = Path(remote_file.name).read_text()  # ~/ray_bootstrap_config.yaml on the head
+        remote_file.close()
+        remote = json.loads(remote_text)
+        assert head_cfg["file_mounts"][key_file] == str(local)  # the launcher syncs it to the head...
+        assert key_file not in remote["file_mounts"]  # ...whose autoscaler never passes it on to workers
+        assert remote["provider"]["api_key_file"] == key_file
         for name, nt in cfg["available_node_types"].items():
             p.create_node(nt["node_config"], {"ray-user-node-type": name}, 1)
         # On the head: RunPod sets a pod-scoped RUNPOD_API_KEY there; the account key comes from the mounted file.
@@ -415,7 +422,7 @@ def test_api_key_reaches_the_head_as_a_file_only(fake_runpod, tmp_path, caplog, 
         head = RunPodNodeProvider(remote["provider"], remote["cluster_name"])
         assert len(head.non_terminated_nodes({})) == 3
     envs = [e for pod in fake_runpod.pods.values() for e in pod["env"]]
-    assert not _key_leaks(fake_runpod, json.dumps(boot), json.dumps(remote), caplog.text, *envs)
+    assert not _key_leaks(fake_runpod, json.dumps(boot), json.dumps(head_cfg), remote_text, caplog.text, *envs)
     assert len(fake_runpod.queries) > 3
 
 
