@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,35 @@ def _default_prices() -> dict[str, GpuPrice]:
         "a100-80g-runpod": GpuPrice(on_demand=1.59, spot=0.80),
         "local": GpuPrice(on_demand=0.0, spot=0.0),
     }
+
+
+# ---- cloud prices: USD per node-hour, keyed by the s2v-price-key label every cluster node carries; its
+# s2v-market label (spot / on-demand) picks the column. Override any entry with S2V_NODE_PRICES (JSON).
+class NodePrice(BaseModel):
+    """USD per node-hour of one kind of node."""
+
+    on_demand: float
+    spot: float
+
+
+# RunPod: Secure Cloud (global networking needs it) per-GPU-hour list prices, late 2026 — H100 and A100 as in
+# DESIGN.md; the RTX A4000 head at RunPod's serverless flex rate for its class ($0.00016/s), an upper bound
+# for a pod (the console quotes the live rate). Keys are infra.runpod_api.price_key: runpod-<gpu>-x<GPUs>.
+_RUNPOD_GPU_HOUR = {
+    "h100-80gb-hbm3": NodePrice(on_demand=2.69, spot=1.35),
+    "a100-sxm4-80gb": NodePrice(on_demand=1.59, spot=0.80),
+    "a100-80gb-pcie": NodePrice(on_demand=1.59, spot=0.80),
+    "rtx-a4000": NodePrice(on_demand=0.58, spot=0.58),
+}
+
+
+def _runpod_node_prices() -> dict[str, NodePrice]:
+    return {f"runpod-{gpu}-x{n}": NodePrice(on_demand=round(p.on_demand * n, 4), spot=round(p.spot * n, 4))
+            for gpu, p in _RUNPOD_GPU_HOUR.items() for n in (1, 2, 4, 8)}
+
+
+def _default_node_prices() -> dict[str, NodePrice]:
+    return {**_runpod_node_prices()}
 
 
 class Settings(BaseSettings):
@@ -56,6 +85,9 @@ class Settings(BaseSettings):
     prices: dict[str, GpuPrice] = Field(default_factory=_default_prices)
     price_per_gpu_hour: float | None = Field(None, description="Overrides the price table when set.")
     budget_usd: float | None = None
+    # cloud prices (see NodePrice above)
+    node_prices: dict[str, NodePrice] = Field(default_factory=_default_node_prices,
+                                              description="USD per node-hour by s2v-price-key node label.")
 
     # encoding (identical for every clip so stitching is a stream copy)
     crf: int = Field(18, ge=0, le=51)
@@ -119,6 +151,12 @@ class Settings(BaseSettings):
     # keeps both out of logs and tracebacks: the secret signs, and webhook URLs often embed a token themselves.
     webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
     webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
+
+    @field_validator("node_prices", mode="after")
+    @classmethod
+    def _over_default_prices(cls, v: dict[str, NodePrice]) -> dict[str, NodePrice]:
+        # S2V_NODE_PRICES='{"runpod-h100-80gb-hbm3-x1": {...}}' corrects one entry; the rest of the table stays.
+        return {**_default_node_prices(), **v}
 
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import re
 import socket
 import threading
-import time
 import uuid
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from pathlib import Path
@@ -18,93 +18,39 @@ from ray.autoscaler.node_provider import NodeProvider
 
 from core.errors import ClusterError, ConfigError, TransientError
 from core.retry import retrying
+from infra.runpod_api import (
+    LABELS_ENV,
+    MARKET_LABEL,
+    ON_DEMAND,
+    PRICE_KEY_LABEL,
+    SECRET_ENV_RE,
+    SPOT,
+    PodLaunchError,
+    Refused,
+    call,
+    check_id,
+    current_min_bid,
+    default_key_file,
+    deploy,
+    deploy_mutation,
+    global_hostname,
+    is_gpu,
+    load_api_key,
+    on_runpod,
+    price_key,
+)
 
 log = logging.getLogger("s2v.runpod")
 
-# What may reach the SDK's f-string GraphQL unescaped: ids and enum-like values are checked against these.
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_PORTS_RE = re.compile(r"^(\d{1,5}/(tcp|http))(,\d{1,5}/(tcp|http))*$")
-CLOUD_TYPES = {"ALL", "COMMUNITY", "SECURE"}
 TAGS_ENV = "S2V_RAY_TAGS"  # initial Ray tags ride in the pod's env (RunPod has no mutable labels)
 CLUSTER_ENV = "S2V_RAY_CLUSTER"
-LIVE = {"RUNNING", "CREATED", "RESTARTING"}  # desiredStatus values of a pod that still costs money
+LIVE = {"RUNNING", "CREATED", "RESTARTING"}  # desiredStatus values of a pod that is, or will be, a Ray node
+GONE = {"TERMINATED"}  # anything else (EXITED: interrupted or stopped; DEAD; PAUSED) still bills its disk
 # Docker delivers SIGTERM to PID 1 only; this entrypoint leaves a flag the preemption watcher reads.
 SIGTERM_ENTRYPOINT = (
     "bash -c 'trap \"touch /tmp/s2v-sigterm\" TERM; "
     "(test -x /start.sh && /start.sh || (service ssh start || /usr/sbin/sshd)) & wait; sleep infinity & wait'"
 )
-
-
-def gql_str(value: Any) -> str:
-    """A GraphQL string literal (JSON string escaping is valid GraphQL): quotes and backslashes cannot escape it."""
-    return json.dumps(str(value))
-
-
-def check_id(value: str, what: str = "pod id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ConfigError(f"invalid RunPod {what} {value!r}")
-    return value
-
-
-def _call(fn, *a, **kw):
-    """One SDK call under the cloud_api retry policy; network blips and 5xx become TransientError."""
-    import requests
-
-    def once():
-        try:
-            return fn(*a, **kw)
-        except requests.RequestException as e:
-            raise TransientError(f"RunPod API: {e}") from e
-        except ValueError as e:  # the SDK's response.json() on a 5xx HTML page
-            raise TransientError(f"RunPod API answered garbage: {e}") from e
-
-    return retrying("cloud_api")(once)
-
-
-def deployment_mutation(name: str, nc: dict[str, Any], env: dict[str, str], interruptible: bool,
-                        global_network: bool) -> str:
-    """podFindAndDeployOnDemand / podRentInterruptable with every value escaped or validated."""
-    fields = [f"name: {gql_str(name)}", f"imageName: {gql_str(nc['image_name'])}"]
-    ct = nc.get("cloud_type", "ALL")
-    if ct not in CLOUD_TYPES:
-        raise ConfigError(f"cloud_type must be one of {sorted(CLOUD_TYPES)}, got {ct!r}")
-    fields.append(f"cloudType: {ct}")
-    if nc.get("gpu_type_id"):
-        fields.append(f"gpuTypeId: {gql_str(nc['gpu_type_id'])}")
-        fields.append(f"gpuCount: {int(nc.get('gpu_count', 1))}")
-    for key, gql in (("container_disk_in_gb", "containerDiskInGb"), ("volume_in_gb", "volumeInGb"),
-                     ("min_vcpu_count", "minVcpuCount"), ("min_memory_in_gb", "minMemoryInGb")):
-        if nc.get(key) is not None:
-            fields.append(f"{gql}: {int(nc[key])}")
-    for key, gql in (("volume_mount_path", "volumeMountPath"), ("network_volume_id", "networkVolumeId"),
-                     ("template_id", "templateId"), ("country_code", "countryCode")):
-        if nc.get(key):
-            fields.append(f"{gql}: {gql_str(nc[key])}")
-    dc = nc.get("data_center_id")
-    if dc and dc != "any":
-        fields.append(f"dataCenterId: {gql_str(dc)}")
-    ports = str(nc.get("ports", "22/tcp")).replace(" ", "")
-    if not _PORTS_RE.match(ports):
-        raise ConfigError(f"invalid RunPod ports {ports!r}; expected like '22/tcp,8265/http'")
-    fields.append(f"ports: {gql_str(ports)}")
-    fields.append(f"dockerArgs: {gql_str(nc.get('docker_args', SIGTERM_ENTRYPOINT))}")
-    fields.append(f"supportPublicIp: {'true' if nc.get('support_public_ip', True) else 'false'}")
-    fields.append("startSsh: true")
-    if global_network:
-        fields.append("globalNetwork: true")
-    items = []
-    for k, v in env.items():
-        if not _ENV_KEY_RE.match(str(k)):
-            raise ConfigError(f"invalid environment variable name {k!r} for a RunPod pod")
-        items.append(f"{{ key: {gql_str(k)}, value: {gql_str(v)} }}")
-    fields.append(f"env: [{', '.join(items)}]")
-    if interruptible:
-        fields.append(f"bidPerGpu: {float(nc.get('bid_per_gpu', 0.0) or 0.0):.4f}")
-        op = "podRentInterruptable"
-    else:
-        op = "podFindAndDeployOnDemand"
-    return f"mutation {{ {op}(input: {{ {', '.join(fields)} }}) {{ id desiredStatus imageName machineId }} }}"
 
 
 class RunPodNodeProvider(NodeProvider):
@@ -115,18 +61,16 @@ class RunPodNodeProvider(NodeProvider):
         import runpod
 
         self._rp = runpod
-        key = os.environ.get(provider_config.get("api_key_env", "RUNPOD_API_KEY"))
-        if key:
-            runpod.api_key = key
-        if not runpod.api_key:
-            raise ClusterError("RUNPOD_API_KEY is not set (needed by `s2v cluster up` and on the head node)")
+        runpod.api_key = load_api_key(provider_config, cluster_name)
         self.global_network = bool(provider_config.get("global_networking", True))
+        self.data_center_id = provider_config.get("data_center_id")
         state_dir = Path(provider_config.get("state_dir", Path.home() / ".s2v" / "runpod")).expanduser()
         state_dir.mkdir(parents=True, exist_ok=True)
         self._overlay_path = state_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', cluster_name)}-tags.json"
         self._lock = threading.RLock()
         self._pods: dict[str, dict] = {}
-        self._warned_spot = False
+        self._ips: dict[str, str] = {}
+        self.fallbacks: list[str] = []  # pods launched on-demand because RunPod refused their spot bid
 
     # ---- state -------------------------------------------------------------------------------------
     def _overlay(self) -> dict[str, dict[str, str]]:
@@ -159,29 +103,51 @@ class RunPodNodeProvider(NodeProvider):
         return tags
 
     def _refresh(self) -> list[dict]:
-        pods = _call(self._rp.get_pods) or []
+        pods = call(self._rp.get_pods) or []
         mine = [p for p in pods if self._env(p).get(CLUSTER_ENV) == self.cluster_name]
+        for pod in mine:
+            if pod.get("desiredStatus") not in LIVE | GONE:
+                self._reap(pod)
+        live = [p for p in mine if p.get("desiredStatus") in LIVE]
         with self._lock:
-            self._pods = {p["id"]: p for p in mine}
-        return mine
+            self._pods = {p["id"]: p for p in live}
+        return live
+
+    def _reap(self, pod: dict) -> None:
+        """An EXITED (interrupted) pod will not come back as a Ray node but bills its disk until deleted."""
+        labels = self.node_labels_of(pod)
+        log.warning("RunPod pod %s (%s, %s) is %s — interrupted or exited; deleting it", pod["id"],
+                    pod.get("name"), labels.get(MARKET_LABEL, "?"), pod.get("desiredStatus"))
+        try:
+            self.terminate_node(pod["id"])
+        except (ClusterError, TransientError) as e:  # the next refresh tries again
+            log.warning("could not delete pod %s yet: %s", pod["id"], e)
 
     def _pod(self, node_id: str) -> dict:
         with self._lock:
             pod = self._pods.get(node_id)
         if pod is None or pod.get("runtime") is None:
-            pod = _call(self._rp.get_pod, check_id(node_id))
+            pod = call(self._rp.get_pod, check_id(node_id))
             if not pod:
                 raise ClusterError(f"RunPod pod {node_id} not found")
             with self._lock:
                 self._pods[node_id] = pod
         return pod
 
+    def node_labels_of(self, pod: dict) -> dict[str, str]:
+        try:
+            return json.loads(self._env(pod).get(LABELS_ENV) or "{}")
+        except ValueError:
+            return {}
+
+    def node_labels(self, node_id: str) -> dict[str, str]:
+        """The Ray node labels this pod starts with: price key and market as actually launched."""
+        return self.node_labels_of(self._pod(node_id))
+
     # ---- NodeProvider ------------------------------------------------------------------------------
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
         out = []
         for pod in self._refresh():
-            if pod.get("desiredStatus") not in LIVE:
-                continue
             tags = self._tags_of(pod)
             if all(tags.get(k) == v for k, v in tag_filters.items()):
                 out.append(pod["id"])
@@ -218,48 +184,95 @@ class RunPodNodeProvider(NodeProvider):
         return p["ip"] if p else None
 
     def internal_ip(self, node_id: str) -> str:
-        if self.global_network:
-            # Pod-to-pod over global networking; resolvable only from inside RunPod.
+        """The address the pod's Ray node advertises (its global-network IP; the head's monitor matches on it)."""
+        if node_id in self._ips:
+            return self._ips[node_id]
+        if self.global_network and on_runpod():  # *.runpod.internal resolves only inside RunPod
             try:
-                return socket.gethostbyname(f"{check_id(node_id)}.runpod.internal")
-            except OSError:
-                pass
+                ip = socket.gethostbyname(global_hostname(node_id))
+                self._ips[node_id] = ip
+                return ip
+            except OSError as e:
+                log.warning("cannot resolve %s yet: %s", global_hostname(node_id), e)
         p = self._port(node_id, 22, False)
         return p["ip"] if p else self.external_ip(node_id)
 
     def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, dict]:
         nc = dict(node_config)
-        interruptible = bool(nc.get("interruptible", False))
+        if self.data_center_id and not nc.get("data_center_id"):
+            nc["data_center_id"] = self.data_center_id
+        nc.setdefault("docker_args", SIGTERM_ENTRYPOINT)
+        base_env = {str(k): str(v) for k, v in (nc.get("env") or {}).items()}
+        secrets = sorted(k for k in base_env if SECRET_ENV_RE.search(k))
+        if secrets:
+            raise ConfigError(f"node_config env {secrets} looks like a secret: RunPod returns pod env to anyone who "
+                              "can list the account's pods; deliver it as a file (file_mounts) instead")
+        base_env[CLUSTER_ENV] = self.cluster_name
+        base_env[TAGS_ENV] = urlsafe_b64encode(json.dumps(dict(tags)).encode()).decode()
         created: dict[str, dict] = {}
         for _ in range(count):
-            name = f"s2v-{self.cluster_name}-{uuid.uuid4().hex[:8]}"
-            env = {str(k): str(v) for k, v in (nc.get("env") or {}).items()}
-            env[CLUSTER_ENV] = self.cluster_name
-            env[TAGS_ENV] = urlsafe_b64encode(json.dumps(dict(tags)).encode()).decode()
-            pod = self._deploy(name, nc, env, interruptible)
-            log.info("created RunPod pod %s (%s)", pod["id"], name)
+            pod = self._launch(f"s2v-{self.cluster_name}-{uuid.uuid4().hex[:8]}", nc, base_env)
             created[pod["id"]] = pod
         return created
 
-    def _deploy(self, name: str, nc: dict, env: dict, interruptible: bool) -> dict:
-        from runpod.api.graphql import run_graphql_query
-        from runpod.error import QueryError
+    def _launch(self, name: str, nc: dict, base_env: dict[str, str]) -> dict:
+        key = price_key(nc)
 
-        if interruptible:
+        def env(market: str) -> dict[str, str]:
+            return {**base_env, LABELS_ENV: json.dumps({PRICE_KEY_LABEL: key, MARKET_LABEL: market})}
+
+        if nc.get("interruptible") and not is_gpu(nc):
+            raise ConfigError("RunPod has no interruptible CPU pods; set interruptible: false or a gpu_type_id")
+        if nc.get("interruptible"):
             try:
-                q = deployment_mutation(name, nc, env, True, self.global_network)
-                return _call(run_graphql_query, q)["data"]["podRentInterruptable"]
-            except QueryError as e:
-                # RunPod is retiring interruptible pods: fall back, loudly, to on-demand.
-                if not self._warned_spot:
-                    log.warning("RunPod refused an interruptible pod (%s); launching ON-DEMAND instead — "
-                                "this costs the on-demand price", e)
-                    self._warned_spot = True
-        q = deployment_mutation(name, nc, env, False, self.global_network)
+                if nc.get("bid_per_gpu") is not None and not float(nc["bid_per_gpu"]) > 0:
+                    raise ConfigError(f"bid_per_gpu must be a positive USD per GPU-hour, got {nc['bid_per_gpu']!r}")
+                bid = float(nc["bid_per_gpu"]) if nc.get("bid_per_gpu") is not None else current_min_bid(nc)
+                if not bid:
+                    raise Refused(f"RunPod quotes no spot price for {nc['gpu_type_id']}")
+                pod = self._create(name, nc, env(SPOT), interruptible=True, bid=bid)
+                log.info("created RunPod pod %s (%s) as SPOT %s, bid $%.3f/GPU-hour", pod["id"], name, key, bid)
+                return pod
+            except Refused as e:
+                self.fallbacks.append(name)
+                log.warning("RunPod refused a SPOT pod %s (%s): launching it ON-DEMAND instead — it is billed at the "
+                            "on-demand price and labelled %s=%s, %s=%s", key, e, PRICE_KEY_LABEL, key,
+                            MARKET_LABEL, ON_DEMAND)
         try:
-            return _call(run_graphql_query, q)["data"]["podFindAndDeployOnDemand"]
-        except QueryError as e:
-            raise ClusterError(f"RunPod could not create pod {name}: {e}") from e
+            pod = self._create(name, nc, env(ON_DEMAND), interruptible=False)
+        except Refused as e:
+            raise PodLaunchError("RunPodRefused", f"RunPod could not create pod {name} ({key}): {e}") from e
+        log.info("created RunPod pod %s (%s) ON-DEMAND %s", pod["id"], name, key)
+        return pod
+
+    def _create(self, name: str, nc: dict, env: dict[str, str], *, interruptible: bool,
+                bid: float | None = None) -> dict:
+        op, mutation = deploy_mutation(name, nc, env, interruptible=interruptible,
+                                       global_network=self.global_network, bid_per_gpu=bid)
+        try:
+            return deploy(op, mutation)
+        except TransientError as e:
+            # The request may have created a billable pod: look it up by its unique name, never resend blindly.
+            pod = self._find_by_name(name)
+            if pod is None:
+                raise PodLaunchError(
+                    "CreateUnknown", f"RunPod did not answer the create of {name} ({e}) and no such pod is listed; "
+                    "not retried, to avoid a duplicate — if it appears later it carries this cluster's tag and the "
+                    "autoscaler manages it") from e
+            log.warning("create of %s failed in transit (%s) but RunPod lists it as %s: using it", name, e, pod["id"])
+            return pod
+
+    def _find_by_name(self, name: str, attempts: int = 3) -> dict | None:
+        def look() -> dict:
+            for pod in call(self._rp.get_pods) or []:
+                if pod.get("name") == name and self._env(pod).get(CLUSTER_ENV) == self.cluster_name:
+                    return pod
+            raise TransientError(f"pod {name} not listed (yet)")
+
+        try:
+            return retrying("cloud_api", attempts=attempts)(look)
+        except TransientError:
+            return None
 
     def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
         with self._lock:
@@ -268,9 +281,20 @@ class RunPodNodeProvider(NodeProvider):
             self._save_overlay(data)
 
     def terminate_node(self, node_id: str) -> None:
-        _call(self._rp.terminate_pod, check_id(node_id))
+        from runpod.error import QueryError
+
+        try:
+            call(self._rp.terminate_pod, check_id(node_id))
+        except QueryError as e:  # already gone is fine; anything else is not
+            try:
+                pod = call(self._rp.get_pod, node_id)
+            except QueryError:
+                pod = None
+            if pod and pod.get("desiredStatus") not in GONE:
+                raise ClusterError(f"RunPod could not terminate pod {node_id}: {e}") from e
         with self._lock:
             self._pods.pop(node_id, None)
+            self._ips.pop(node_id, None)
             data = self._overlay()
             if data.pop(node_id, None) is not None:
                 self._save_overlay(data)
@@ -283,8 +307,19 @@ class RunPodNodeProvider(NodeProvider):
             runner.ssh_options.arg_dict["Port"] = self.ssh_endpoint(node_id)[1]
         return runner
 
+    # ---- the API key reaches the head's autoscaler as a head-only file mount -----------------------
     @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
-        cluster_config.setdefault("provider", {}).setdefault("use_internal_ips", False)
+        """On the user's machine: stage the key to a 0600 file and mount it on the head (like Ray's SSH key)."""
+        p = cluster_config.setdefault("provider", {})
+        p.setdefault("use_internal_ips", False)
+        key_file = p.setdefault("api_key_file", default_key_file(cluster_config.get("cluster_name", "default")))
+        load_api_key(p, cluster_config.get("cluster_name", "default"))  # fails early, before any pod exists
+        cluster_config.setdefault("file_mounts", {})[key_file] = str(Path(key_file).expanduser())
         return cluster_config
 
+    def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
+        """The config the head's autoscaler runs with: its workers never receive the key file."""
+        cfg = copy.deepcopy(cluster_config)
+        cfg.get("file_mounts", {}).pop(cfg.get("provider", {}).get("api_key_file"), None)
+        return cfg

@@ -1,20 +1,36 @@
-"""RunPod node provider against a local HTTP server on 127.0.0.1 that speaks RunPod's GraphQL shapes.
+"""RunPod node provider against a loopback stand-in for RunPod's GraphQL API (a local HTTP server on 127.0.0.1).
 
-The server parses each query's input object with a small GraphQL value parser, so a value that escaped its
-string literal would show up as a changed structure (or a parse error) here, as it would at RunPod.
+RunPod's API cannot be reached from tests, so `FakeRunPod` speaks its shapes on loopback (the SDK reads
+RUNPOD_API_BASE_URL on every call) and answers the refusals RunPod documents: CPU pods come from deployCpuPod,
+global networking only for NVIDIA GPU pods in Secure Cloud, a spot bid below the minimum is refused, only the
+account key is accepted. Each query's input object goes through a small GraphQL value parser, so a value that
+escaped its string literal shows up as a changed structure (or a parse error) here, as it would at RunPod.
+No test sends anything to an address the fake hands out (pod IPs are documentation ranges, never dialled).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import os
 import re
+import stat
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+import yaml
 
-from infra.runpod_provider import CLUSTER_ENV, RunPodNodeProvider, deployment_mutation, gql_str
-from core.errors import ConfigError
+from core.errors import ClusterError, ConfigError
+from infra.runpod_provider import CLUSTER_ENV, RunPodNodeProvider
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "infra" / "clusters" / "runpod.yaml"
+KEY = "test-key-7f3a9c"  # the account key the fake accepts; it must never show up anywhere else
 
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|([{}\[\]:,()]))')
 
@@ -61,46 +77,78 @@ def parse_input(query: str, op: str) -> dict:
     return value(next(it))
 
 
+def _err(msg: str) -> dict:
+    return {"errors": [{"message": msg}]}
+
+
 class FakeRunPod:
+    DEPLOYS = ("deployCpuPod", "podFindAndDeployOnDemand", "podRentInterruptable")
+
     def __init__(self):
         self.pods: dict[str, dict] = {}
         self.queries: list[str] = []
+        self.deploys: list[tuple[str, dict]] = []
         self.interruptible_supported = True
+        self.min_bid = 1.49
+        self.fail_create: str | None = None  # "502" / "drop": answer garbage after creating; "lost": drop, none made
         self.n = 0
 
-    def handle(self, query: str) -> dict:
+    def handle(self, query: str):
         self.queries.append(query)
         if "myself" in query and "pods" in query:
             return {"data": {"myself": {"pods": list(self.pods.values())}}}
-        for op in ("podFindAndDeployOnDemand", "podRentInterruptable"):
+        if "gpuTypes(" in query:
+            gid, lp = parse_input(query, "gpuTypes")["id"], parse_input(query, "lowestPrice")
+            return {"data": {"gpuTypes": [{
+                "id": gid, "secureSpotPrice": self.min_bid + 0.2, "communitySpotPrice": self.min_bid,
+                "lowestPrice": {"minimumBidPrice": self.min_bid, "uninterruptablePrice": 2.69 * lp["gpuCount"]}}]}}
+        for op in self.DEPLOYS:
             if op + "(" in query:
-                if op == "podRentInterruptable" and not self.interruptible_supported:
-                    return {"errors": [{"message": "Cannot query field \"podRentInterruptable\" on type \"Mutation\"."}]}
-                inp = parse_input(query, op)
-                self.n += 1
-                pid = f"pod{self.n:04d}x"
-                self.pods[pid] = {
-                    "id": pid, "name": inp["name"], "desiredStatus": "RUNNING", "imageName": inp["imageName"],
-                    "env": [f"{e['key']}={e['value']}" for e in inp.get("env", [])],
-                    "podType": "INTERRUPTABLE" if op == "podRentInterruptable" else "RESERVED",
-                    "input": inp,
-                    "runtime": {"ports": [
-                        {"ip": "100.65.0.%d" % self.n, "isIpPublic": False, "privatePort": 22, "publicPort": 22,
-                         "type": "tcp"},
-                        {"ip": "203.0.113.%d" % self.n, "isIpPublic": True, "privatePort": 22,
-                         "publicPort": 40000 + self.n, "type": "tcp"},
-                    ]},
-                }
-                return {"data": {op: {"id": pid, "desiredStatus": "RUNNING", "imageName": inp["imageName"],
-                                      "machineId": "m1"}}}
+                return self._deploy(op, parse_input(query, op))
         if "podTerminate(" in query:
             pid = parse_input(query, "podTerminate")["podId"]
+            if pid not in self.pods:
+                return _err(f"pod {pid} not found")
             self.pods[pid]["desiredStatus"] = "TERMINATED"
             return {"data": {"podTerminate": None}}
         if re.search(r"\bpod\(input", query):
-            pid = parse_input(query, "pod")["podId"]
-            return {"data": {"pod": self.pods.get(pid)}}
-        return {"errors": [{"message": "unsupported query"}]}
+            return {"data": {"pod": self.pods.get(parse_input(query, "pod")["podId"])}}
+        return _err("unsupported query")
+
+    def _deploy(self, op: str, inp: dict):
+        self.deploys.append((op, inp))
+        if op == "deployCpuPod" and ({"gpuTypeId", "globalNetwork", "allowedCudaVersions"} & set(inp)):
+            return _err("deployCpuPod takes no GPU fields; global networking is available for NVIDIA GPU pods only")
+        if op != "deployCpuPod" and not inp.get("gpuTypeId"):
+            return _err("gpuTypeId is required (CPU pods are created with deployCpuPod)")
+        if inp.get("globalNetwork") and inp.get("cloudType") != "SECURE":
+            return _err("global networking requires Secure Cloud")
+        if op == "podRentInterruptable":
+            if not self.interruptible_supported:
+                return _err('Cannot query field "podRentInterruptable" on type "Mutation".')
+            if inp.get("bidPerGpu", 0) < self.min_bid:
+                return _err(f"Your bid {inp.get('bidPerGpu')} is below the minimum bid {self.min_bid}")
+        fail, self.fail_create = self.fail_create, None
+        if fail == "lost":
+            return "drop"
+        self.n += 1
+        pid = f"pod{self.n:04d}x"
+        self.pods[pid] = {
+            "id": pid, "name": inp["name"], "desiredStatus": "RUNNING", "imageName": inp["imageName"],
+            "env": [f"{e['key']}={e['value']}" for e in inp.get("env", [])],
+            "podType": "INTERRUPTABLE" if op == "podRentInterruptable" else "RESERVED", "op": op, "input": inp,
+            "runtime": {"ports": [
+                {"ip": "100.65.0.%d" % self.n, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                {"ip": "203.0.113.%d" % self.n, "isIpPublic": True, "privatePort": 22, "publicPort": 40000 + self.n,
+                 "type": "tcp"},
+            ]},
+        }
+        if fail:
+            return "drop" if fail == "drop" else "502"
+        return {"data": {op: {"id": pid, "imageName": inp["imageName"], "machineId": "m1"}}}
+
+    def ops(self) -> list[str]:
+        return [op for op, _ in self.deploys]
 
 
 @pytest.fixture
@@ -111,27 +159,37 @@ def fake_runpod(monkeypatch, tmp_path):
         def log_message(self, *a):
             pass
 
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self):
             assert self.path == "/graphql"
-            if self.headers.get("Authorization") != "Bearer test-key":
-                self.send_response(401)
-                self.end_headers()
-                return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.headers.get("Authorization") != f"Bearer {KEY}":
+                self._send(401, b"Unauthorized", "text/plain")
+                return
             try:
-                out = json.dumps(fake.handle(body["query"])).encode()
+                out = fake.handle(body["query"])
             except Exception as e:  # a query the parser rejects is a GraphQL syntax error at RunPod too
-                out = json.dumps({"errors": [{"message": f"Syntax Error: {e}"}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+                out = _err(f"Syntax Error: {e}")
+            if out == "drop":
+                self.close_connection = True
+                self.connection.close()
+            elif out == "502":
+                self._send(502, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+            else:
+                self._send(200, json.dumps(out).encode(), "application/json")
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}")
-    monkeypatch.setenv("RUNPOD_API_KEY", "test-key")
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # key files and tag overlays land here
+    monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
     try:
         yield fake
     finally:
@@ -143,9 +201,14 @@ NC = {"gpu_type_id": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "image_name": "run
       "cloud_type": "SECURE", "container_disk_in_gb": 50, "interruptible": False}
 
 
-def _provider(tmp_path, name="c1"):
-    return RunPodNodeProvider({"type": "external", "module": "infra.runpod_provider.RunPodNodeProvider",
-                               "global_networking": False, "state_dir": str(tmp_path)}, name)
+def _provider(tmp_path, name="c1", **extra):
+    cfg = {"type": "external", "module": "infra.runpod_provider.RunPodNodeProvider", "global_networking": False,
+           "state_dir": str(tmp_path / "state")}
+    return RunPodNodeProvider({**cfg, **extra}, name)
+
+
+def _template():
+    return yaml.safe_load(TEMPLATE.read_text())
 
 
 def test_create_list_tag_terminate(fake_runpod, tmp_path):
@@ -170,6 +233,7 @@ def test_create_list_tag_terminate(fake_runpod, tmp_path):
     other = _provider(tmp_path, "c2")
     assert other.non_terminated_nodes({}) == []
     p.terminate_node(a)
+    p.terminate_node(a)  # idempotent: a pod already gone is not an error
     assert p.non_terminated_nodes({}) == [b]
     assert p.is_terminated(a)
     pod = fake_runpod.pods[b]
@@ -180,63 +244,288 @@ def test_create_list_tag_terminate(fake_runpod, tmp_path):
 def test_hostile_values_stay_inside_their_strings(fake_runpod, tmp_path):
     p = _provider(tmp_path)
     evil = 'x", cloudType: COMMUNITY, imageName: "evil\\'
-    nc = dict(NC, env={"NOTE": evil, "PATHY": "a\\b\nc"}, docker_args='bash -c "echo \\"hi\\""')
+    nc = dict(NC, env={"NOTE": evil, "PATHY": "a\\b\nc"}, docker_args='bash -c "echo \\"hi\\""',
+              gpu_type_id='NVIDIA "H100"', allowed_cuda_versions=["13.0"])
     (pid,) = p.create_node(nc, {"ray-node-kind": "worker"}, 1)
     inp = fake_runpod.pods[pid]["input"]
     assert inp["cloudType"] == "SECURE" and inp["imageName"] == NC["image_name"]
     env = {e["key"]: e["value"] for e in inp["env"]}
     assert env["NOTE"] == evil and env["PATHY"] == "a\\b\nc"
-    assert inp["dockerArgs"] == nc["docker_args"]
+    assert inp["dockerArgs"] == nc["docker_args"] and inp["gpuTypeId"] == 'NVIDIA "H100"'
 
 
 def test_invalid_inputs_rejected_before_any_query(fake_runpod, tmp_path):
+    from infra.runpod_api import gql_str
+
     p = _provider(tmp_path)
-    with pytest.raises(ConfigError):
-        p.create_node(dict(NC, env={'BAD KEY"': "v"}), {}, 1)
-    with pytest.raises(ConfigError):
-        p.create_node(dict(NC, cloud_type="SECURE } evil"), {}, 1)
-    with pytest.raises(ConfigError):
-        p.create_node(dict(NC, ports='22/tcp"'), {}, 1)
+    for bad in (dict(NC, env={'BAD KEY"': "v"}), dict(NC, cloud_type="SECURE } evil"), dict(NC, ports='22/tcp"'),
+                dict(NC, allowed_cuda_versions=['13.0"] evil']), dict(NC, allowed_cuda_versions="13.0"),
+                dict(NC, instance_id='cpu3c" evil', gpu_type_id=None),
+                dict(NC, interruptible=True, bid_per_gpu=0)):
+        with pytest.raises(ConfigError):
+            p.create_node(bad, {}, 1)
     with pytest.raises(ConfigError):
         p.terminate_node('abc" } evil')
-    assert not any("Deploy" in q for q in fake_runpod.queries)
+    assert fake_runpod.deploys == []
     assert gql_str('a"b') == '"a\\"b"'
 
 
-def test_interruptible_then_fallback_with_warning(fake_runpod, tmp_path, caplog):
+def test_spot_bids_the_current_minimum_or_the_configured_bid(fake_runpod, tmp_path):
+    """Never bidPerGpu 0: without bid_per_gpu the bid is RunPod's current minimum bid for that GPU type and count."""
     p = _provider(tmp_path)
-    (pid,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=1.2), {}, 1)
-    assert fake_runpod.pods[pid]["podType"] == "INTERRUPTABLE"
-    assert fake_runpod.pods[pid]["input"]["bidPerGpu"] == pytest.approx(1.2)
+    (pid,) = p.create_node(dict(NC, interruptible=True, gpu_count=2), {}, 1)
+    pod = fake_runpod.pods[pid]
+    assert pod["podType"] == "INTERRUPTABLE"
+    assert pod["input"]["bidPerGpu"] == pytest.approx(fake_runpod.min_bid)
+    gq = next(q for q in fake_runpod.queries if "gpuTypes(" in q)
+    assert parse_input(gq, "lowestPrice") == {"gpuCount": 2.0, "secureCloud": True}
+    assert p.node_labels(pid) == {"s2v-price-key": "runpod-h100-80gb-hbm3-x2", "s2v-market": "spot"}
+    (pid2,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=2.25), {}, 1)
+    assert fake_runpod.pods[pid2]["input"]["bidPerGpu"] == pytest.approx(2.25)
+
+
+def test_refused_spot_falls_back_loudly_and_is_priced_on_demand(fake_runpod, tmp_path, caplog):
+    from core.settings import Settings
+
+    p = _provider(tmp_path)
     fake_runpod.interruptible_supported = False
     with caplog.at_level("WARNING", logger="s2v.runpod"):
-        (pid2,) = p.create_node(dict(NC, interruptible=True), {}, 1)
-    assert fake_runpod.pods[pid2]["podType"] == "RESERVED"
-    assert "ON-DEMAND" in caplog.text
+        (a,) = p.create_node(dict(NC, interruptible=True), {}, 1)
+        (b,) = p.create_node(dict(NC, interruptible=True), {}, 1)
+    assert fake_runpod.ops() == ["podRentInterruptable", "podFindAndDeployOnDemand"] * 2
+    assert fake_runpod.pods[a]["podType"] == fake_runpod.pods[b]["podType"] == "RESERVED"
+    refusals = [r for r in caplog.records if "ON-DEMAND" in r.getMessage()]
+    assert len(refusals) == 2 and all(r.levelno == logging.WARNING for r in refusals)  # every time, not once
+    assert len(p.fallbacks) == 2
+    labels = p.node_labels(a)
+    assert labels == {"s2v-price-key": "runpod-h100-80gb-hbm3-x1", "s2v-market": "on-demand"}
+    price = Settings().node_prices[labels["s2v-price-key"]]
+    assert price.on_demand > price.spot > 0
+    # A bid below RunPod's minimum is refused the same way, and falls back the same way.
+    fake_runpod.interruptible_supported = True
+    (c,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=0.5), {}, 1)
+    assert p.node_labels(c)["s2v-market"] == "on-demand"
 
 
-def test_ssh_port_in_command_runner(fake_runpod, tmp_path):
-    import subprocess
+def test_one_price_override_keeps_the_rest_of_the_table(monkeypatch):
+    from core.settings import Settings
 
-    p = _provider(tmp_path)
-    (pid,) = p.create_node(NC, {}, 1)
-    r = p.get_command_runner("x: ", pid, {"ssh_user": "root"}, "c1", subprocess, False)
-    assert r.ssh_options.arg_dict["Port"] == p.ssh_endpoint(pid)[1]
-
-
-def test_global_networking_flag_and_mutation_shape():
-    q = deployment_mutation("n", NC, {"A": "1"}, False, True)
-    inp = parse_input(q, "podFindAndDeployOnDemand")
-    assert inp["globalNetwork"] is True and inp["startSsh"] is True and inp["ports"] == "22/tcp"
-    assert "s2v-sigterm" in inp["dockerArgs"]
+    monkeypatch.setenv("S2V_NODE_PRICES", json.dumps({"runpod-h100-80gb-hbm3-x1": {"on_demand": 2.39, "spot": 1.19}}))
+    prices = Settings().node_prices
+    assert prices["runpod-h100-80gb-hbm3-x1"].on_demand == 2.39
+    assert prices["runpod-rtx-a4000-x1"].on_demand > 0 and prices["runpod-h100-80gb-hbm3-x8"].spot > 0
 
 
-def test_missing_key(monkeypatch, tmp_path):
-    import runpod
+def test_shipped_template_forms_a_cluster(fake_runpod, tmp_path):
+    """Every node type of runpod.yaml deploys as RunPod requires for Ray's pod-to-pod traffic."""
+    from core.settings import Settings
+    from infra.clusters.config import check_node_configs
+    from infra.runpod_api import price_key
 
-    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    monkeypatch.setattr(runpod, "api_key", None)
-    from core.errors import ClusterError
+    cfg = _template()
+    assert not check_node_configs(cfg).items
+    p = _provider(tmp_path, **{k: v for k, v in cfg["provider"].items() if k not in ("type", "module")})
+    assert p.global_network
+    for name, nt in cfg["available_node_types"].items():
+        (pid,) = p.create_node(nt["node_config"], {"ray-user-node-type": name}, 1)
+        pod = fake_runpod.pods[pid]
+        inp = pod["input"]
+        assert pod["op"] in ("podFindAndDeployOnDemand", "podRentInterruptable"), name
+        assert inp["globalNetwork"] is True and inp["cloudType"] == "SECURE" and inp["gpuTypeId"], name
+        # The CUDA filter is sent: hosts whose driver runs the pinned torch's CUDA 13.0 build.
+        assert inp["allowedCudaVersions"] and all(float(v) >= 13.0 for v in inp["allowedCudaVersions"]), name
+        assert "s2v-sigterm" in inp["dockerArgs"]
+        assert price_key(nt["node_config"]) in Settings().node_prices, name
+    assert cfg["available_node_types"]["head"]["resources"]["GPU"] == 0
+    # Both start commands advertise the global-network IP and apply the labels set at create.
+    for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        start = next(c for c in cmds if "ray start" in c)
+        assert "python -m infra.runpod_node env" in start and "--node-ip-address=$S2V_NODE_IP" in start
 
+
+def test_cpu_pods_use_deploy_cpu_pod_and_cannot_join_global_networking(fake_runpod, tmp_path):
+    from infra.clusters.config import check_node_configs
+
+    cpu = {"image_name": "runpod/base:0.6.3-cpu", "instance_id": "cpu3c-2-4", "container_disk_in_gb": 20}
+    (pid,) = _provider(tmp_path).create_node(cpu, {}, 1)
+    op, inp = fake_runpod.deploys[-1]
+    assert op == "deployCpuPod" and inp["instanceId"] == "cpu3c-2-4"
+    assert not {"gpuTypeId", "globalNetwork", "allowedCudaVersions", "bidPerGpu"} & set(inp)
+    with pytest.raises(ConfigError, match="global networking"):
+        _provider(tmp_path, global_networking=True).create_node(cpu, {}, 1)
+    assert len(fake_runpod.deploys) == 1
+    # The config check says so before `up`: a CPU head, or a Community Cloud worker, cannot join.
+    cfg = _template()
+    cfg["available_node_types"]["head"]["node_config"] = dict(cpu)
+    cfg["available_node_types"]["gpu_spot"]["node_config"]["cloud_type"] = "COMMUNITY"
+    probs = [str(x) for x in check_node_configs(cfg).items]
+    assert any("head.node_config" in x and "CPU pod cannot join" in x for x in probs)
+    assert any("gpu_spot.node_config" in x and "COMMUNITY cannot use global networking" in x for x in probs)
+
+
+def test_config_checks_bids_cuda_data_center_and_head_gpu():
+    from infra.clusters.config import check_node_configs
+
+    cfg = _template()
+    types = cfg["available_node_types"]
+    types["gpu_spot"]["node_config"].update(bid_per_gpu=0, allowed_cuda_versions=[13.0])
+    types["gpu_ondemand"]["node_config"]["data_center_id"] = "us-west-2"
+    types["head"]["resources"].pop("GPU")
+    cfg["provider"]["data_center_id"] = "eu-ro-1"
+    probs = [str(x) for x in check_node_configs(cfg).items]
+    assert any("bid_per_gpu" in x and "positive" in x for x in probs)
+    assert any("allowed_cuda_versions" in x for x in probs)
+    assert any("gpu_ondemand.node_config" in x and "'us-west-2'" in x for x in probs)
+    assert any(x.startswith("provider") and "'eu-ro-1'" in x for x in probs)
+    assert any("head" in x and "GPU: 0" in x for x in probs)
+
+
+def test_generated_config_keeps_aws_regions_out_of_runpod():
+    from core.settings import Settings
+    from infra.clusters.config import generate_config
+
+    cfg = generate_config(Settings(cloud_provider="runpod"))  # cloud_region defaults to us-west-2
+    assert cfg["provider"]["data_center_id"] == "any"
+    cfg = generate_config(Settings(cloud_provider="runpod", cloud_region="EU-RO-1", cloud_image="me/img:1"))
+    assert cfg["provider"]["data_center_id"] == "EU-RO-1"
+    assert {nt["node_config"]["image_name"] for nt in cfg["available_node_types"].values()} == {"me/img:1"}
+
+
+def _key_leaks(fake, *texts) -> list[str]:
+    return [t[:80] for t in [*fake.queries, *texts] if KEY in t]
+
+
+def test_api_key_reaches_the_head_as_a_file_only(fake_runpod, tmp_path, caplog, monkeypatch):
+    """Through Ray's own launcher code: staged 0600, mounted on the head only, read there from the file."""
+    from ray.autoscaler._private.commands import _bootstrap_config, _set_up_config_for_head_node
+
+    cfg = _template()
+    cfg["provider"]["state_dir"] = str(tmp_path / "state")
+    with caplog.at_level("DEBUG"):
+        boot = _bootstrap_config(copy.deepcopy(cfg), no_config_cache=True)
+        key_file = boot["provider"]["api_key_file"]
+        local = Path(boot["file_mounts"][key_file])
+        assert local.read_text().strip() == KEY and stat.S_IMODE(local.stat().st_mode) == 0o600
+        p = RunPodNodeProvider(boot["provider"], boot["cluster_name"])
+        head_cfg, remote_file = _set_up_config_for_head_node(copy.deepcopy(boot), p, no_restart=False)
+        remote_text = Path(remote_file.name).read_text()  # ~/ray_bootstrap_config.yaml on the head
+        remote_file.close()
+        remote = json.loads(remote_text)
+        assert head_cfg["file_mounts"][key_file] == str(local)  # the launcher syncs it to the head...
+        assert key_file not in remote["file_mounts"]  # ...whose autoscaler never passes it on to workers
+        assert remote["provider"]["api_key_file"] == key_file
+        for name, nt in cfg["available_node_types"].items():
+            p.create_node(nt["node_config"], {"ray-user-node-type": name}, 1)
+        # On the head: RunPod sets a pod-scoped RUNPOD_API_KEY there; the account key comes from the mounted file.
+        monkeypatch.setenv("RUNPOD_POD_ID", "headpod0001")
+        monkeypatch.setenv("RUNPOD_API_KEY", "pod-scoped-key")
+        head = RunPodNodeProvider(remote["provider"], remote["cluster_name"])
+        assert len(head.non_terminated_nodes({})) == 3
+    envs = [e for pod in fake_runpod.pods.values() for e in pod["env"]]
+    assert not _key_leaks(fake_runpod, json.dumps(boot), json.dumps(head_cfg), remote_text, caplog.text, *envs)
+    assert len(fake_runpod.queries) > 3
+
+
+def test_head_without_key_file_fails_clearly(fake_runpod, tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNPOD_POD_ID", "headpod0001")
+    with pytest.raises(ClusterError, match="scoped to that pod"):
+        _provider(tmp_path)
+    monkeypatch.delenv("RUNPOD_POD_ID")
+    monkeypatch.delenv("RUNPOD_API_KEY")
     with pytest.raises(ClusterError, match="RUNPOD_API_KEY"):
         _provider(tmp_path)
+
+
+def test_secrets_never_go_into_pod_env(fake_runpod, tmp_path):
+    from infra.clusters.config import check_node_configs
+
+    with pytest.raises(ConfigError, match="secret"):
+        _provider(tmp_path).create_node(dict(NC, env={"RUNPOD_API_KEY": KEY}), {}, 1)
+    assert fake_runpod.deploys == []
+    cfg = _template()
+    cfg["available_node_types"]["gpu_spot"]["node_config"]["env"] = {"AWS_SECRET_ACCESS_KEY": "x"}
+    assert any("looks like a secret" in str(x) for x in check_node_configs(cfg).items)
+
+
+def test_exited_pods_are_deleted_and_gone(fake_runpod, tmp_path, caplog):
+    p = _provider(tmp_path)
+    a, b = sorted(p.create_node(dict(NC, interruptible=True), {}, 2))
+    fake_runpod.pods[a]["desiredStatus"] = "EXITED"  # what an interrupted spot pod looks like
+    with caplog.at_level("WARNING", logger="s2v.runpod"):
+        assert p.non_terminated_nodes({}) == [b]
+    assert fake_runpod.pods[a]["desiredStatus"] == "TERMINATED"
+    assert any("podTerminate" in q and a in q for q in fake_runpod.queries)
+    assert p.is_terminated(a) and "EXITED" in caplog.text
+
+
+@pytest.mark.parametrize("failure", ["502", "drop"])
+def test_create_is_never_resent_after_an_unanswered_request(fake_runpod, tmp_path, caplog, failure):
+    """RunPod made the pod but the answer was lost: the provider finds it by name instead of creating a second."""
+    p = _provider(tmp_path)
+    fake_runpod.fail_create = failure
+    with caplog.at_level("WARNING", logger="s2v.runpod"):
+        created = p.create_node(NC, {"ray-node-kind": "worker"}, 1)
+    assert len(fake_runpod.pods) == 1 and fake_runpod.ops() == ["podFindAndDeployOnDemand"]
+    assert list(created) == list(fake_runpod.pods) and "using it" in caplog.text
+
+
+def test_create_lost_without_a_pod_is_reported_not_resent(fake_runpod, tmp_path):
+    from ray.autoscaler.node_launch_exception import NodeLaunchException
+
+    p = _provider(tmp_path)
+    fake_runpod.fail_create = "lost"
+    with pytest.raises(NodeLaunchException, match="not retried"):
+        p.create_node(dict(NC, interruptible=True), {}, 1)
+    assert fake_runpod.ops() == ["podRentInterruptable"] and fake_runpod.pods == {}
+
+
+def test_internal_ip_is_the_global_network_address_on_runpod(fake_runpod, tmp_path, monkeypatch):
+    import socket
+
+    p = _provider(tmp_path, global_networking=True)
+    (pid,) = p.create_node(NC, {}, 1)
+    asked: list[str] = []
+    real = socket.gethostbyname
+
+    def resolve(host):  # *.runpod.internal exists only inside RunPod; everything else resolves as usual
+        asked.append(host)
+        return "100.96.4.7" if host.endswith(".runpod.internal") else real(host)
+
+    monkeypatch.setattr(socket, "gethostbyname", resolve)
+    assert p.internal_ip(pid).startswith("100.65.0.")  # on the user's machine: no lookup of a RunPod-only name
+    assert asked == []
+    monkeypatch.setenv("RUNPOD_POD_ID", "headpod0001")
+    p2 = _provider(tmp_path, global_networking=True)  # the head: its key comes from the file p staged
+    assert p2.internal_ip(pid) == "100.96.4.7" and asked == [f"{pid}.runpod.internal"]
+
+
+def test_node_start_env_merges_labels_and_sets_the_node_ip(tmp_path, monkeypatch, capsys):
+    """What the start commands eval: the market RunPod actually gave wins over the node type's label."""
+    import socket
+
+    from infra import runpod_node
+
+    environ = tmp_path / "environ"
+    labels = {"s2v-price-key": "runpod-h100-80gb-hbm3-x1", "s2v-market": "on-demand"}
+    environ.write_bytes(b"\0".join([b"PATH=/usr/bin", b"RUNPOD_POD_ID=abc123xyz",
+                                    f"S2V_RAY_LABELS={json.dumps(labels)}".encode()]) + b"\0")
+    monkeypatch.setenv("RAY_OVERRIDE_LABELS", json.dumps({"s2v-market": "spot", "team": "render"}))
+    monkeypatch.setattr(socket, "gethostbyname", lambda h: {"abc123xyz.runpod.internal": "100.96.0.9"}[h])
+    assert runpod_node.main(["env", str(environ)]) == 0
+    line = capsys.readouterr().out.strip()
+    out = subprocess.run(["bash", "-c", f'{line}; echo "$S2V_NODE_IP"; echo "$RAY_OVERRIDE_LABELS"'],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "100.96.0.9"
+    assert json.loads(out[1]) == {**labels, "team": "render"}
+    # Ray's own reader of RAY_OVERRIDE_LABELS (what `ray start` applies) parses it.
+    from ray._private.resource_and_label_spec import ResourceAndLabelSpec
+
+    monkeypatch.setenv("RAY_OVERRIDE_LABELS", out[1])
+    assert ResourceAndLabelSpec._load_env_labels()["s2v-market"] == "on-demand"
+    # A pod without global networking fails loudly instead of starting Ray on an unreachable address.
+    monkeypatch.setattr(socket, "gethostbyname", lambda h: (_ for _ in ()).throw(socket.gaierror("no such name")))
+    with pytest.raises(SystemExit, match="global networking"):
+        runpod_node.main(["ip", str(environ)])
+    r = subprocess.run([sys.executable, "-m", "infra.runpod_node", "labels", str(environ)], capture_output=True,
+                       text=True, env={**os.environ, "RAY_OVERRIDE_LABELS": ""}, cwd=ROOT, check=True)
+    assert json.loads(r.stdout) == labels

@@ -57,6 +57,7 @@ RUNPOD_KEYS = {
     "gpu_type_id", "gpu_count", "image_name", "cloud_type", "interruptible", "bid_per_gpu", "container_disk_in_gb",
     "volume_in_gb", "volume_mount_path", "network_volume_id", "data_center_id", "country_code", "ports", "env",
     "docker_args", "min_vcpu_count", "min_memory_in_gb", "template_id", "support_public_ip", "allowed_cuda_versions",
+    "instance_id",
 }
 RUNPOD_CLOUD_TYPES = {"ALL", "COMMUNITY", "SECURE"}
 
@@ -141,6 +142,10 @@ def _check_gcp(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
 
 
 def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
+    import re
+
+    from infra.runpod_api import DATA_CENTER_RE, SECRET_ENV_RE
+
     _unknown_keys(probs, where, nc, RUNPOD_KEYS)
     ct = nc.get("cloud_type", "ALL")
     if ct not in RUNPOD_CLOUD_TYPES:
@@ -150,6 +155,44 @@ def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
     gc = nc.get("gpu_count", 1)
     if not isinstance(gc, int) or gc < 1:
         probs.add(where, "gpu_count", f"must be a positive integer, got {gc!r}")
+    gpu = bool(nc.get("gpu_type_id"))
+    if cfg.get("provider", {}).get("global_networking", True):
+        # Ray's head and workers talk over global networking: RunPod offers it on NVIDIA GPU pods in Secure Cloud.
+        if not gpu:
+            probs.add(where, "gpu_type_id", "a CPU pod cannot join RunPod's global networking, so Ray's other nodes "
+                      "could not reach it", "make it a small GPU pod (e.g. NVIDIA RTX A4000) with resources GPU: 0")
+        if ct != "SECURE":
+            probs.add(where, "cloud_type", f"{ct} cannot use global networking", "use SECURE")
+    elif len(cfg.get("available_node_types") or {}) > 1:
+        probs.add("provider", "global_networking", "is off, so RunPod pods cannot reach each other and no Ray "
+                  "worker could join the head", "set global_networking: true")
+    if not gpu and nc.get("interruptible"):
+        probs.add(where, "interruptible", "RunPod has no interruptible CPU pods")
+    bid = nc.get("bid_per_gpu")
+    if bid is not None and (isinstance(bid, bool) or not isinstance(bid, (int, float)) or bid <= 0):
+        probs.add(where, "bid_per_gpu", f"must be a positive USD per GPU-hour, got {bid!r}",
+                  "or leave it out to bid RunPod's current minimum bid")
+    cuda = nc.get("allowed_cuda_versions")
+    if cuda is not None and (not isinstance(cuda, list) or not cuda
+                             or not all(isinstance(v, str) and re.match(r"^\d{1,2}\.\d{1,2}$", v) for v in cuda)):
+        probs.add(where, "allowed_cuda_versions", f"must be a non-empty list of versions like '13.0', got {cuda!r}",
+                  "quote them in YAML: [\"13.0\"] (13.0 unquoted is the number 13)")
+    for w, dc in ((where, nc.get("data_center_id")), ("provider", cfg.get("provider", {}).get("data_center_id"))):
+        if dc is not None and dc != "any" and not DATA_CENTER_RE.match(str(dc)):
+            probs.add(w, "data_center_id", f"invalid RunPod data center {dc!r}", "like EU-RO-1, or 'any'")
+    head = cfg.get("head_node_type")
+    if gpu and where == f"available_node_types.{head}.node_config":
+        if (cfg["available_node_types"][head] or {}).get("resources", {}).get("GPU") != 0:
+            probs.add(f"available_node_types.{head}", "resources", "the head's small GPU would take render actors",
+                      "declare GPU: 0 in the head's resources")
+    env = nc.get("env") or {}
+    if not isinstance(env, dict):
+        probs.add(where, "env", "must be a mapping of NAME: value")
+    else:
+        for k in env:
+            if SECRET_ENV_RE.search(str(k)):
+                probs.add(where, f"env.{k}", "looks like a secret; RunPod returns pod env to anyone who can list "
+                          "the account's pods", "deliver secrets as files (file_mounts), not pod env")
 
 
 _CHECKS = {"aws": _check_aws, "gcp": _check_gcp, "runpod": _check_runpod}
@@ -209,7 +252,13 @@ def generate_config(settings, provider: str | None = None) -> dict[str, Any]:
         p["availability_zone"] = settings.cloud_zone or f"{settings.cloud_region}-a"
         p["project_id"] = settings.cloud_project or p["project_id"]
     else:
-        p["data_center_id"] = settings.cloud_region if settings.cloud_region and "-" in settings.cloud_region else "any"
+        from infra.runpod_api import DATA_CENTER_RE
+
+        # cloud_region defaults to an AWS region; only a RunPod data center id (EU-RO-1) pins one.
+        region = settings.cloud_region or ""
+        p["data_center_id"] = region if DATA_CENTER_RE.match(region) else "any"
+        if settings.cloud_image:
+            cfg["available_node_types"][HEAD]["node_config"]["image_name"] = settings.cloud_image
     types = cfg["available_node_types"]
     for name in (SPOT, ONDEMAND):
         nt = types[name]
