@@ -144,8 +144,15 @@ class Settings(BaseSettings):
     aws_imds_url: str = Field("http://169.254.169.254", description="IMDS base URL (tests point it at loopback).")
     gcp_metadata_url: str = Field("http://metadata.google.internal", description="GCP metadata base URL.")
     sigterm_notice_s: float = Field(5.0, gt=0, description="RunPod's SIGTERM→SIGKILL window.")
-    sigterm_flag_file: str = Field("/tmp/s2v-sigterm", description="File a pod entrypoint touches on SIGTERM; "
-                                   "'{node_id}' expands to the Ray node id (per-node notices in local tests).")
+
+    # preemption watcher (issue 10 item 8: infra/preemption/)
+    preemption_clear_grace_s: float = Field(120.0, ge=0, description="An interruption clears once the node is "
+                                            "still alive this long past its deadline.")
+    preemption_warning_expiry_s: float = Field(600.0, gt=0, description="A rebalance recommendation stops holding "
+                                               "new work off its node this long after AWS issued it.")
+    sigterm_flag_dir: str = Field("~/.local/state/s2v-batch", description="Where a pod entrypoint's SIGTERM trap "
+                                  "writes its flag (a 0700 dir of the renderer's user; '~' is the node's home); "
+                                  "'{node_id}' expands to the Ray node id (per-node notices in local tests).")
 
     # webhook (orchestrator/webhook.py): a signed POST per job published/failed and per run finished. repr=False
     # keeps both out of logs and tracebacks: the secret signs, and webhook URLs often embed a token themselves.

@@ -15,6 +15,7 @@ import pytest
 import media
 from orchestrator.runner import render
 from core.settings import Settings
+from infra.preemption import sigterm_flag_path, write_sigterm_flag
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_notice_on_one_node_mid_chain_then_fallback_to_on_demand(job_manifest, t
                 for _ in range(2)]
         ray.init(address=cluster.address, log_to_driver=False)
         base = Settings(gpus=2, address=cluster.address, preemption_sources="sigterm", preemption_poll_s=0.2,
-                        sigterm_flag_file=str(tmp_path / "flag-{node_id}"), fallback_after_preemptions=1)
+                        sigterm_flag_dir=str(tmp_path / "flag-{node_id}"), fallback_after_preemptions=1)
         clean = base.model_copy(update={"work": str(tmp_path / "w0"), "faults_dir": str(tmp_path / "f0")})
         r0 = render(str(job_manifest), clean, cli_defaults={"output": str(tmp_path / "o0")})
         assert r0.exit_code == 0
@@ -58,7 +59,7 @@ def test_notice_on_one_node_mid_chain_then_fallback_to_on_demand(job_manifest, t
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(list((tmp_path / "w1").rglob("*.done.json"))) < 2:
             time.sleep(0.05)
-        (tmp_path / f"flag-{spot[0].node_id}").touch()  # the notice reaches that node's watcher only
+        write_sigterm_flag(sigterm_flag_path(base, spot[0].node_id))  # the notice reaches that node's watcher only
         ondemand = cluster.add_node(num_cpus=0, num_gpus=1, resources={"s2v_ondemand": 1},
                                     node_ip_address="127.0.0.1")
         th.join(timeout=300)
