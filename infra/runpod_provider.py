@@ -18,6 +18,7 @@ from ray.autoscaler.node_provider import NodeProvider
 
 from core.errors import ClusterError, ConfigError, TransientError
 from core.retry import retrying
+from infra.preemption.sigterm import FLAG_NAME, SIGTERM_FLAG_DIR, sigterm_trap_command
 from infra.runpod_api import (
     LABELS_ENV,
     MARKET_LABEL,
@@ -46,9 +47,11 @@ TAGS_ENV = "S2V_RAY_TAGS"  # initial Ray tags ride in the pod's env (RunPod has 
 CLUSTER_ENV = "S2V_RAY_CLUSTER"
 LIVE = {"RUNNING", "CREATED", "RESTARTING"}  # desiredStatus values of a pod that is, or will be, a Ray node
 GONE = {"TERMINATED"}  # anything else (EXITED: interrupted or stopped; DEAD; PAUSED) still bills its disk
-# Docker delivers SIGTERM to PID 1 only; this entrypoint leaves a flag the preemption watcher reads.
+# Docker delivers SIGTERM to PID 1 only: the entrypoint traps it and writes this boot's flag (the contract of
+# infra/preemption/sigterm.py: a 0700 folder under the renderer's home, the boot id inside, written atomically),
+# then starts sshd and waits.
 SIGTERM_ENTRYPOINT = (
-    "bash -c 'trap \"touch /tmp/s2v-sigterm\" TERM; "
+    "bash -c '" + sigterm_trap_command(Path(SIGTERM_FLAG_DIR) / FLAG_NAME) + "; "
     "(test -x /start.sh && /start.sh || (service ssh start || /usr/sbin/sshd)) & wait; sleep infinity & wait'"
 )
 

@@ -84,18 +84,13 @@ class RenderWorker:
         from infra.preemption import watcher_from_settings
 
         try:
-            self.watcher = watcher_from_settings(self.settings, on_notice=self._on_notice)
+            # the watcher drains this node for an interruption only (never for a rebalance warning), so Ray
+            # places nothing new here; chains resume elsewhere from their checkpoints
+            self.watcher = watcher_from_settings(self.settings, drain=True)
             if self.watcher is not None:
                 self.watcher.start()
         except Exception:  # noqa: BLE001 - a broken watcher must not stop rendering
             self.watcher = None
-
-    @staticmethod
-    def _on_notice(notice) -> None:
-        """Drain this node so Ray places nothing new here; chains resume elsewhere from their checkpoints."""
-        from infra.preemption import drain_this_node
-
-        drain_this_node(notice.deadline, f"s2v: {notice.source}: {notice.reason}")
 
     def info(self) -> dict:
         import ray

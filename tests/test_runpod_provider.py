@@ -334,7 +334,7 @@ def test_shipped_template_forms_a_cluster(fake_runpod, tmp_path):
         assert inp["globalNetwork"] is True and inp["cloudType"] == "SECURE" and inp["gpuTypeId"], name
         # The CUDA filter is sent: hosts whose driver runs the pinned torch's CUDA 13.0 build.
         assert inp["allowedCudaVersions"] and all(float(v) >= 13.0 for v in inp["allowedCudaVersions"]), name
-        assert "s2v-sigterm" in inp["dockerArgs"]
+        assert "trap s2v_sigterm TERM" in inp["dockerArgs"] and "s2v-batch/sigterm" in inp["dockerArgs"]
         assert price_key(nt["node_config"]) in Settings().node_prices, name
     assert cfg["available_node_types"]["head"]["resources"]["GPU"] == 0
     # Both start commands advertise the global-network IP and apply the labels set at create.
@@ -529,3 +529,34 @@ def test_node_start_env_merges_labels_and_sets_the_node_ip(tmp_path, monkeypatch
     r = subprocess.run([sys.executable, "-m", "infra.runpod_node", "labels", str(environ)], capture_output=True,
                        text=True, env={**os.environ, "RAY_OVERRIDE_LABELS": ""}, cwd=ROOT, check=True)
     assert json.loads(r.stdout) == labels
+
+
+def test_pod_entrypoint_traps_sigterm_into_the_watchers_flag(tmp_path):
+    """The entrypoint RunPod runs as PID 1 (docker args): a real bash with a fake HOME gets SIGTERM and leaves the
+    flag the preemption watcher honours (its contract: infra/preemption/sigterm.py)."""
+    import shlex
+    import signal
+    import subprocess
+    import time
+
+    from infra.preemption.sigterm import FLAG_NAME, SIGTERM_FLAG_DIR, SigtermSource
+    from infra.runpod_provider import SIGTERM_ENTRYPOINT
+
+    argv = shlex.split(SIGTERM_ENTRYPOINT)
+    assert argv[:2] == ["bash", "-c"]
+    # only the trap part: the rest starts sshd, which has no place in a test
+    script = argv[2].split("; (test -x /start.sh")[0] + "; sleep 30 & wait"
+    proc = subprocess.Popen(["bash", "-c", script], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    flag = tmp_path / SIGTERM_FLAG_DIR.removeprefix("~/") / FLAG_NAME
+    try:
+        end = time.monotonic() + 10
+        while not flag.parent.is_dir() and time.monotonic() < end:  # made just before the trap is set
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert flag.is_file() and (flag.parent.stat().st_mode & 0o077) == 0
+    src = SigtermSource(flag_path=str(flag), install_handler=False, not_before=time.time() - 60)
+    assert [n.source for n in src.check()] == ["sigterm"]
