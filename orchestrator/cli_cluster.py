@@ -74,7 +74,8 @@ def init(
     gpu_type: Optional[str] = typer.Option(None, help="Instance type, machine type or RunPod GPU type id."),
     gpus: Optional[int] = typer.Option(None, help="GPUs per worker node."),
     max_workers: Optional[int] = typer.Option(None, help="Most GPU worker nodes."),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Spot GPU workers (plus on-demand fallback)."),
+    spot: bool = typer.Option(True, "--spot/--on-demand", help="Spot GPU workers plus an on-demand fallback type "
+                              "(default), or on-demand GPU workers only."),
     image: Optional[str] = typer.Option(None, help="VM image (AMI / GCE image) or container image (RunPod)."),
     resolve_images: bool = typer.Option(True, "--resolve-images/--no-resolve-images",
                                         help="AWS: pin today's AMI ids from their public SSM parameters (needs "
