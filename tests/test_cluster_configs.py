@@ -396,3 +396,56 @@ def test_weights_sync_at_setup_and_ensure_local(tmp_path, s3_env, monkeypatch):
                                        s3_addressing_style="path"), cache_root=tmp_path / "elsewhere", timeout_s=60)
     assert (other / "wav2vec2" / "w.bin").read_bytes() == files["wan/wav2vec2/w.bin"]
     assert AWS_GPU_IMAGE_PARAM.startswith("/aws/service/deeplearning/ami/x86_64/")
+
+
+def test_iam_policies_are_scoped_to_the_bucket_and_the_worker_role():
+    iam = ROOT / "infra" / "clusters" / "iam"
+    worker = json.loads((iam / "aws-worker-policy.json").read_text())
+    head = json.loads((iam / "aws-head-policy.json").read_text())
+    for doc in (worker, head):
+        s3 = [st for st in doc["Statement"] if any(a.startswith("s3:") for a in st["Action"])]
+        assert s3 and all(r.startswith("arn:aws:s3:::BUCKET") for st in s3 for r in [st["Resource"]])
+    assert not any(a.startswith(("ec2:", "iam:")) for st in worker["Statement"] for a in st["Action"])
+    pass_role = next(st for st in head["Statement"] if "iam:PassRole" in st["Action"])
+    assert "arn:aws:iam::ACCOUNT:role/s2v-worker" in pass_role["Resource"] and "*" not in pass_role["Resource"]
+    assert json.loads((iam / "aws-ec2-trust.json").read_text())["Statement"][0]["Principal"]["Service"] == \
+        "ec2.amazonaws.com"
+
+
+def test_gcp_zone_failover_moves_on_only_for_capacity_and_remembers_the_zone(tmp_path, monkeypatch):
+    """Ray's GCP provider keeps a cluster in one zone; `up` tries metadata.s2v.zones in order. The Compute API
+    is out of reach here, so `create` raises the error GCE gives for an exhausted zone."""
+    from core.errors import ClusterError
+    from infra.clusters.generate import dump_config
+    from infra.clusters.launch import launch_config, up_in_zones
+
+    monkeypatch.setenv("S2V_CLUSTERS_DIR", str(tmp_path / "clusters"))
+    cfg = generate_config(Settings(spot=True, cloud_project="p", cloud_region="us-central1", cloud_zone="us-central1-a,"
+                                   "us-central1-c,us-central1-f"), "gcp", bucket="b")
+    path = dump_config(cfg, tmp_path / "gcp.yaml", "gcp")
+    tried = []
+
+    def create(c):
+        zone = c["provider"]["availability_zone"]
+        tried.append(zone)
+        disk = c["available_node_types"]["gpu_spot"]["node_config"]["disks"][0]["initializeParams"]["diskType"]
+        assert disk == f"zones/{zone}/diskTypes/pd-balanced"
+        if zone == "us-central1-a":
+            raise RuntimeError("googleapiclient.errors.HttpError: ZONE_RESOURCE_POOL_EXHAUSTED: The zone "
+                               "'projects/p/zones/us-central1-a' does not have enough resources available")
+
+    assert up_in_zones(launch_config(path), create, head_exists=lambda c: False, echo=lambda m: None) == "us-central1-c"
+    assert tried == ["us-central1-a", "us-central1-c"]
+    # Every later command addresses the cluster where it is.
+    again = launch_config(path)
+    assert again["provider"]["availability_zone"] == "us-central1-c"
+    # Any other failure, or a head already made, stops at once: never a second head in another zone.
+    tried.clear()
+    with pytest.raises(ClusterError, match="us-central1-c"):
+        up_in_zones(again, lambda c: (_ for _ in ()).throw(RuntimeError("Permission denied")), lambda c: False)
+    with pytest.raises(ClusterError):
+        def exhausted(c):
+            tried.append(c["provider"]["availability_zone"])
+            raise RuntimeError("ZONE_RESOURCE_POOL_EXHAUSTED")
+        up_in_zones(launch_config(path), exhausted, head_exists=lambda c: True, echo=lambda m: None)
+    assert tried == ["us-central1-c"]
