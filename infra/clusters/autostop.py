@@ -114,6 +114,14 @@ def run(config_path: str, poll_s: float = 30.0) -> None:
     IdleWatcher(lambda: busy_reason(dashboard), minutes * 60.0, lambda: stop_cluster(config), poll_s).run()
 
 
+def _previous_pid_cmdline(pid: int) -> bool | None:
+    """True: pid runs this module; False: it does not (yet); None: no such process."""
+    try:
+        return b"infra.clusters.autostop" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def _previous(state: Path) -> int | None:
     try:
         pid = int((state / PID_FILE).read_text())
@@ -137,6 +145,9 @@ def start(config_path: str, home: Path | None = None) -> int | None:
     with open(state / LOG_FILE, "ab") as out:
         p = subprocess.Popen([sys.executable, "-m", "infra.clusters.autostop", "run", "--config", config_path],
                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while _previous_pid_cmdline(p.pid) is False and time.monotonic() < deadline:
+        time.sleep(0.05)  # until exec: the next `start` recognises its predecessor by its command line
     (state / PID_FILE).write_text(str(p.pid))
     print(f"idle auto-stop after {minutes} min (pid {p.pid}, log {state / LOG_FILE})")
     return p.pid
