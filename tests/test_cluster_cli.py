@@ -327,6 +327,11 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env, monkeypatch):
         res = r.invoke(app, ["status", str(path)])
         assert res.exit_code == 0, res.output
         assert "head: 127.0.0.1" in res.output and "Node status" in res.output
+        # The node type's cost labels reached the running node (the launcher hands them to `ray start`).
+        from ray.util.state import list_nodes
+
+        (node,) = list_nodes(address=f"http://127.0.0.1:{cfg['metadata']['s2v']['dashboard_port']}", detail=True)
+        assert {k: node.labels.get(k) for k in LOOPBACK_LABELS} == LOOPBACK_LABELS
 
         # A change in the checkout reaches the node on the next `up` (here one that keeps Ray running).
         (project / "orchestrator" / "cli_cluster.py").write_text(marker.read_text() + "\n# changed after up\n")

@@ -449,3 +449,26 @@ def test_gcp_zone_failover_moves_on_only_for_capacity_and_remembers_the_zone(tmp
             raise RuntimeError("ZONE_RESOURCE_POOL_EXHAUSTED")
         up_in_zones(launch_config(path), exhausted, head_exists=lambda c: True, echo=lambda m: None)
     assert tried == ["us-central1-c"]
+
+
+def test_run_settings_env_carries_the_cluster_work_area_weights_and_prices():
+    from infra.clusters.launch import run_settings_env
+
+    cfg = _generated("aws")
+    cfg["metadata"]["s2v"]["prices"]["p5.48xlarge"] = {"on_demand": 40.0, "spot": 15.0}
+    env = run_settings_env(cfg)
+    assert env["S2V_WORK"] == "s3://my-bucket/s2v-work" and env["S2V_MODEL_DIR"] == "s3://weights/wan"
+    os.environ["S2V_NODE_PRICES"] = env["S2V_NODE_PRICES"]
+    try:
+        s = Settings()
+        assert s.node_price("p5.48xlarge", "spot") == 15.0 and s.node_price("m6i.xlarge", "on-demand") == 0.192
+    finally:
+        del os.environ["S2V_NODE_PRICES"]
+
+
+@pytest.mark.parametrize("make", ALL_CONFIGS)
+def test_every_command_parses_in_bash(make):
+    """A quoting slip in a template shows up here, not minutes into `up` on a billed node."""
+    for cmd in _commands(make()):
+        r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{cmd}\n{r.stderr}"

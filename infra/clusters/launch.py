@@ -105,3 +105,19 @@ def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[
         _save_state(cfg["cluster_name"], zone=zone)
         return zone
     return None
+
+
+def run_settings_env(cfg: dict[str, Any]) -> dict[str, str]:
+    """S2V_* variables a run submitted to this cluster needs from its config (the submit side merges the user's
+    own S2V_* settings over them): the work area, the weights and the node prices (the table with the config's
+    metadata.s2v.prices laid over it)."""
+    from core.settings import Settings
+
+    meta = s2v_meta(cfg)
+    env = {"S2V_WORK": str(meta["work"])}
+    if meta.get("model_dir"):
+        env["S2V_MODEL_DIR"] = str(meta["model_dir"])
+    prices = {k: v.model_dump() for k, v in Settings().node_prices.items()}
+    prices.update(meta.get("prices") or {})
+    env["S2V_NODE_PRICES"] = json.dumps(prices, sort_keys=True)
+    return env

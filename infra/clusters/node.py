@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,9 @@ def mount_local_ssd(dev_dir: Path = Path("/dev/disk/by-id"), mount: Path = LOCAL
     if subprocess.run(["mountpoint", "-q", str(mount)]).returncode == 0:
         return mount
     dev = devices[0]
-    if len(devices) > 1:
+    if len(devices) > 1 and shutil.which("mdadm") is None:
+        print(f"mdadm is missing: using {dev} alone of {len(devices)} local SSDs")
+    elif len(devices) > 1:
         dev = "/dev/md/s2v"
         subprocess.run(["mdadm", "--create", dev, "--level=0", f"--raid-devices={len(devices)}", *devices,
                         "--force", "--run"], check=True)
