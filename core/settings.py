@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     cloud_image: str | None = Field(None, description="VM image / container image; None = provider default.")
     cloud_project: str | None = Field(None, description="GCP project id.")
     cluster_name: str = "s2v"
+    # cluster launcher (infra/clusters): where `s2v cluster up` keeps each cluster's code bundle and state
+    clusters_dir: Path = Field(Path.home() / ".s2v" / "clusters", description="Per-cluster bundle (dist/) and "
+                               "state (state.json: the zone `up` chose), one folder per cluster_name.")
     # "none" by default: probing cloud metadata endpoints from a laptop or CI would send traffic off the machine;
     # cluster runs submitted with `s2v render --cluster` set it to "auto" for the driver and its actors.
     preemption_sources: str = Field("none", description="Comma list of aws,gcp,sigterm; 'auto' detects; 'none' off.")

@@ -48,7 +48,7 @@ def _launch(config: Path, project: Path | None = None) -> dict:
     """The config dict every launcher call gets (bundle mount, remembered zone); see infra/clusters/launch.py."""
     from infra.clusters.launch import launch_config
 
-    return launch_config(config, project)
+    return launch_config(config, project, _settings(None))
 
 
 def project_root(given: Path | None = None) -> Path:
@@ -143,7 +143,7 @@ def up(
         sdk.create_or_update_cluster(c, no_restart=no_restart, restart_only=restart_only, no_config_cache=True)
 
     try:
-        zone = up_in_zones(cfg, create, _head_exists, echo=typer.echo)
+        zone = up_in_zones(cfg, create, _head_exists, echo=typer.echo, settings=_settings(None))
         head = sdk.get_head_node_ip(cfg)
     except ClusterError:
         raise
@@ -174,7 +174,8 @@ def _warn_unpriced(cfg: dict) -> None:
         key, market = labels.get("s2v-price-key"), labels.get("s2v-market")
         if key not in prices and s.node_price(key, market) is None:
             typer.secho(f"warning: no {market} price for {key} (node type {name}); its node-hours will be reported "
-                        "unpriced — add it to metadata.s2v.prices or S2V_NODE_PRICES", fg=typer.colors.YELLOW, err=True)
+                        "unpriced — add it to metadata.s2v.prices or S2V_NODE_PRICES",
+                        fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

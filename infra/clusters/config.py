@@ -70,7 +70,8 @@ RUNPOD_KEYS = {
     "docker_args", "min_vcpu_count", "min_memory_in_gb", "template_id", "support_public_ip", "allowed_cuda_versions",
 }
 RUNPOD_CLOUD_TYPES = {"ALL", "COMMUNITY", "SECURE"}
-_NO_CREDS = "Ray attaches its credentials to the head only, so weight sync, s3:// gs:// inputs and the work area fail here"
+_NO_CREDS = ("Ray attaches its credentials to the head only, so weight sync, s3:// gs:// inputs and the work area "
+             "fail here")
 
 
 def template_path(provider: str) -> Path:
@@ -110,7 +111,8 @@ def _did_you_mean(word: str, choices) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
-def _unknown_keys(probs: ProblemList, where: str, got: dict, allowed, why: str = "Ray does not check node_config") -> None:
+def _unknown_keys(probs: ProblemList, where: str, got: dict, allowed,
+                  why: str = "Ray does not check node_config") -> None:
     for k in got:
         if k not in allowed:
             probs.add(where, str(k), f"unknown key ({why})", _did_you_mean(str(k), allowed))
@@ -131,7 +133,8 @@ def _check_aws(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: boo
     _unknown_keys(probs, where, nc, AWS_KEYS)
     if not nc.get("ImageId"):
         probs.add(where, "ImageId", "no image: Ray would fall back to its Ubuntu 18.04 Deep Learning AMI (glibc 2.27, "
-                  "old driver), which cannot run torch 2.13", "run `s2v cluster init aws` or set an AMI id / resolve:ssm:")
+                  "old driver), which cannot run torch 2.13",
+                  "run `s2v cluster init aws` or set an AMI id / resolve:ssm:")
     if not is_head and not nc.get("IamInstanceProfile"):
         probs.add(where, "IamInstanceProfile", f"missing: {_NO_CREDS}", "IamInstanceProfile: {Name: s2v-worker}")
     imo = nc.get("InstanceMarketOptions")
@@ -289,7 +292,8 @@ def _check_placeholders(probs: ProblemList, cfg: dict) -> None:
     for ph in PLACEHOLDERS:
         if ph in text:
             probs.add("cluster config", None, f"still holds the placeholder {ph!r}",
-                      "run `s2v cluster init aws|gcp --bucket BUCKET [--project ID]` to write a config for your account")
+                      "run `s2v cluster init aws|gcp --bucket BUCKET [--project ID]` to write a config for your "
+                      "account")
 
 
 def check_node_configs(cfg: dict[str, Any], allow_placeholders: bool = True) -> ProblemList:

@@ -203,7 +203,8 @@ def _pin_aws_images(cfg: dict) -> None:
             nt["node_config"]["ImageId"] = resolved[param]
     if resolved:
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        cfg["metadata"]["s2v"]["image_source"] = "; ".join(f"{v} from {k} ({region}, {day})" for k, v in resolved.items())
+        cfg["metadata"]["s2v"]["image_source"] = "; ".join(f"{v} from {k} ({region}, {day})"
+                                                           for k, v in resolved.items())
 
 
 def dump_config(cfg: dict[str, Any], path: str | Path, provider: str) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,23 +20,26 @@ ZONAL_ERRORS = ("ZONE_RESOURCE_POOL_EXHAUSTED", "does not have enough resources 
                 "is not available in zone", "STOCKOUT")
 
 
-def state_dir(cluster_name: str) -> Path:
-    """~/.s2v/clusters/<name>: the bundle (dist/) and what `up` remembers (state.json)."""
-    root = Path(os.environ.get("S2V_CLUSTERS_DIR") or Path.home() / ".s2v" / "clusters")
-    return root / cluster_name
+def state_dir(cluster_name: str, settings=None) -> Path:
+    """<settings.clusters_dir>/<name> (~/.s2v/clusters/<name>): the bundle (dist/) and what `up` remembers."""
+    if settings is None:
+        from core.settings import Settings
+
+        settings = Settings()
+    return Path(settings.clusters_dir) / cluster_name
 
 
-def _state(cluster_name: str) -> dict:
+def _state(cluster_name: str, settings=None) -> dict:
     try:
-        return json.loads((state_dir(cluster_name) / "state.json").read_text())
+        return json.loads((state_dir(cluster_name, settings) / "state.json").read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _save_state(cluster_name: str, **kw) -> None:
-    d = state_dir(cluster_name)
+def _save_state(cluster_name: str, settings=None, **kw) -> None:
+    d = state_dir(cluster_name, settings)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "state.json").write_text(json.dumps({**_state(cluster_name), **kw}, indent=1))
+    (d / "state.json").write_text(json.dumps({**_state(cluster_name, settings), **kw}, indent=1))
 
 
 def checked_config(path: Path) -> dict[str, Any]:
@@ -49,12 +51,12 @@ def checked_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def launch_config(path: Path, project_root: Path | None = None) -> dict[str, Any]:
+def launch_config(path: Path, project_root: Path | None = None, settings=None) -> dict[str, Any]:
     """The dict to hand to ray.autoscaler.sdk for the cluster in `path`. With project_root, build the bundle
     first (`up`); otherwise mount the last bundle built, if any (down, status, attach, exec)."""
     cfg = copy.deepcopy(checked_config(path))
     name = cfg["cluster_name"]
-    dist = state_dir(name) / "dist"
+    dist = state_dir(name, settings) / "dist"
     if project_root is not None:
         bundle = build_bundle(project_root, dist)
         node = {"cluster_name": name, "metadata": s2v_meta(cfg), "fingerprint": bundle.fingerprint}
@@ -66,7 +68,7 @@ def launch_config(path: Path, project_root: Path | None = None) -> dict[str, Any
         # fingerprint makes a changed checkout a changed config (so setup re-runs and reinstalls the wheel).
         cfg.setdefault("metadata", {})["s2v_build"] = {"fingerprint": record["fingerprint"],
                                                        "version": record["version"]}
-    zone = _state(name).get("zone")
+    zone = _state(name, settings).get("zone")
     if zone and zone in (s2v_meta(cfg).get("zones") or []):
         _use_zone(cfg, zone)
     return cfg
@@ -84,7 +86,7 @@ def is_zonal(exc: BaseException) -> bool:
 
 
 def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[[dict], bool],
-                echo: Callable[[str], None] = print) -> str | None:
+                echo: Callable[[str], None] = print, settings=None) -> str | None:
     """Run create(cfg) in the remembered zone or metadata.s2v.zones in order, moving on only when a zone refused
     the head for lack of capacity and no head was left behind. Returns the zone used (None: not zoned)."""
     zones = list(s2v_meta(cfg).get("zones") or [])
@@ -99,10 +101,11 @@ def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[
             create(cfg)
         except (Exception, SystemExit) as e:  # noqa: BLE001 — the launcher sys.exits on failed updates
             if i + 1 < len(order) and is_zonal(e) and not head_exists(cfg):
-                echo(f"zone {zone} has no capacity for the head ({str(e).splitlines()[0][:200]}); trying {order[i + 1]}")
+                why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                echo(f"zone {zone} has no capacity for the head ({why}); trying {order[i + 1]}")
                 continue
             raise ClusterError(f"cluster up failed in zone {zone}: {e}") from e
-        _save_state(cfg["cluster_name"], zone=zone)
+        _save_state(cfg["cluster_name"], settings, zone=zone)
         return zone
     return None
 

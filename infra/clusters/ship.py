@@ -103,8 +103,8 @@ def build_bundle(project_root: Path, out_dir: Path) -> Bundle:
             old.unlink()
         wheel = out / built.name
         shutil.move(str(built), wheel)
-    record = {"fingerprint": fingerprint, "version": version, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "wheel": wheel.name}
+    built = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = {"fingerprint": fingerprint, "version": version, "built": built, "wheel": wheel.name}
     (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     (out / CONSTRAINTS).write_text(_constraints())
     return Bundle(wheel=wheel, fingerprint=fingerprint, version=version)
