@@ -48,19 +48,44 @@ def _wait(pred, timeout_s: float = 300.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+HOLDER = """
+import os, sys, threading, time
+import ray
+
+release = sys.argv[1]
+
+
+@ray.remote(num_gpus=1, num_cpus=0)
+class Hold:
+    def __init__(self):
+        def leave_when_released():
+            while not os.path.exists(release):
+                time.sleep(0.2)
+            os._exit(0)
+        threading.Thread(target=leave_when_released, daemon=True).start()
+
+    def ping(self):
+        return 1
+
+
+ray.init()
+a = Hold.options(name="hold", namespace="t", lifetime="detached").remote()
+ray.get(a.ping.remote())
+time.sleep(4)
+"""
+
+
 def test_stops_only_after_jobs_and_gpu_actors_are_gone(tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     cfg, provider = _cluster(tmp_path)
-    with ray_head(num_cpus=1, num_gpus=1, temp_dir=None) as dashboard:
+    script, release = tmp_path / "hold.py", tmp_path / "release"
+    script.write_text(HOLDER)
+    with ray_head(num_cpus=1, num_gpus=1) as dashboard:
         assert busy_reason(dashboard) is None
         client = JobSubmissionClient(dashboard)
         # A job that leaves a detached actor holding the GPU behind it (work started outside the Jobs API).
-        actor = ("import ray, time; ray.init(); "
-                 "A = ray.remote(num_gpus=1, num_cpus=0)(type('Hold', (), {'ping': lambda self: 1})); "
-                 "a = A.options(name='hold', namespace='t', lifetime='detached').remote(); ray.get(a.ping.remote()); "
-                 "time.sleep(6)")
-        job = client.submit_job(entrypoint=f'python -c "{actor}"')
+        job = client.submit_job(entrypoint=f"python {script} {release}")
         _wait(lambda: (r := busy_reason(dashboard)) and "job" in r, what="the job to count as busy")
 
         stops: list[float] = []
@@ -72,18 +97,15 @@ def test_stops_only_after_jobs_and_gpu_actors_are_gone(tmp_path):
         watcher = IdleWatcher(lambda: busy_reason(dashboard), idle_s=2.0, on_idle=on_idle, poll_s=0.3)
         t = threading.Thread(target=watcher.run, daemon=True)
         t.start()
-        _wait(lambda: client.get_job_status(job) in (JobStatus.SUCCEEDED, JobStatus.FAILED), what="the job to end")
+        _wait(lambda: client.get_job_status(job).is_terminal(), what="the job to end")
         assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
         # The job is over but its detached actor still holds the GPU: busy, not stopped.
         assert "holds 1 GPU" in (busy_reason(dashboard) or "")
-        time.sleep(3)
+        time.sleep(2.5)
         assert not stops and len(provider.non_terminated_nodes({})) == 3
         released = time.time()
-        kill = client.submit_job(entrypoint="python -c \"import ray; ray.init(); "
-                                            "ray.kill(ray.get_actor('hold', namespace='t'))\"")
-        _wait(lambda: client.get_job_status(kill).is_terminal(), what="the actor-killing job")
-        assert client.get_job_status(kill) == JobStatus.SUCCEEDED, client.get_job_logs(kill)
-        t.join(timeout=120)
+        release.touch()
+        t.join(timeout=300)
         assert stops and stops[0] > released
     assert provider.non_terminated_nodes({}) == []  # workers and head terminated through the provider
 
