@@ -15,22 +15,15 @@ class GpuPrice(BaseModel):
     spot: float
 
 
-def _default_prices() -> dict[str, GpuPrice]:
-    return {
-        "h100-aws": GpuPrice(on_demand=6.88, spot=2.75),
-        "h100-runpod": GpuPrice(on_demand=2.69, spot=1.35),
-        "a100-80g-runpod": GpuPrice(on_demand=1.59, spot=0.80),
-        "local": GpuPrice(on_demand=0.0, spot=0.0),
-    }
-
-
-# ---- cloud prices: USD per node-hour, keyed by the s2v-price-key label every cluster node carries; its
-# s2v-market label (spot / on-demand) picks the column. Override any entry with S2V_NODE_PRICES (JSON).
+# cloud prices (infra/clusters; docs/clusters.md "Costs" gives the sources). USD per NODE-hour, Linux, list prices
+# as of 2026-11 in us-east-1 (AWS) and us-central1 (GCP); spot figures are typical recent spot prices, which move
+# daily. Keyed by the instance/machine type a node type's `s2v-price-key` label names. Correct any entry
+# with S2V_NODE_PRICES='{"p5.4xlarge": {"on_demand": 6.88, "spot": 2.5}, ...}' (or one entry in a settings file).
 class NodePrice(BaseModel):
-    """USD per node-hour of one kind of node."""
+    """USD per node-hour for one instance/machine type; None = not sold that way (GCP A3 High < 8 GPUs on-demand)."""
 
-    on_demand: float
-    spot: float
+    on_demand: float | None
+    spot: float | None
 
 
 # RunPod: Secure Cloud (global networking needs it) per-GPU-hour list prices, late 2026 — H100 and A100 as in
@@ -50,7 +43,40 @@ def _runpod_node_prices() -> dict[str, NodePrice]:
 
 
 def _default_node_prices() -> dict[str, NodePrice]:
-    return {**_runpod_node_prices()}
+    p = NodePrice
+    return {
+        # AWS heads (CPU, on-demand) and GPU workers
+        "m6i.xlarge": p(on_demand=0.192, spot=0.08),
+        "m6i.2xlarge": p(on_demand=0.384, spot=0.16),
+        "p5.4xlarge": p(on_demand=6.88, spot=2.75),        # 1× H100 80 GB
+        "p5.48xlarge": p(on_demand=55.04, spot=22.0),      # 8× H100 80 GB
+        "p4de.24xlarge": p(on_demand=27.45, spot=11.0),    # 8× A100 80 GB
+        "g6e.xlarge": p(on_demand=1.861, spot=0.75),       # 1× L40S 48 GB (needs offload for the 14B model)
+        "g6e.12xlarge": p(on_demand=10.493, spot=4.2),     # 4× L40S
+        "g6e.48xlarge": p(on_demand=30.131, spot=12.0),    # 8× L40S
+        # GCP heads and GPU workers (A3 High with 1/2/4 GPUs is sold as Spot only)
+        "n2-standard-4": p(on_demand=0.194, spot=0.047),
+        "n2-standard-8": p(on_demand=0.389, spot=0.094),
+        "a3-highgpu-1g": p(on_demand=None, spot=3.2),      # 1× H100 80 GB
+        "a3-highgpu-2g": p(on_demand=None, spot=6.4),
+        "a3-highgpu-4g": p(on_demand=None, spot=12.8),
+        "a3-highgpu-8g": p(on_demand=88.25, spot=25.6),    # 8× H100 80 GB
+        "a2-ultragpu-1g": p(on_demand=5.07, spot=2.03),    # 1× A100 80 GB
+        "a2-ultragpu-2g": p(on_demand=10.14, spot=4.06),
+        "a2-ultragpu-4g": p(on_demand=20.28, spot=8.11),
+        "a2-ultragpu-8g": p(on_demand=40.55, spot=16.22),
+        # RunPod pods: keys are infra.runpod_api.price_key (runpod-<gpu>-x<GPUs>), see _RUNPOD_GPU_HOUR above
+        **_runpod_node_prices(),
+    }
+
+
+def _default_prices() -> dict[str, GpuPrice]:
+    return {
+        "h100-aws": GpuPrice(on_demand=6.88, spot=2.75),
+        "h100-runpod": GpuPrice(on_demand=2.69, spot=1.35),
+        "a100-80g-runpod": GpuPrice(on_demand=1.59, spot=0.80),
+        "local": GpuPrice(on_demand=0.0, spot=0.0),
+    }
 
 
 class Settings(BaseSettings):
@@ -85,9 +111,8 @@ class Settings(BaseSettings):
     prices: dict[str, GpuPrice] = Field(default_factory=_default_prices)
     price_per_gpu_hour: float | None = Field(None, description="Overrides the price table when set.")
     budget_usd: float | None = None
-    # cloud prices (see NodePrice above)
     node_prices: dict[str, NodePrice] = Field(default_factory=_default_node_prices,
-                                              description="USD per node-hour by s2v-price-key node label.")
+                                              description="USD per node-hour by instance/machine type (cloud prices).")
 
     # encoding (identical for every clip so stitching is a stream copy)
     crf: int = Field(18, ge=0, le=51)
@@ -134,6 +159,9 @@ class Settings(BaseSettings):
     cloud_image: str | None = Field(None, description="VM image / container image; None = provider default.")
     cloud_project: str | None = Field(None, description="GCP project id.")
     cluster_name: str = "s2v"
+    # cluster launcher (infra/clusters): where `s2v cluster up` keeps each cluster's code bundle and state
+    clusters_dir: Path = Field(Path.home() / ".s2v" / "clusters", description="Per-cluster bundle (dist/) and "
+                               "state (state.json: the zone `up` chose), one folder per cluster_name.")
     # "none" by default: probing cloud metadata endpoints from a laptop or CI would send traffic off the machine;
     # cluster runs submitted with `s2v render --cluster` set it to "auto" for the driver and its actors.
     preemption_sources: str = Field("none", description="Comma list of aws,gcp,sigterm; 'auto' detects; 'none' off.")
@@ -173,6 +201,16 @@ class Settings(BaseSettings):
         if p is None:
             return 0.0
         return p.spot if self.spot else p.on_demand
+
+    def node_price(self, key: str, market: str) -> float | None:
+        """USD per node-hour for a node labelled s2v-price-key=key, s2v-market=market (spot|on-demand); None when
+        the table has no such entry (the caller reports the node-hours unpriced instead of pricing them at 0)."""
+        p = self.node_prices.get(key)
+        if p is None:
+            return None
+        if market not in ("spot", "on-demand"):
+            raise ValueError(f"market must be 'spot' or 'on-demand', got {market!r}")
+        return p.spot if market == "spot" else p.on_demand
 
     def expected_clip_s(self, backend: str) -> float:
         return self.seconds_per_clip.get(backend, 60.0)

@@ -1,4 +1,7 @@
-"""`s2v cluster init|up|down|status|attach`: cluster configs and the Ray cluster launcher (ray.autoscaler.sdk)."""
+"""`s2v cluster init|up|down|status|attach`: cluster configs and the Ray cluster launcher (ray.autoscaler.sdk).
+
+Every launcher call gets `_launch(config)` (infra/clusters/launch.py), never the bare file: it carries the code
+bundle mount and the zone `up` chose, so all commands address the same cluster."""
 
 from __future__ import annotations
 
@@ -35,75 +38,144 @@ def _errors_to_exit(fn):
 
 
 def _checked(config: Path) -> dict:
-    """Load + validate (Ray's schema and ours) before any cloud call is made."""
-    from infra.clusters.config import load_config, validate_cluster_config
+    """Load + validate (Ray's schema and ours, placeholders refused) before any cloud call is made."""
+    from infra.clusters.launch import checked_config
 
-    if not config.exists():
-        raise ConfigError(f"no cluster config at {config}; create one with `s2v cluster init --provider aws`")
-    cfg = load_config(config)
-    validate_cluster_config(cfg, where=str(config))
-    return cfg
+    return checked_config(config)
+
+
+def _launch(config: Path, project: Path | None = None) -> dict:
+    """The config dict every launcher call gets (bundle mount, remembered zone); see infra/clusters/launch.py."""
+    from infra.clusters.launch import launch_config
+
+    return launch_config(config, project, _settings(None))
+
+
+def project_root(given: Path | None = None) -> Path:
+    """The checkout whose code the nodes run: --project, else the one this `s2v` runs from, else the cwd."""
+    if given is not None:
+        return given
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 @app.command()
 @_errors_to_exit
 def init(
     ctx: typer.Context,
-    provider: str = typer.Option(None, "--provider", "-p", help="aws | gcp | runpod (default: settings)."),
+    provider_arg: Optional[str] = typer.Argument(None, metavar="[PROVIDER]", help="aws | gcp | runpod."),
+    provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Same as PROVIDER (default: settings)."),
+    bucket: Optional[str] = typer.Option(None, help="Bucket for the work area (s3://BUCKET/s2v-work; gs:// on GCP)."),
+    work: Optional[str] = typer.Option(None, help="Work area URI instead of --bucket (s3://… or gs://…)."),
     out: Path = typer.Option(Path("cluster.yaml"), "--out", "-o", help="Where to write the config."),
+    name: Optional[str] = typer.Option(None, help="Cluster name (default: settings cluster_name)."),
     region: Optional[str] = typer.Option(None, help="Region (AWS/GCP) or RunPod data center id."),
-    zone: Optional[str] = typer.Option(None, help="Availability zone(s) / GCP zone."),
+    zone: Optional[str] = typer.Option(None, help="AWS availability zones / GCP zones to try in order (comma list)."),
     gpu_type: Optional[str] = typer.Option(None, help="Instance type, machine type or RunPod GPU type id."),
     gpus: Optional[int] = typer.Option(None, help="GPUs per worker node."),
     max_workers: Optional[int] = typer.Option(None, help="Most GPU worker nodes."),
-    spot: Optional[bool] = typer.Option(None, "--spot/--on-demand", help="Spot GPU workers (plus on-demand fallback)."),
+    spot: bool = typer.Option(True, "--spot/--on-demand", help="Spot GPU workers plus an on-demand fallback type "
+                              "(default), or on-demand GPU workers only."),
     image: Optional[str] = typer.Option(None, help="VM image (AMI / GCE image) or container image (RunPod)."),
-    model_dir: Optional[str] = typer.Option(None, help="Model weights location (s3://, gs:// or a node path)."),
+    resolve_images: bool = typer.Option(True, "--resolve-images/--no-resolve-images",
+                                        help="AWS: pin today's AMI ids from their public SSM parameters (needs "
+                                             "ssm:GetParameter); off: EC2 resolves them at each launch."),
+    model_dir: Optional[str] = typer.Option(None, help="Model weights folder (s3://, gs:// or a node path)."),
     project: Optional[str] = typer.Option(None, help="GCP project id."),
+    key_name: Optional[str] = typer.Option(None, help="AWS: an existing EC2 key pair (with --ssh-key)."),
+    ssh_key: Optional[str] = typer.Option(None, help="Private key file for SSH to the nodes."),
+    idle_stop_minutes: Optional[int] = typer.Option(None, min=0, help="Stop the cluster after this many idle "
+                                                    "minutes (0 = never; default 30)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
-    """Write a validated cluster config generated from settings and these flags."""
-    from infra.clusters.config import PROVIDERS, dump_config, generate_config
+    """Write a validated cluster config for your account: bucket, region, key, machine types, images, prices."""
+    from infra.clusters.config import PROVIDERS
+    from infra.clusters.generate import dump_config, generate_config
 
     s = _settings(ctx)
-    prov = provider or s.cloud_provider
+    prov = provider_arg or provider or s.cloud_provider
     if prov not in PROVIDERS:
         raise ConfigError(f"unknown provider {prov!r}; expected one of {', '.join(PROVIDERS)}")
     updates = {
         "cloud_region": region, "cloud_zone": zone, "cloud_gpu_type": gpu_type, "cloud_gpu_count": gpus,
         "cloud_max_workers": max_workers, "spot": spot, "cloud_image": image, "model_dir": model_dir,
-        "cloud_project": project,
+        "cloud_project": project, "cluster_name": name,
     }
     s = s.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if region is None and prov == "gcp" and s.cloud_region[-2:-1] == "-":
         # The settings default is an AWS region ("us-west-2"); GCP names look like "us-central1".
         s = s.model_copy(update={"cloud_region": "us-central1"})
+    if prov == "gcp" and not s.cloud_project:
+        raise ConfigError("a GCP cluster needs its project: pass --project PROJECT_ID (or set S2V_CLOUD_PROJECT)")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
-    cfg = generate_config(s, prov)
+    if work is None and bucket is None and s.work.startswith(("s3://", "gs://")):
+        work = s.work
+    cfg = generate_config(s, prov, work=work, bucket=bucket, key_name=key_name, ssh_key=ssh_key,
+                          idle_stop_minutes=idle_stop_minutes,
+                          resolve_images=resolve_images and prov == "aws" and not image)
     dump_config(cfg, out, prov)
-    types = ", ".join(cfg["available_node_types"])
-    typer.echo(f"wrote {out} ({prov}, node types: {types}); next: s2v cluster up {out}")
+    types = ", ".join(f"{n} ({nt['labels']['s2v-price-key']}, {nt['labels']['s2v-market']})"
+                      for n, nt in cfg["available_node_types"].items())
+    typer.echo(f"wrote {out}: {prov}, work area {cfg['metadata']['s2v']['work']}; node types {types}")
+    typer.echo(f"next: create the IAM pieces in docs/clusters.md, then `s2v cluster up {out}`")
 
 
 @app.command()
 @_errors_to_exit
 def up(
     config: Path = CONFIG_ARG,
+    project: Optional[Path] = typer.Option(None, help="Checkout whose code the nodes run (default: this one)."),
     no_restart: bool = typer.Option(False, "--no-restart", help="Keep Ray running on existing nodes."),
     restart_only: bool = typer.Option(False, "--restart-only", help="Skip setup commands; restart Ray only."),
 ) -> None:
-    """Create or update the cluster (head node first; workers come with demand)."""
-    _checked(config)
+    """Create or update the cluster: build a wheel of your checkout, mount it on every node, (re)install it there."""
+    from infra.clusters.launch import up_in_zones
+
+    root = project_root(project)
+    cfg = _launch(config, root)
+    build = cfg["metadata"]["s2v_build"]
+    typer.echo(f"built s2v-batch {build['version']} from {root} (fingerprint {build['fingerprint'][:12]})")
+    _warn_unpriced(cfg)
     from ray.autoscaler import sdk
 
+    def create(c: dict) -> None:
+        sdk.create_or_update_cluster(c, no_restart=no_restart, restart_only=restart_only, no_config_cache=True)
+
     try:
-        sdk.create_or_update_cluster(str(config), no_restart=no_restart, restart_only=restart_only,
-                                     no_config_cache=True)
-        head = sdk.get_head_node_ip(str(config))
+        zone = up_in_zones(cfg, create, _head_exists, echo=typer.echo, settings=_settings(None))
+        head = sdk.get_head_node_ip(cfg)
+    except ClusterError:
+        raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 — the launcher sys.exits on failed updates
         raise ClusterError(f"cluster up failed: {e}") from e
-    typer.echo(f"cluster is up; head node {head}. Submit with: s2v render --cluster {config} MANIFEST")
+    where = f" in {zone}" if zone else ""
+    typer.echo(f"cluster is up{where}; head node {head}. Submit with: s2v render MANIFEST --cluster {config}")
+
+
+def _head_exists(cfg: dict) -> bool:
+    from ray.autoscaler._private.providers import _get_node_provider
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
+
+    try:
+        provider = _get_node_provider(cfg["provider"], cfg["cluster_name"])
+        return bool(provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_HEAD}))
+    except Exception:  # noqa: BLE001 — cannot tell: assume the worst, never launch a second head elsewhere
+        return True
+
+
+def _warn_unpriced(cfg: dict) -> None:
+    from core.settings import Settings
+
+    s = Settings()
+    prices = (cfg["metadata"]["s2v"].get("prices") or {})
+    for name, nt in cfg["available_node_types"].items():
+        labels = nt.get("labels") or {}
+        key, market = labels.get("s2v-price-key"), labels.get("s2v-market")
+        if key not in prices and s.node_price(key, market) is None:
+            typer.secho(f"warning: no {market} price for {key} (node type {name}); its node-hours will be reported "
+                        "unpriced — add it to metadata.s2v.prices or S2V_NODE_PRICES",
+                        fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()
@@ -113,11 +185,11 @@ def down(
     workers_only: bool = typer.Option(False, "--workers-only", help="Keep the head node."),
 ) -> None:
     """Tear the cluster down (every node it launched)."""
-    _checked(config)
+    cfg = _launch(config)
     from ray.autoscaler import sdk
 
     try:
-        sdk.teardown_cluster(str(config), workers_only=workers_only)
+        sdk.teardown_cluster(cfg, workers_only=workers_only)
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ClusterError(f"cluster down failed: {e}") from e
     typer.echo("workers terminated" if workers_only else "cluster terminated")
@@ -127,16 +199,19 @@ def cluster_status(config: Path) -> dict:
     """Head and worker addresses plus `ray status` from the head (empty when it is unreachable)."""
     from ray.autoscaler import sdk
 
+    cfg = _launch(config)
     try:
-        head = sdk.get_head_node_ip(str(config))
+        head = sdk.get_head_node_ip(cfg)
     except (Exception, SystemExit) as e:  # noqa: BLE001 — "Head node of cluster not found!" is a RuntimeError
         raise ClusterError(f"no running cluster for {config}: {e}") from e
-    workers = sdk.get_worker_node_ips(str(config))
+    workers = sdk.get_worker_node_ips(cfg)
     try:
         from ray.autoscaler._private.commands import exec_cluster
+        from ray.autoscaler.sdk.sdk import _as_config_file
 
-        report = exec_cluster(str(config), cmd="ray status", run_env="auto", screen=False, tmux=False, stop=False,
-                              start=False, override_cluster_name=None, port_forward=None, with_output=True)
+        with _as_config_file(cfg) as path:
+            report = exec_cluster(path, cmd="ray status", run_env="auto", screen=False, tmux=False, stop=False,
+                                  start=False, override_cluster_name=None, port_forward=None, with_output=True)
         report = report.decode() if isinstance(report, bytes) else str(report or "")
     except (Exception, SystemExit) as e:  # noqa: BLE001
         report = f"(ray status failed: {e})"
@@ -147,7 +222,6 @@ def cluster_status(config: Path) -> dict:
 @_errors_to_exit
 def status(config: Path = CONFIG_ARG) -> None:
     """Show the head, the workers and the autoscaler's view (`ray status` on the head)."""
-    _checked(config)
     st = cluster_status(config)
     typer.echo(f"head: {st['head']}")
     typer.echo(f"workers ({len(st['workers'])}): {', '.join(st['workers']) or '-'}")
@@ -162,12 +236,14 @@ def attach(
     port_forward: Optional[list[int]] = typer.Option(None, "--port-forward", "-p", help="Forward these ports."),
 ) -> None:
     """Open a shell on the head node."""
-    _checked(config)
+    cfg = _launch(config)
     from ray.autoscaler._private.commands import attach_cluster
+    from ray.autoscaler.sdk.sdk import _as_config_file
 
     forwards = [(p, p) for p in port_forward] if port_forward else None
     try:
-        attach_cluster(str(config), start=False, use_screen=False, use_tmux=tmux, override_cluster_name=None,
-                       no_config_cache=False, new=False, port_forward=forwards)
+        with _as_config_file(cfg) as path:
+            attach_cluster(path, start=False, use_screen=False, use_tmux=tmux, override_cluster_name=None,
+                           no_config_cache=False, new=False, port_forward=forwards)
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ClusterError(f"attach failed: {e}") from e

@@ -1,80 +1,161 @@
-"""Every shipped and generated cluster config passes Ray's validator; our node_config checks catch typos."""
+"""Every shipped and generated cluster config passes Ray's validator and ours, and carries what a real node needs:
+an image with a new enough driver, credentials on every node type, cost labels, metadata.s2v, purchasable
+fallback types, the project from the shipped wheel; our node_config checks catch typos; no config value can
+inject shell (issue 12 item 13)."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from infra.clusters.config import (
-    ONDEMAND_RESOURCE,
-    SPOT_RESOURCE,
-    check_node_configs,
-    dump_config,
-    generate_config,
-    load_config,
-    validate_cluster_config,
-)
 from core.errors import ConfigError
 from core.settings import Settings
+from infra.clusters.config import (
+    MARKET_LABEL,
+    ONDEMAND_RESOURCE,
+    PRICE_LABEL,
+    SPOT_RESOURCE,
+    check_node_configs,
+    load_config,
+    provider_of,
+    validate_cluster_config,
+)
+from infra.clusters.generate import AWS_GPU_IMAGE_PARAM, dump_config, generate_config
+from infra.clusters.ship import build_bundle, source_files, source_fingerprint
+from storage_servers import s3_env, s3_server, unique  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [ROOT / "cluster.yaml", *sorted((ROOT / "infra" / "clusters").glob("*.yaml"))]
+TEMPLATES = sorted((ROOT / "infra" / "clusters").glob("*.yaml"))
+SHIPPED = [ROOT / "cluster.yaml", *TEMPLATES]
+COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def _generated(provider: str, spot: bool = True, **kw) -> dict:
+    s = Settings(spot=spot, cloud_gpu_count=8 if provider != "runpod" else 2, cloud_max_workers=3,
+                 cloud_region="us-central1" if provider == "gcp" else "us-east-1", model_dir="s3://weights/wan",
+                 cloud_project="proj-1", **kw)
+    return generate_config(s, provider, bucket="my-bucket")
+
+
+def _commands(cfg: dict) -> list[str]:
+    out = [c for k in COMMAND_KEYS for c in cfg.get(k) or []]
+    for nt in cfg["available_node_types"].values():
+        out += list(nt.get("worker_setup_commands") or []) + list(nt.get("initialization_commands") or [])
+    return [str(c) for c in out]
+
+
+ALL_CONFIGS = [pytest.param(lambda p=p: load_config(p), id=p.name) for p in SHIPPED] + [
+    pytest.param(lambda prov=prov, spot=spot: _generated(prov, spot), id=f"init-{prov}-{'spot' if spot else 'od'}")
+    for prov in ("aws", "gcp", "runpod") for spot in (True, False)]
+
+
+@pytest.mark.parametrize("make", ALL_CONFIGS)
+def test_configs_carry_what_a_real_node_needs(make):
+    cfg = make()
+    prepared = validate_cluster_config(cfg, allow_placeholders=True)
+    assert prepared["head_node_type"] == "head"
+    prov = provider_of(cfg)
+    types = cfg["available_node_types"]
+    assert any(nt["resources"].get("GPU") for nt in types.values())
+    for name, nt in types.items():
+        nc, labels = nt["node_config"], nt["labels"]
+        assert labels[MARKET_LABEL] in ("spot", "on-demand") and labels[PRICE_LABEL]
+        if prov == "aws":
+            assert nc["ImageId"].startswith(("ami-", "resolve:ssm:/aws/service/"))
+            if nt["resources"].get("GPU"):
+                assert "base-oss-nvidia-driver-gpu-ubuntu-22.04" in nc["ImageId"]
+                assert nc["IamInstanceProfile"] == {"Name": "s2v-worker"}
+            assert labels[PRICE_LABEL] == nc["InstanceType"]
+            assert (labels[MARKET_LABEL] == "spot") == ("InstanceMarketOptions" in nc)
+        elif prov == "gcp":
+            image = nc["disks"][0]["initializeParams"]["sourceImage"]
+            if nt["resources"].get("GPU"):
+                assert image.endswith("-nvidia-580")  # driver ≥ 580.65.06 for torch 2.13's CUDA 13 build
+                assert nc["serviceAccounts"][0]["email"].startswith("s2v-worker@")
+            assert labels[PRICE_LABEL] == nc["machineType"]
+            assert (labels[MARKET_LABEL] == "spot") == (nc.get("scheduling", {}).get("provisioningModel") == "SPOT")
+        if prov != "runpod":  # RunPod prices are the RunPod provider's
+            assert Settings().node_price(labels[PRICE_LABEL], labels[MARKET_LABEL]) is not None
+    assert cfg["metadata"]["s2v"]["work"].startswith(("s3://", "gs://"))
+    text = "\n".join(_commands(cfg))
+    # The project comes from the wheel `up` mounts, every time: no repository URL, no `test -d` guard.
+    assert "git clone" not in text and "github.com" not in text and "test -d" not in text
+    assert "~/s2v-dist/*.whl" in text and "--reinstall-package s2v-batch" in text
+    assert "s2v-batch[all]" in text  # GPU workers get the model stack
+    assert "--dashboard-host=127.0.0.1" in text and "0.0.0.0" not in text
+
+
+def test_root_cluster_yaml_is_the_aws_template():
+    assert load_config(ROOT / "cluster.yaml") == load_config(ROOT / "infra" / "clusters" / "aws.yaml")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_shipped_configs_pass_ray_and_ours(path):
-    cfg = load_config(path)
-    prepared = validate_cluster_config(cfg, where=str(path))
-    assert prepared["head_node_type"] == "head"
-    assert any(nt["resources"].get("GPU") for nt in prepared["available_node_types"].values())
+def test_shipped_placeholders_are_refused_before_up(path):
+    with pytest.raises(ConfigError, match="placeholder 'YOUR-BUCKET'.*s2v cluster init"):
+        validate_cluster_config(load_config(path))
 
 
-def test_root_cluster_yaml_shape():
-    cfg = load_config(ROOT / "cluster.yaml")
-    types = cfg["available_node_types"]
-    assert "GPU" not in types["head"]["resources"]
-    assert "InstanceMarketOptions" not in types["head"]["node_config"]
-    assert types["gpu_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
-    assert "InstanceMarketOptions" not in types["gpu_ondemand"]["node_config"]
-    assert cfg["provider"]["cache_stopped_nodes"] is False
-    assert any(".[all]" in c for c in cfg["setup_commands"])
+def test_gcp_on_demand_fallback_is_purchasable_and_project_required():
+    for n in (1, 2, 4, 8):
+        cfg = generate_config(Settings(cloud_gpu_count=n, cloud_region="us-central1", cloud_project="p", spot=True),
+                              "gcp", bucket="b")
+        od = cfg["available_node_types"]["gpu_ondemand"]["node_config"]["machineType"]
+        assert od in {1: "a2-ultragpu-1g", 2: "a2-ultragpu-2g", 4: "a2-ultragpu-4g", 8: "a3-highgpu-8g"}[n]
+        assert cfg["metadata"]["s2v"]["zones"] == ["us-central1-a", "us-central1-c"]
+    # A spot-only type on the on-demand node type is caught, with the alternative named.
+    cfg = copy.deepcopy(cfg)
+    cfg["available_node_types"]["gpu_ondemand"]["node_config"]["machineType"] = "a3-highgpu-1g"
+    cfg["available_node_types"]["gpu_ondemand"]["labels"][PRICE_LABEL] = "a3-highgpu-1g"
+    with pytest.raises(ConfigError, match="sold as Spot only.*a2-ultragpu-1g"):
+        validate_cluster_config(cfg)
+    # The template's project is a placeholder that `up` refuses.
+    tpl = load_config(ROOT / "infra" / "clusters" / "gcp.yaml")
+    tpl["metadata"]["s2v"]["work"] = "gs://real-bucket/w"
+    with pytest.raises(ConfigError, match="placeholder 'YOUR-PROJECT'"):
+        validate_cluster_config(tpl)
 
 
 @pytest.mark.parametrize("provider", ["aws", "gcp", "runpod"])
 @pytest.mark.parametrize("spot", [True, False])
 def test_generated_configs_validate(provider, spot, tmp_path):
-    s = Settings(spot=spot, cloud_gpu_count=8 if provider != "runpod" else 2, cloud_max_workers=3,
-                 cloud_region="us-central1" if provider == "gcp" else "us-east-1", model_dir="s3://weights/wan",
-                 cloud_project="proj-1")
-    cfg = generate_config(s, provider)
+    cfg = _generated(provider, spot)
     types = cfg["available_node_types"]
     assert ("gpu_spot" in types) is spot
     od = types["gpu_ondemand"]
-    assert od["resources"]["GPU"] == s.cloud_gpu_count and od["resources"][ONDEMAND_RESOURCE] == s.cloud_gpu_count
+    n = 8 if provider != "runpod" else 2
+    assert od["resources"]["GPU"] == n and od["resources"][ONDEMAND_RESOURCE] == n
     assert od["max_workers"] == 3 and cfg["max_workers"] == 3
     if spot:
-        assert types["gpu_spot"]["resources"][SPOT_RESOURCE] == s.cloud_gpu_count
+        assert types["gpu_spot"]["resources"][SPOT_RESOURCE] == n
     if provider == "aws":
-        assert od["node_config"]["InstanceType"] == "p5.48xlarge" and cfg["provider"]["region"] == "us-east-1"
+        assert od["node_config"]["InstanceType"] == "p5.48xlarge" and od["resources"]["CPU"] == 192
+        assert cfg["provider"]["region"] == "us-east-1"
     elif provider == "gcp":
         assert od["node_config"]["machineType"] == "a3-highgpu-8g"
         assert cfg["provider"]["project_id"] == "proj-1"
-        if spot:
-            assert types["gpu_spot"]["node_config"]["scheduling"]["provisioningModel"] == "SPOT"
+        assert "proj-1" in od["node_config"]["serviceAccounts"][0]["email"]
     else:
-        assert cfg["provider"]["type"] == "external"
-        assert od["node_config"]["gpu_count"] == 2
-    assert any("s3://weights/wan" in c for c in cfg["worker_setup_commands"])
-    # Written and read back, it is still valid.
+        assert cfg["provider"]["type"] == "external" and od["node_config"]["gpu_count"] == 2
+    assert cfg["metadata"]["s2v"]["model_dir"] == "s3://weights/wan"
+    assert cfg["metadata"]["s2v"]["work"] == ("gs" if provider == "gcp" else "s3") + "://my-bucket/s2v-work"
     out = dump_config(cfg, tmp_path / "c.yaml", provider)
     validate_cluster_config(yaml.safe_load(out.read_text()))
 
 
 def _aws():
-    return copy.deepcopy(load_config(ROOT / "cluster.yaml"))
+    cfg = copy.deepcopy(load_config(ROOT / "cluster.yaml"))
+    cfg["metadata"]["s2v"]["work"] = "s3://real-bucket/w"
+    return cfg
 
 
 def _problems(cfg):
@@ -85,14 +166,12 @@ def test_misspelt_markettype_key_passes_ray_but_not_us():
     cfg = _aws()
     imo = cfg["available_node_types"]["gpu_spot"]["node_config"]["InstanceMarketOptions"]
     imo["MarketTyp"] = imo.pop("MarketType")
-    # Ray's own schema lets it through: node_config is free-form.
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    validate_config(prepare_config(copy.deepcopy(cfg)))
+    validate_config(prepare_config(copy.deepcopy(cfg)))  # Ray's own schema lets it through: node_config is free-form
     with pytest.raises(ConfigError) as ei:
         validate_cluster_config(cfg)
-    msg = str(ei.value)
-    assert "MarketTyp" in msg and "did you mean 'MarketType'" in msg
+    assert "MarketTyp" in str(ei.value) and "did you mean 'MarketType'" in str(ei.value)
 
 
 def test_wrong_case_key_and_bad_value():
@@ -109,6 +188,53 @@ def test_spot_requires_no_stopped_node_cache():
     cfg = _aws()
     cfg["provider"]["cache_stopped_nodes"] = True
     assert any("cache_stopped_nodes" in p for p in _problems(cfg))
+
+
+def test_missing_credentials_image_and_wrong_labels_are_caught():
+    cfg = _aws()
+    spot = cfg["available_node_types"]["gpu_spot"]
+    del spot["node_config"]["IamInstanceProfile"]
+    del cfg["available_node_types"]["gpu_ondemand"]["node_config"]["ImageId"]
+    spot["labels"][MARKET_LABEL] = "on-demand"
+    cfg["available_node_types"]["head"]["labels"][PRICE_LABEL] = "m6i.2xlarge"
+    probs = _problems(cfg)
+    assert any("gpu_spot.node_config" in p and "IamInstanceProfile" in p and "head only" in p for p in probs)
+    assert any("gpu_ondemand.node_config" in p and "ImageId" in p and "18.04" in p for p in probs)
+    assert any("gpu_spot.labels" in p and "says on-demand but node_config launches spot" in p for p in probs)
+    assert any("head.labels" in p and "'m6i.2xlarge'" in p and "'m6i.xlarge'" in p for p in probs)
+    del spot["labels"]
+    cfg["available_node_types"]["head"]["labels"] = {PRICE_LABEL: "bad value!", MARKET_LABEL: "spott"}
+    probs = _problems(cfg)
+    assert any("gpu_spot" in p and "labels" in p and "missing" in p for p in probs)
+    assert any("Invalid label key value `bad value!`" in p for p in probs)
+    assert any("'spott'" in p and "did you mean 'spot'" in p for p in probs)
+
+
+def test_metadata_is_checked_with_did_you_mean():
+    cfg = _aws()
+    cfg["metadata"]["s2v"]["idle_stop_minute"] = 10
+    cfg["metadata"]["s2v"]["dashboard_port"] = "8265"
+    probs = _problems(cfg)
+    assert any("idle_stop_minute" in p and "did you mean 'idle_stop_minutes'" in p for p in probs)
+    assert any("dashboard_port" in p and "must be a int" in p for p in probs)
+    cfg = _aws()
+    cfg["metadata"]["s2v"]["work"] = ".s2v-work"  # a local work area cannot hold a multi-node run's state
+    assert any("work" in p and "nodes share no disk" in p for p in _problems(cfg))
+    cfg["metadata"] = {}
+    assert any("metadata" in p and "s2v" in p and "missing" in p for p in _problems(cfg))
+    cfg = _aws()
+    cfg["metadata"]["s2v"]["prices"] = {"p5.4xlarge": {"on_demand": "cheap"}}
+    assert any("prices" in p and "p5.4xlarge" in p for p in _problems(cfg))
+
+
+def test_public_jobs_api_is_refused():
+    cfg = _aws()
+    cmds = cfg["head_start_ray_commands"]
+    cmds[1] = cmds[1].replace("--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0")
+    assert any("--dashboard-host" in p and "remote code execution" in p for p in _problems(cfg))
+    cfg = _aws()
+    cfg["metadata"]["s2v"]["dashboard_port"] = 8300
+    assert any("--dashboard-port" in p and "8300" in p for p in _problems(cfg))
 
 
 def test_gcp_scheduling_list_form_and_typos():
@@ -147,6 +273,202 @@ def test_ray_schema_errors_are_config_errors():
         validate_cluster_config(cfg)
 
 
-def test_unknown_provider():
+def test_unknown_provider_and_missing_work_area():
     with pytest.raises(ConfigError, match="unknown provider"):
-        generate_config(Settings(), "azure")
+        generate_config(Settings(), "azure", bucket="b")
+    with pytest.raises(ConfigError, match="--bucket"):
+        generate_config(Settings(), "aws")
+
+
+def test_price_table_covers_every_type_init_can_produce():
+    from infra.clusters.generate import DEFAULT_GPU_TYPE, MACHINES
+
+    s = Settings()
+    for prov, markets in DEFAULT_GPU_TYPE.items():
+        for market, by_n in markets.items():
+            for gtype in by_n.values():
+                assert s.node_price(gtype, market) is not None, (gtype, market)
+    for gtype in MACHINES:
+        assert gtype in s.node_prices
+    assert s.node_price("a3-highgpu-1g", "on-demand") is None  # not sold on-demand: never priced as if it were
+    assert s.node_price("p5.4xlarge", "spot") < s.node_price("p5.4xlarge", "on-demand")
+    assert s.node_price("nope", "spot") is None
+    with pytest.raises(ValueError):
+        s.node_price("p5.4xlarge", "ondemand")
+    os.environ["S2V_NODE_PRICES"] = json.dumps({"p5.4xlarge": {"on_demand": 5.0, "spot": 2.0}})
+    try:
+        assert Settings().node_price("p5.4xlarge", "spot") == 2.0
+    finally:
+        del os.environ["S2V_NODE_PRICES"]
+
+
+def test_bundle_is_exactly_the_fingerprinted_files(tmp_path):
+    out = tmp_path / "dist"
+    (out).mkdir()
+    (out / "s2v_batch-0.0.1-py3-none-any.whl").write_bytes(b"old")  # an older build: must go
+    b = build_bundle(ROOT, out)
+    assert [p.name for p in out.glob("*.whl")] == [b.wheel.name]
+    names = {n for n in zipfile.ZipFile(b.wheel).namelist() if ".dist-info/" not in n}
+    expected = {f.as_posix() for f in source_files(ROOT) if f.parts[0] != f.name}
+    assert names == expected
+    record = json.loads((out / "s2v-build.json").read_text())
+    assert record["fingerprint"] == b.fingerprint == source_fingerprint(ROOT) and record["version"] == b.version
+    assert (out / "constraints.txt").read_text().startswith("ray==")
+
+
+HOSTILE = ["s3://b/x'; touch PWNED1; echo '", "s3://b/$(touch PWNED2)", "/models/`touch PWNED3`\"; touch PWNED4 #"]
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "runpod"])
+def test_hostile_model_dir_never_reaches_a_shell_command(provider):
+    for bad in HOSTILE:
+        cfg = generate_config(Settings(model_dir=bad, cloud_project="p",
+                                       cloud_region="us-central1" if provider == "gcp" else "us-east-1"),
+                              provider, bucket="b")
+        assert cfg["metadata"]["s2v"]["model_dir"] == bad  # carried as data (node.json), read by Python
+        assert not any("PWNED" in c for c in _commands(cfg))
+
+
+def test_hostile_values_in_node_setup_stay_data(tmp_path, s3_env, monkeypatch):
+    """`node prepare` writes ~/.s2v/node.env from node.json with shlex-quoted values; bash sourcing it gets the
+    exact strings back and runs nothing. The weight sync gets the URI as an argv element (SeaweedFS on
+    loopback answers: no such objects), so the URI is recorded verbatim in the FAILED marker."""
+    from infra.clusters.weights import FAILED, model_copy_dir
+
+    home = tmp_path / "home"
+    evil_dir = tmp_path / "nvme'; touch PWNED5; echo '$(touch PWNED6)"
+    evil_dir.mkdir(parents=True)
+    bad_uri = "s3://" + s3_env.make_bucket(unique("hostile")) + "/x'; touch PWNED7 #$(touch PWNED8)"
+    (home / "s2v-dist").mkdir(parents=True)
+    (home / "s2v-dist" / "node.json").write_text(json.dumps(
+        {"metadata": {"node_cache_dirs": [str(evil_dir)], "model_dir": bad_uri}}))
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(ROOT), S2V_S3_ENDPOINT_URL=s3_env.endpoint,
+               S2V_S3_REGION="us-east-1", S2V_S3_ADDRESSING_STYLE="path")
+    env.pop("S2V_NODE_CACHE", None)
+    for cmd in ("prepare", "sync-weights"):
+        r = subprocess.run([sys.executable, "-m", "infra.clusters.node", cmd], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    got = subprocess.run(["bash", "-c", '. "$HOME/.s2v/node.env" && printf %s "$S2V_NODE_CACHE"'], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert got.returncode == 0 and got.stdout == str(evil_dir / "s2v")
+    marker = model_copy_dir(evil_dir / "s2v", bad_uri) / FAILED
+    deadline = time.monotonic() + 90
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert json.loads(marker.read_text())["source"] == bad_uri
+    assert not list(tmp_path.rglob("PWNED*")) and not list(home.rglob("PWNED*"))
+    # .bashrc sources the environment first thing (Ubuntu's .bashrc stops early for non-interactive shells).
+    assert (home / ".bashrc").read_text().splitlines()[0].startswith("[ -f ~/.s2v/node.env ]")
+
+
+def test_weights_sync_at_setup_and_ensure_local(tmp_path, s3_env, monkeypatch):
+    """The GPU-node setup starts the copy in the background; a render actor's ensure_local waits for READY (or
+    syncs itself where no setup ran). Real SeaweedFS on loopback."""
+    from infra.clusters.node import prepare, sync_weights
+    from infra.clusters.weights import READY, ensure_local, status
+
+    bucket = s3_env.make_bucket(unique("weights"))
+    client = s3_env.client()
+    files = {"wan/config.json": b"{}", "wan/diffusion/model-00001.safetensors": os.urandom(300_000),
+             "wan/wav2vec2/w.bin": os.urandom(70_000)}
+    for k, v in files.items():
+        client.put_object(Bucket=bucket, Key=k, Body=v)
+    uri = f"s3://{bucket}/wan"
+    home = tmp_path / "home"
+    (home / "s2v-dist").mkdir(parents=True)
+    (home / "s2v-dist" / "node.json").write_text(json.dumps({"metadata": {"model_dir": uri, "node_cache_dirs": []}}))
+    for k, v in {"S2V_S3_ENDPOINT_URL": s3_env.endpoint, "S2V_S3_REGION": "us-east-1",
+                 "S2V_S3_ADDRESSING_STYLE": "path", "PYTHONPATH": str(ROOT)}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("S2V_NODE_CACHE", raising=False)
+    root = prepare(home)
+    dest = sync_weights(home)
+    assert status(dest, uri) in ("syncing", "ready", "absent")
+    got = ensure_local(uri, Settings(s3_endpoint_url=s3_env.endpoint, s3_region="us-east-1",
+                                     s3_addressing_style="path"), cache_root=root, timeout_s=120, poll_s=0.2)
+    assert got == dest
+    for k, v in files.items():
+        assert (dest / k.removeprefix("wan/")).read_bytes() == v
+    assert json.loads((dest / READY).read_text())["files"] == 3
+    # Without a setup sync (another cache), the actor copies the weights itself.
+    other = ensure_local(uri, Settings(s3_endpoint_url=s3_env.endpoint, s3_region="us-east-1",
+                                       s3_addressing_style="path"), cache_root=tmp_path / "elsewhere", timeout_s=60)
+    assert (other / "wav2vec2" / "w.bin").read_bytes() == files["wan/wav2vec2/w.bin"]
+    assert AWS_GPU_IMAGE_PARAM.startswith("/aws/service/deeplearning/ami/x86_64/")
+
+
+def test_iam_policies_are_scoped_to_the_bucket_and_the_worker_role():
+    iam = ROOT / "infra" / "clusters" / "iam"
+    worker = json.loads((iam / "aws-worker-policy.json").read_text())
+    head = json.loads((iam / "aws-head-policy.json").read_text())
+    for doc in (worker, head):
+        s3 = [st for st in doc["Statement"] if any(a.startswith("s3:") for a in st["Action"])]
+        assert s3 and all(r.startswith("arn:aws:s3:::BUCKET") for st in s3 for r in [st["Resource"]])
+    assert not any(a.startswith(("ec2:", "iam:")) for st in worker["Statement"] for a in st["Action"])
+    pass_role = next(st for st in head["Statement"] if "iam:PassRole" in st["Action"])
+    assert "arn:aws:iam::ACCOUNT:role/s2v-worker" in pass_role["Resource"] and "*" not in pass_role["Resource"]
+    assert json.loads((iam / "aws-ec2-trust.json").read_text())["Statement"][0]["Principal"]["Service"] == \
+        "ec2.amazonaws.com"
+
+
+def test_gcp_zone_failover_moves_on_only_for_capacity_and_remembers_the_zone(tmp_path, monkeypatch):
+    """Ray's GCP provider keeps a cluster in one zone; `up` tries metadata.s2v.zones in order. The Compute API
+    is out of reach here, so `create` raises the error GCE gives for an exhausted zone."""
+    from core.errors import ClusterError
+    from infra.clusters.generate import dump_config
+    from infra.clusters.launch import launch_config, up_in_zones
+
+    monkeypatch.setenv("S2V_CLUSTERS_DIR", str(tmp_path / "clusters"))
+    cfg = generate_config(Settings(spot=True, cloud_project="p", cloud_region="us-central1", cloud_zone="us-central1-a,"
+                                   "us-central1-c,us-central1-f"), "gcp", bucket="b")
+    path = dump_config(cfg, tmp_path / "gcp.yaml", "gcp")
+    tried = []
+
+    def create(c):
+        zone = c["provider"]["availability_zone"]
+        tried.append(zone)
+        disk = c["available_node_types"]["gpu_spot"]["node_config"]["disks"][0]["initializeParams"]["diskType"]
+        assert disk == f"zones/{zone}/diskTypes/pd-balanced"
+        if zone == "us-central1-a":
+            raise RuntimeError("googleapiclient.errors.HttpError: ZONE_RESOURCE_POOL_EXHAUSTED: The zone "
+                               "'projects/p/zones/us-central1-a' does not have enough resources available")
+
+    assert up_in_zones(launch_config(path), create, head_exists=lambda c: False, echo=lambda m: None) == "us-central1-c"
+    assert tried == ["us-central1-a", "us-central1-c"]
+    # Every later command addresses the cluster where it is.
+    again = launch_config(path)
+    assert again["provider"]["availability_zone"] == "us-central1-c"
+    # Any other failure, or a head already made, stops at once: never a second head in another zone.
+    tried.clear()
+    with pytest.raises(ClusterError, match="us-central1-c"):
+        up_in_zones(again, lambda c: (_ for _ in ()).throw(RuntimeError("Permission denied")), lambda c: False)
+    with pytest.raises(ClusterError):
+        def exhausted(c):
+            tried.append(c["provider"]["availability_zone"])
+            raise RuntimeError("ZONE_RESOURCE_POOL_EXHAUSTED")
+        up_in_zones(launch_config(path), exhausted, head_exists=lambda c: True, echo=lambda m: None)
+    assert tried == ["us-central1-c"]
+
+
+def test_run_settings_env_carries_the_cluster_work_area_weights_and_prices():
+    from infra.clusters.launch import run_settings_env
+
+    cfg = _generated("aws")
+    cfg["metadata"]["s2v"]["prices"]["p5.48xlarge"] = {"on_demand": 40.0, "spot": 15.0}
+    env = run_settings_env(cfg)
+    assert env["S2V_WORK"] == "s3://my-bucket/s2v-work" and env["S2V_MODEL_DIR"] == "s3://weights/wan"
+    os.environ["S2V_NODE_PRICES"] = env["S2V_NODE_PRICES"]
+    try:
+        s = Settings()
+        assert s.node_price("p5.48xlarge", "spot") == 15.0 and s.node_price("m6i.xlarge", "on-demand") == 0.192
+    finally:
+        del os.environ["S2V_NODE_PRICES"]
+
+
+@pytest.mark.parametrize("make", ALL_CONFIGS)
+def test_every_command_parses_in_bash(make):
+    """A quoting slip in a template shows up here, not minutes into `up` on a billed node."""
+    for cmd in _commands(make()):
+        r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"{cmd}\n{r.stderr}"

@@ -382,11 +382,12 @@ def test_config_checks_bids_cuda_data_center_and_head_gpu():
 
 def test_generated_config_keeps_aws_regions_out_of_runpod():
     from core.settings import Settings
-    from infra.clusters.config import generate_config
+    from infra.clusters.generate import generate_config
 
-    cfg = generate_config(Settings(cloud_provider="runpod"))  # cloud_region defaults to us-west-2
+    work = "s3://bucket/s2v-work"
+    cfg = generate_config(Settings(cloud_provider="runpod"), work=work)  # cloud_region defaults to us-west-2
     assert cfg["provider"]["data_center_id"] == "any"
-    cfg = generate_config(Settings(cloud_provider="runpod", cloud_region="EU-RO-1", cloud_image="me/img:1"))
+    cfg = generate_config(Settings(cloud_provider="runpod", cloud_region="EU-RO-1", cloud_image="me/img:1"), work=work)
     assert cfg["provider"]["data_center_id"] == "EU-RO-1"
     assert {nt["node_config"]["image_name"] for nt in cfg["available_node_types"].values()} == {"me/img:1"}
 

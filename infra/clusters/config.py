@@ -1,9 +1,11 @@
-"""Cluster configs: generate from settings (templates + overrides), validate with Ray's schema and our own node_config checks."""
+"""Cluster configs: load, and validate with Ray's schema plus our checks of what Ray leaves free-form
+(node_config keys, credentials on every node type, cost labels, metadata.s2v, the private Jobs API)."""
 
 from __future__ import annotations
 
 import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,23 @@ HEAD, SPOT, ONDEMAND = "head", "gpu_spot", "gpu_ondemand"
 # Custom resources that tell the two GPU types apart, so the scheduler can send new work to on-demand nodes
 # after repeated preemptions (resources={ONDEMAND_RESOURCE: 1}).
 SPOT_RESOURCE, ONDEMAND_RESOURCE = "s2v_spot", "s2v_ondemand"
+# Ray node labels every node type carries; the run's cost is node-hours × Settings.node_price(key, market).
+PRICE_LABEL, MARKET_LABEL = "s2v-price-key", "s2v-market"
+MARKETS = ("spot", "on-demand")
+# Values a template ships with that a user must replace before `up`.
+PLACEHOLDERS = ("YOUR-BUCKET", "my-gcp-project", "YOUR-PROJECT")
 
-# provider → GPUs per node → default instance/machine/GPU type (≥ 80 GB per GPU: the 14B model needs it).
-DEFAULT_GPU_TYPE = {
-    "aws": {1: "p5.4xlarge", 8: "p5.48xlarge"},
-    "gcp": {1: "a3-highgpu-1g", 2: "a3-highgpu-2g", 4: "a3-highgpu-4g", 8: "a3-highgpu-8g"},
-    "runpod": {},  # RunPod takes gpu_count separately
+# metadata.s2v: key → (type, default, what it is). docs/clusters.md documents each.
+META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
+    "work": (str, None, "work area URI (s3:// or gs://) every run on this cluster uses"),
+    "model_dir": (str, None, "model weights folder (s3://, gs:// or a node path), cached on each GPU node"),
+    "idle_stop_minutes": (int, 30, "stop the cluster after this many idle minutes (0 = never)"),
+    "dashboard_port": (int, 8265, "head port of the Ray dashboard/Jobs API (bound to 127.0.0.1, reached by SSH)"),
+    "zones": (list, None, "GCP zones to try in order when the head cannot be created in one"),
+    "node_cache_dirs": (list, None, "local NVMe/SSD mount points to cache weights on, first usable wins"),
+    "prices": (dict, None, "USD per node-hour overrides {type: {on_demand, spot}} for runs on this cluster"),
+    "image_source": (str, None, "where the image ids came from (informational)"),
 }
-RUNPOD_DEFAULT_GPU = "NVIDIA H100 80GB HBM3"
 
 # node_config keys each provider accepts (Ray passes node_config through untouched, so typos surface only as
 # cloud API errors minutes into `up` — or, worse, are silently ignored).
@@ -60,6 +71,8 @@ RUNPOD_KEYS = {
     "instance_id",
 }
 RUNPOD_CLOUD_TYPES = {"ALL", "COMMUNITY", "SECURE"}
+_NO_CREDS = ("Ray attaches its credentials to the head only, so weight sync, s3:// gs:// inputs and the work area "
+             "fail here")
 
 
 def template_path(provider: str) -> Path:
@@ -85,22 +98,46 @@ def provider_of(cfg: dict[str, Any]) -> str:
     return str(p.get("type"))
 
 
-def _did_you_mean(word: str, choices: set[str] | list[str]) -> str | None:
-    lower = {c.lower(): c for c in choices}
+def s2v_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+    """metadata.s2v with defaults filled in (call after validation)."""
+    got = ((cfg.get("metadata") or {}).get("s2v") or {})
+    return {k: got.get(k, default) for k, (_t, default, _d) in META_KEYS.items()}
+
+
+def _did_you_mean(word: str, choices) -> str | None:
+    lower = {str(c).lower(): c for c in choices}
     if word.lower() in lower:
         return f"did you mean '{lower[word.lower()]}'? (keys are case-sensitive)"
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
 
-def _unknown_keys(probs: ProblemList, where: str, got: dict, allowed: set[str]) -> None:
+def _unknown_keys(probs: ProblemList, where: str, got: dict, allowed,
+                  why: str = "Ray does not check node_config") -> None:
     for k in got:
         if k not in allowed:
-            probs.add(where, str(k), "unknown key (Ray does not check node_config)", _did_you_mean(str(k), allowed))
+            probs.add(where, str(k), f"unknown key ({why})", _did_you_mean(str(k), allowed))
 
 
-def _check_aws(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
+def _market_aws(nc: dict) -> str:
+    imo = nc.get("InstanceMarketOptions")
+    return "spot" if isinstance(imo, dict) and imo.get("MarketType") == "spot" else "on-demand"
+
+
+def _market_gcp(nc: dict) -> str:
+    sch = nc.get("scheduling")
+    spot = isinstance(sch, dict) and (sch.get("provisioningModel") == "SPOT" or sch.get("preemptible") is True)
+    return "spot" if spot else "on-demand"
+
+
+def _check_aws(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: bool) -> None:
     _unknown_keys(probs, where, nc, AWS_KEYS)
+    if not nc.get("ImageId"):
+        probs.add(where, "ImageId", "no image: Ray would fall back to its Ubuntu 18.04 Deep Learning AMI (glibc 2.27, "
+                  "old driver), which cannot run torch 2.13",
+                  "run `s2v cluster init aws` or set an AMI id / resolve:ssm:")
+    if not is_head and not nc.get("IamInstanceProfile"):
+        probs.add(where, "IamInstanceProfile", f"missing: {_NO_CREDS}", "IamInstanceProfile: {Name: s2v-worker}")
     imo = nc.get("InstanceMarketOptions")
     if imo is None:
         return
@@ -120,8 +157,15 @@ def _check_aws(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
                   "spot instances cannot be stopped and restarted by the launcher")
 
 
-def _check_gcp(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
+def _check_gcp(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: bool) -> None:
     _unknown_keys(probs, where, nc, GCP_KEYS)
+    disks = nc.get("disks") or []
+    boot = next((d for d in disks if isinstance(d, dict) and d.get("boot")), None)
+    if not (boot or {}).get("initializeParams", {}).get("sourceImage"):
+        probs.add(where, "disks", "no boot disk with initializeParams.sourceImage", "see infra/clusters/gcp.yaml")
+    if not is_head and not nc.get("serviceAccounts"):
+        probs.add(where, "serviceAccounts", f"missing: {_NO_CREDS}",
+                  "serviceAccounts: [{email: s2v-worker@PROJECT.iam.gserviceaccount.com, scopes: [...cloud-platform]}]")
     sch = nc.get("scheduling")
     if sch is None:
         return
@@ -139,11 +183,12 @@ def _check_gcp(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
             probs.add(f"{where}.scheduling", "automaticRestart", "must be false for SPOT VMs")
         if sch.get("onHostMaintenance") != "TERMINATE":
             probs.add(f"{where}.scheduling", "onHostMaintenance", "must be TERMINATE for SPOT and GPU VMs")
+    elif re.match(r"a3-highgpu-[124]g$", str(nc.get("machineType", ""))):
+        probs.add(where, "machineType", f"{nc['machineType']} is sold as Spot only (A3 High with fewer than 8 GPUs)",
+                  "use a2-ultragpu-1g (A100 80 GB) or a3-highgpu-8g for on-demand capacity")
 
 
-def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
-    import re
-
+def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: bool) -> None:
     from infra.runpod_api import DATA_CENTER_RE, SECRET_ENV_RE
 
     _unknown_keys(probs, where, nc, RUNPOD_KEYS)
@@ -181,7 +226,7 @@ def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
         if dc is not None and dc != "any" and not DATA_CENTER_RE.match(str(dc)):
             probs.add(w, "data_center_id", f"invalid RunPod data center {dc!r}", "like EU-RO-1, or 'any'")
     head = cfg.get("head_node_type")
-    if gpu and where == f"available_node_types.{head}.node_config":
+    if gpu and is_head:
         if (cfg["available_node_types"][head] or {}).get("resources", {}).get("GPU") != 0:
             probs.add(f"available_node_types.{head}", "resources", "the head's small GPU would take render actors",
                       "declare GPU: 0 in the head's resources")
@@ -196,21 +241,123 @@ def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict) -> None:
 
 
 _CHECKS = {"aws": _check_aws, "gcp": _check_gcp, "runpod": _check_runpod}
+_PRICE_KEY_FIELD = {"aws": "InstanceType", "gcp": "machineType"}
+_MARKET_OF = {"aws": _market_aws, "gcp": _market_gcp}
 
 
-def check_node_configs(cfg: dict[str, Any]) -> ProblemList:
-    """Our checks of what Ray leaves free-form: node_config keys and values, spot pitfalls."""
+def _check_labels(probs: ProblemList, where: str, nt: dict, prov: str) -> None:
+    """Every node type says what it costs: s2v-price-key and s2v-market, consistent with its node_config."""
+    from ray._private.label_utils import validate_node_label_syntax, validate_node_labels
+
+    labels = nt.get("labels")
+    if not isinstance(labels, dict):
+        probs.add(where, "labels", f"missing; every node type needs {PRICE_LABEL} and {MARKET_LABEL} (run cost)",
+                  f"labels: {{{PRICE_LABEL}: <instance type>, {MARKET_LABEL}: spot|on-demand}}")
+        return
+    try:
+        validate_node_labels(labels)
+        validate_node_label_syntax(labels)
+    except ValueError as e:
+        probs.add(f"{where}.labels", None, str(e))
+    for key in (PRICE_LABEL, MARKET_LABEL):
+        if not labels.get(key):
+            probs.add(f"{where}.labels", key, "missing", _did_you_mean(key, [k for k in labels]) if labels else None)
+    market = labels.get(MARKET_LABEL)
+    if market and market not in MARKETS:
+        probs.add(f"{where}.labels", MARKET_LABEL, f"invalid value {market!r}", _did_you_mean(str(market), MARKETS)
+                  or f"one of {list(MARKETS)}")
+    nc = nt.get("node_config") or {}
+    field = _PRICE_KEY_FIELD.get(prov)
+    if field and labels.get(PRICE_LABEL) and nc.get(field) and labels[PRICE_LABEL] != nc[field]:
+        probs.add(f"{where}.labels", PRICE_LABEL, f"is {labels[PRICE_LABEL]!r} but node_config.{field} is "
+                  f"{nc[field]!r}", "the run would be priced as the wrong instance type")
+    if prov in _MARKET_OF and market in MARKETS and market != _MARKET_OF[prov](nc):
+        probs.add(f"{where}.labels", MARKET_LABEL, f"says {market} but node_config launches "
+                  f"{_MARKET_OF[prov](nc)}", "spot and on-demand differ several-fold in price")
+
+
+def _check_metadata(probs: ProblemList, cfg: dict) -> None:
+    where = "metadata.s2v"
+    meta = (cfg.get("metadata") or {}).get("s2v")
+    if not isinstance(meta, dict):
+        probs.add("metadata", "s2v", "missing; a cluster config says where its runs keep their state",
+                  "metadata: {s2v: {work: s3://BUCKET/s2v-work}} (`s2v cluster init --bucket BUCKET` writes it)")
+        return
+    _unknown_keys(probs, where, meta, set(META_KEYS), why="not an s2v cluster setting")
+    for k, (typ, _default, _doc) in META_KEYS.items():
+        if k in meta and meta[k] is not None and (not isinstance(meta[k], typ) or isinstance(meta[k], bool)):
+            probs.add(where, k, f"must be a {getattr(typ, '__name__', typ)}, got {type(meta[k]).__name__}")
+    work = meta.get("work")
+    if not work:
+        probs.add(where, "work", "missing: cluster runs keep checkpoints and state in object storage",
+                  "work: s3://BUCKET/s2v-work or gs://BUCKET/s2v-work")
+    elif isinstance(work, str) and not re.match(r"(s3|gs)://[^/]+", work):
+        probs.add(where, "work", f"{work!r} is not an s3:// or gs:// URI: nodes share no disk, so a local work area "
+                  "would scatter checkpoints across machines", "work: s3://BUCKET/s2v-work")
+    for k in ("idle_stop_minutes", "dashboard_port"):
+        v = meta.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and (v < 0 or (k == "dashboard_port" and not 0 < v < 65536)):
+            probs.add(where, k, f"out of range: {v}")
+    for k in ("zones", "node_cache_dirs"):
+        if isinstance(meta.get(k), list) and not all(isinstance(z, str) and z for z in meta[k]):
+            probs.add(where, k, "must be a list of non-empty strings")
+    if isinstance(meta.get("prices"), dict):
+        from core.settings import NodePrice
+
+        for key, val in meta["prices"].items():
+            try:
+                NodePrice.model_validate(val)
+            except Exception as e:  # noqa: BLE001 — pydantic's ValidationError, shown in one line
+                probs.add(f"{where}.prices", str(key), f"not {{on_demand: USD, spot: USD}}: {str(e).splitlines()[0]}")
+
+
+def _check_dashboard(probs: ProblemList, cfg: dict) -> None:
+    """The Jobs API runs code for whoever reaches it: it stays on the head's loopback, reached through SSH."""
+    port = ((cfg.get("metadata") or {}).get("s2v") or {}).get("dashboard_port", 8265)
+    for i, cmd in enumerate(cfg.get("head_start_ray_commands") or []):
+        if not re.search(r"\bray start\b.*--head", str(cmd)):
+            continue
+        where = f"head_start_ray_commands[{i}]"
+        host = re.search(r"--dashboard-host[= ](\S+)", cmd)
+        if not host or host.group(1) not in ("127.0.0.1", "localhost"):
+            probs.add(where, "--dashboard-host", "the Jobs API must listen on 127.0.0.1 only (it is unauthenticated "
+                      "remote code execution); `s2v` reaches it through an SSH tunnel", "--dashboard-host=127.0.0.1")
+        got = re.search(r"--dashboard-port[= ](\d+)", cmd)
+        if int(got.group(1) if got else 8265) != port:
+            probs.add(where, "--dashboard-port", f"differs from metadata.s2v.dashboard_port ({port})")
+
+
+def _check_placeholders(probs: ProblemList, cfg: dict) -> None:
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "metadata"}) + yaml.safe_dump(
+        ((cfg.get("metadata") or {}).get("s2v") or {}))
+    for ph in PLACEHOLDERS:
+        if ph in text:
+            probs.add("cluster config", None, f"still holds the placeholder {ph!r}",
+                      "run `s2v cluster init aws|gcp --bucket BUCKET [--project ID]` to write a config for your "
+                      "account")
+
+
+def check_node_configs(cfg: dict[str, Any], allow_placeholders: bool = True) -> ProblemList:
+    """Our checks of what Ray leaves free-form."""
     probs = ProblemList()
     prov = provider_of(cfg)
     check = _CHECKS.get(prov)
     types = cfg.get("available_node_types") or {}
+    head = cfg.get("head_node_type")
     for name, nt in types.items():
-        nc = (nt or {}).get("node_config")
+        nt = nt or {}
+        where = f"available_node_types.{name}"
+        nc = nt.get("node_config")
         if check is not None and isinstance(nc, dict):
-            check(probs, f"available_node_types.{name}.node_config", nc, cfg)
+            check(probs, f"{where}.node_config", nc, cfg, name == head)
+        _check_labels(probs, where, nt, prov)
     gpu_types = [n for n, nt in types.items() if (nt or {}).get("resources", {}).get("GPU", 0) > 0]
     if types and not gpu_types:
         probs.add("available_node_types", None, "no node type offers a GPU", "the render actors need GPU nodes")
+    _check_metadata(probs, cfg)
+    _check_dashboard(probs, cfg)
+    if not allow_placeholders:
+        _check_placeholders(probs, cfg)
     # Deduplicate: the cache_stopped_nodes problem is found once per spot type.
     seen, unique = set(), ProblemList()
     for p in probs.items:
@@ -220,11 +367,15 @@ def check_node_configs(cfg: dict[str, Any]) -> ProblemList:
     return unique
 
 
-def validate_cluster_config(cfg: dict[str, Any], where: str = "cluster config") -> dict[str, Any]:
-    """Ray's prepare_config + validate_config, then ours; returns the prepared config or raises ConfigError."""
+def validate_cluster_config(cfg: dict[str, Any], where: str = "cluster config",
+                            allow_placeholders: bool = False) -> dict[str, Any]:
+    """Ray's prepare_config + validate_config, then ours; returns the prepared config or raises ConfigError.
+
+    allow_placeholders=True checks a shipped template (it still says YOUR-BUCKET); `up` never allows them.
+    """
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    probs = check_node_configs(cfg)
+    probs = check_node_configs(cfg, allow_placeholders=allow_placeholders)
     try:
         prepared = prepare_config(copy.deepcopy(cfg))
         validate_config(prepared)
@@ -234,75 +385,3 @@ def validate_cluster_config(cfg: dict[str, Any], where: str = "cluster config") 
     if probs:
         raise ConfigError(f"{where} is invalid", probs.items)
     return prepared
-
-
-def generate_config(settings, provider: str | None = None) -> dict[str, Any]:
-    """A config for `provider` (default settings.cloud_provider) with settings applied to the template."""
-    prov = provider or settings.cloud_provider
-    cfg = load_config(template_path(prov))
-    cfg["cluster_name"] = settings.cluster_name
-    cfg["max_workers"] = settings.cloud_max_workers
-    n = settings.cloud_gpu_count
-    p = cfg["provider"]
-    if prov == "aws":
-        p["region"] = settings.cloud_region
-        p["availability_zone"] = settings.cloud_zone or ",".join(f"{settings.cloud_region}{z}" for z in "abc")
-    elif prov == "gcp":
-        p["region"] = settings.cloud_region
-        p["availability_zone"] = settings.cloud_zone or f"{settings.cloud_region}-a"
-        p["project_id"] = settings.cloud_project or p["project_id"]
-    else:
-        from infra.runpod_api import DATA_CENTER_RE
-
-        # cloud_region defaults to an AWS region; only a RunPod data center id (EU-RO-1) pins one.
-        region = settings.cloud_region or ""
-        p["data_center_id"] = region if DATA_CENTER_RE.match(region) else "any"
-        if settings.cloud_image:
-            cfg["available_node_types"][HEAD]["node_config"]["image_name"] = settings.cloud_image
-    types = cfg["available_node_types"]
-    for name in (SPOT, ONDEMAND):
-        nt = types[name]
-        nt["max_workers"] = settings.cloud_max_workers
-        nt["resources"]["GPU"] = n
-        nt["resources"][SPOT_RESOURCE if name == SPOT else ONDEMAND_RESOURCE] = n
-        nc = nt["node_config"]
-        if prov == "runpod":
-            nc["gpu_type_id"] = settings.cloud_gpu_type or RUNPOD_DEFAULT_GPU
-            nc["gpu_count"] = n
-            if settings.cloud_image:
-                nc["image_name"] = settings.cloud_image
-            continue
-        gtype = settings.cloud_gpu_type or DEFAULT_GPU_TYPE[prov].get(n)
-        if gtype is None:
-            raise ConfigError(f"no default {prov} machine type with {n} GPUs; set cloud_gpu_type")
-        if prov == "aws":
-            nc["InstanceType"] = gtype
-            if settings.cloud_image:
-                nc["ImageId"] = settings.cloud_image
-        else:
-            nc["machineType"] = gtype
-            if settings.cloud_image:
-                nc["disks"][0]["initializeParams"]["sourceImage"] = settings.cloud_image
-    if not settings.spot:
-        # Spot off: the spot type disappears and the on-demand type is the only GPU type.
-        del types[SPOT]
-    if settings.model_dir:
-        # Weights are synced once per node at setup; the render actors read S2V_MODEL_DIR.
-        local = "~/s2v-models"
-        sync = (f"aws s3 sync {settings.model_dir} {local}" if settings.model_dir.startswith("s3://") else
-                f"gcloud storage rsync -r {settings.model_dir} {local}" if settings.model_dir.startswith("gs://")
-                else f"test -d {settings.model_dir}")
-        cfg["worker_setup_commands"] = [f"mkdir -p {local} && {sync}"]
-        target = local if "://" in settings.model_dir else settings.model_dir
-        cfg["setup_commands"] = list(cfg["setup_commands"]) + [
-            f"grep -q S2V_MODEL_DIR ~/.bashrc || echo 'export S2V_MODEL_DIR={target}' >> ~/.bashrc"
-        ]
-    validate_cluster_config(cfg, where=f"generated {prov} config")
-    return cfg
-
-
-def dump_config(cfg: dict[str, Any], path: str | Path, provider: str) -> Path:
-    head = f"# Generated by `s2v cluster init --provider {provider}`; edit freely, `s2v cluster up` re-validates.\n"
-    out = Path(path)
-    out.write_text(head + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False))
-    return out

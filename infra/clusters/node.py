@@ -1,0 +1,155 @@
+"""Node set-up steps run by a cluster's setup commands (`python -m infra.clusters.node ...`).
+
+Everything a node needs from the cluster config arrives as data in ~/s2v-dist/node.json (written by `s2v
+cluster up` beside the wheel), never as text spliced into a shell command: the only shell file written here,
+~/.s2v/node.env, holds shlex-quoted values. Commands:
+  prepare          choose the weight cache (local NVMe when mounted), write ~/.s2v/node.env, source it from .bashrc
+  sync-weights     start copying metadata.s2v.model_dir to the cache in the background (GPU workers)
+  mount-local-ssd  RAID-0, format and mount unformatted GCP local NVMe SSDs at /mnt/disks/s2v (run as root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.clusters.weights import NODE_CACHE_ENV, is_remote, model_copy_dir, status
+
+NODE_JSON = "node.json"
+ENV_FILE = Path(".s2v") / "node.env"
+SOURCE_LINE = "[ -f ~/.s2v/node.env ] && . ~/.s2v/node.env  # s2v-batch: node environment"
+LOCAL_SSD_GLOB = "google-local-nvme-ssd-*"
+LOCAL_SSD_MOUNT = Path("/mnt/disks/s2v")
+
+
+def node_info(home: Path) -> dict:
+    path = home / "s2v-dist" / NODE_JSON
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read {path} (written by `s2v cluster up`): {e}") from None
+
+
+def _usable(path: Path) -> bool:
+    """Create path (asking sudo to hand it to us when its parent is root's) and check we can write there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        # argv, not a shell string: the path is data from the config
+        r = subprocess.run(["sudo", "-n", "install", "-d", "-o", str(os.getuid()), "-g", str(os.getgid()), str(path)],
+                           capture_output=True)
+        if r.returncode != 0:
+            return False
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+def cache_root(candidates: list[str], home: Path) -> Path:
+    """The first configured local disk that is mounted and writable, else the home volume."""
+    for c in candidates:
+        mount = Path(os.path.expanduser(c))
+        if mount.is_dir() and _usable(mount / "s2v"):
+            return mount / "s2v"
+    fallback = home / ".s2v" / "cache"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def env_lines(values: dict[str, str], path_prefix: str) -> list[str]:
+    lines = ["# written by `python -m infra.clusters.node prepare`; sourced before `ray start`",
+             f'export PATH={shlex.quote(path_prefix)}:"$PATH"']
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+    return lines
+
+
+def prepare(home: Path | None = None) -> Path:
+    home = Path(home or Path.home())
+    meta = node_info(home).get("metadata") or {}
+    root = cache_root(list(meta.get("node_cache_dirs") or []), home)
+    env = home / ENV_FILE
+    env.parent.mkdir(parents=True, exist_ok=True)
+    tmp = env.with_name(env.name + ".tmp")
+    tmp.write_text("\n".join(env_lines({NODE_CACHE_ENV: str(root)}, str(Path(sys.executable).parent))) + "\n")
+    os.replace(tmp, env)
+    bashrc = home / ".bashrc"
+    text = bashrc.read_text() if bashrc.exists() else ""
+    if SOURCE_LINE not in text:
+        # First line: Ubuntu's .bashrc returns early for non-interactive shells, and `ray` must be on PATH in those.
+        bashrc.write_text(SOURCE_LINE + "\n" + text)
+    print(f"node cache: {root}; environment: {env}")
+    return root
+
+
+def sync_weights(home: Path | None = None) -> Path | None:
+    """Start the weight copy detached from this SSH session; the render actor waits on its READY marker."""
+    home = Path(home or Path.home())
+    model = (node_info(home).get("metadata") or {}).get("model_dir")
+    if not model or not is_remote(model):
+        print("no remote model_dir: nothing to copy")
+        return None
+    root = Path(os.environ.get(NODE_CACHE_ENV) or _env_value(home, NODE_CACHE_ENV) or cache_root([], home))
+    dest = model_copy_dir(root, model)
+    if status(dest, model) in ("ready", "syncing"):
+        print(f"weights {model}: already {status(dest, model)} at {dest}")
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    log = dest.with_name(dest.name + ".log")
+    with open(log, "ab") as out:
+        subprocess.Popen([sys.executable, "-m", "infra.clusters.weights", "sync", model, str(dest)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, **{NODE_CACHE_ENV: str(root)}))
+    print(f"weights {model}: copying to {dest} in the background (log: {log})")
+    return dest
+
+
+def _env_value(home: Path, name: str) -> str | None:
+    """Read one value back from node.env the way bash would (it was written with shlex.quote)."""
+    try:
+        for line in (home / ENV_FILE).read_text().splitlines():
+            if line.startswith(f"export {name}="):
+                return shlex.split(line[len(f"export {name}="):])[0]
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def mount_local_ssd(dev_dir: Path = Path("/dev/disk/by-id"), mount: Path = LOCAL_SSD_MOUNT) -> Path | None:
+    """GCP A3/A2 Ultra come with local NVMe SSDs that nobody formats: stripe them and mount once per boot."""
+    devices = sorted(str(p) for p in dev_dir.glob(LOCAL_SSD_GLOB))
+    if not devices:
+        print("no local SSDs")
+        return None
+    if subprocess.run(["mountpoint", "-q", str(mount)]).returncode == 0:
+        return mount
+    dev = devices[0]
+    if len(devices) > 1 and shutil.which("mdadm") is None:
+        print(f"mdadm is missing: using {dev} alone of {len(devices)} local SSDs")
+    elif len(devices) > 1:
+        dev = "/dev/md/s2v"
+        subprocess.run(["mdadm", "--create", dev, "--level=0", f"--raid-devices={len(devices)}", *devices,
+                        "--force", "--run"], check=True)
+    subprocess.run(["mkfs.ext4", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", dev], check=True)
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "discard,defaults", dev, str(mount)], check=True)
+    os.chmod(mount, 0o1777)
+    print(f"mounted {', '.join(devices)} at {mount}")
+    return mount
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infra.clusters.node", description=__doc__.splitlines()[0])
+    ap.add_argument("cmd", choices=["prepare", "sync-weights", "mount-local-ssd"])
+    a = ap.parse_args(argv)
+    {"prepare": prepare, "sync-weights": sync_weights, "mount-local-ssd": mount_local_ssd}[a.cmd]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
