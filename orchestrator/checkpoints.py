@@ -106,12 +106,12 @@ class WorkArea:
     def delete_objects(self, uris: list[Uri]) -> None:
         """Delete objects, done markers before the rest, a few at a time (one request each on object stores);
         on a local work area the folders they leave empty go too."""
-        st, r = self.storage, retrying("storage")
+        st = self.storage
         markers = [u for u in uris if u.key.endswith(".done.json")]
         rest = [u for u in uris if not u.key.endswith(".done.json")]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for group in (markers, rest):
-                list(pool.map(lambda u: r(st.delete, u), group))
+            for group in (markers, rest):  # a Retrying per call: its attempt state is not for sharing across threads
+                list(pool.map(lambda u: retrying("storage")(st.delete, u), group))
         if self.root.scheme == "file":
             _prune_empty_dirs({u.parent() for u in uris}, self.root)
 
