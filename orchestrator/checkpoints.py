@@ -226,8 +226,10 @@ def decode_tail(data: bytes) -> np.ndarray:
         raise StorageError(f"motion tail checkpoint with an unsupported layout {head}")
     if off + sum(head["frames"]) != len(data):
         raise StorageError("motion tail checkpoint is truncated; delete the job's checkpoints to re-render")
-    out = np.empty(int(np.prod(head["shape"], dtype=np.int64)), dtype=dtype)
-    chunk, isz, offsets = int(head["chunk_items"]), dtype.itemsize, []
+    n, chunk, isz, offsets = int(np.prod(head["shape"], dtype=np.int64)), int(head["chunk_items"]), dtype.itemsize, []
+    if chunk <= 0 or len(head["frames"]) != max(1, -(-n // chunk)):
+        raise StorageError(f"motion tail checkpoint with an inconsistent header {head}")
+    out = np.empty(n, dtype=dtype)
     for size in head["frames"]:
         offsets.append((off, size))
         off += size
