@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     wan_offload: str | None = Field(None, pattern="^(cpu|disk)$", description="Offload idle weights (CUDA only).")
     wan_vram_limit: float | None = Field(None, gt=0, description="GiB of GPU memory diffsynth may keep resident.")
 
+    # checkpoints (orchestrator/checkpoints.py, orchestrator/gc.py): a chain keeps only its newest tail, and a job's
+    # checkpoints (clip videos, tails, markers, pre-encoded audio) go once its outputs are published
+    keep_checkpoints: bool = Field(False, description="Keep a job's checkpoints after it is published (re-stitch "
+                                   "without re-rendering); `s2v gc` still removes them once abandoned.")
+
     # fault drills (the `faults` backend): see pipeline/backends/drills/faults.py
     faults: list[dict] = Field(default_factory=list)
     faults_dir: str | None = None

@@ -1,4 +1,4 @@
-"""The `s2v` command: validate, plan, render, status (+ models, cluster). Builds Settings once; maps errors to exit codes."""
+"""The `s2v` command: validate, plan, render, status, gc (+ models, cluster). Builds Settings once; maps errors to exit codes."""
 
 from __future__ import annotations
 
@@ -168,6 +168,48 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
         con.print(f"run {state['run_id']} ({state['status']}), manifest {state['manifest']}")
         con.print(results_table(state["jobs"]))
     return 0
+
+
+@app.command("gc")
+def gc_command(work: Optional[str] = typer.Option(None, help="Work area URI (default: settings.work)."),
+               days: float = typer.Option(7.0, min=0, help="Remove runs older than this and jobs' checkpoints "
+                                          "untouched this long."),
+               temp_hours: float = typer.Option(1.0, min=0, help="Remove temp objects older than this."),
+               temps_in: Optional[List[str]] = typer.Option(None, "--temps-in", help="Also remove stale temp "
+                                                            "objects under this output location (repeatable)."),
+               cache: bool = typer.Option(False, "--cache", help="Also prune this machine's input cache."),
+               yes: bool = typer.Option(False, "--yes", help="Remove; without it, only list what would go."),
+               as_json: bool = typer.Option(False, "--json")) -> int:
+    """Clean a work area: old runs, abandoned jobs, superseded tails, stale temps. A dry run unless --yes."""
+    from orchestrator import gc
+    from orchestrator.checkpoints import WorkArea
+
+    settings = _settings(work=work)
+    plan = gc.collect(WorkArea.at(settings.work, settings), days=days, temp_hours=temp_hours,
+                      temps_in=tuple(temps_in or ()), cache=cache, settings=settings)
+    freed = gc.apply(plan, settings) if yes else None
+    if as_json:
+        typer.echo(json.dumps({**plan.summary(), "removed_bytes": freed, "dry_run": not yes}, indent=1))
+        return 0
+    for f in plan.findings:  # plain echo: URIs and ids are user data, never markup
+        typer.echo(f"{'kept' if f.what in plan.kept else 'remove' if yes else 'would remove'} {f.kind:5s} "
+                   f"{f.what}  {len(f.objects)} object(s), {_size(f.bytes)}, {f.age_s / 3600:.1f} h old: {f.why}")
+    if plan.live_runs:
+        typer.echo(f"running (left alone): {', '.join(plan.live_runs)}")
+    if yes:
+        typer.echo(f"removed {_size(freed or 0)} from {settings.work}")
+    else:
+        typer.echo(f"dry run: {_size(plan.bytes)} in {len(plan.findings)} item(s) would go from {settings.work}; "
+                   "rerun with --yes to remove")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _driver_gone(state: dict) -> bool:

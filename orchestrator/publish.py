@@ -99,12 +99,17 @@ def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -
     return src, False
 
 
-def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None) -> dict:
-    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish. Returns the sidecar.
-    audio_ready is prepare_audio's result, passed only so Ray runs this after it."""
+def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None,
+                       keep_checkpoints: bool = False) -> dict:
+    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish, then drop the job's
+    checkpoints (unless settings.keep_checkpoints, or keep_checkpoints: another job of the run shares the key).
+    Returns the sidecar. audio_ready is prepare_audio's result, passed only so Ray runs this after it."""
     t0 = time.monotonic()
     wa = WorkArea.at(work, settings)
     uris = output_uris(plan)
+    if published_key(plan, settings) == plan.key and not wa.done_clips(plan.key):
+        # Ray retried this task after it had published and removed the checkpoints: the job is done
+        return json.loads(retrying("storage")(storage_for(uris["json"], settings).read_bytes, uris["json"]))
     with tempfile.TemporaryDirectory(prefix=f"s2v-stitch-{plan.job.id}-") as tmp:
         tmpd = Path(tmp)
         clips = []
@@ -131,4 +136,9 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         side.write_text(json.dumps(meta, indent=1, sort_keys=True))
         st = storage_for(uris["mp4"], settings)
         retrying("storage")(st.publish, [(res.video, uris["mp4"]), (res.poster, uris["jpg"]), (side, uris["json"])])
+    if not (settings.keep_checkpoints or keep_checkpoints):
+        try:  # they have served; failing to remove them costs disk (`s2v gc` finds them later), never the job
+            wa.remove_job(plan.key)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not remove the checkpoints of %s: %s", plan.job.id, e)
     return meta

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 
 from pydantic import BaseModel
 
@@ -141,6 +142,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     actors = make_actors(settings, actor_count(settings), backends)
     audio_task = ray.remote(prepare_audio).options(num_cpus=settings.stitch_cpus)
     audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
+    # identical rows share a job key and so its checkpoints: the first to publish must not remove them
+    shared_keys = {k for k, n in Counter(p.key for p in todo).items() if n > 1}
     stitching: dict = {}  # ref → JobState
     price = settings.price()
 
@@ -161,7 +164,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
         results[js.plan.job.id].status = "stitching"
         # the audio task's ref as an argument: Ray starts the stitch after it, the driver never waits
         audio_ref = audio_started.get(js.plan.job.id)
-        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref)] = js
+        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref,
+                                     js.plan.key in shared_keys)] = js
 
     def on_failed(js: JobState) -> None:
         _finish(results[js.plan.job.id], js, "failed", js.failed, price)

@@ -6,6 +6,7 @@ import importlib
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,15 @@ REGISTRY: dict[str, str] = {
     "s3": "infra.storage.s3:S3Storage",
     "gs": "infra.storage.gcs:GCSStorage",
 }
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object as a listing sees it (for `s2v gc`: what is old, and how big)."""
+
+    uri: Uri
+    size: int  # bytes
+    mtime: float  # last modified, seconds since the epoch
 
 
 class Storage(ABC):
@@ -41,6 +51,10 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: Uri) -> Iterator[Uri]:
         """Every object under prefix (recursive)."""
+
+    def list_info(self, prefix: Uri) -> Iterator[ObjectInfo]:
+        """Every object under prefix with its size and age, temp objects included (they are what gc looks for)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list object details")
 
     # writes
     @abstractmethod

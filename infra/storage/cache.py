@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -54,7 +55,9 @@ def fetch(uri_str: str, settings=None) -> Path:
     entry = _entry_dir(root, uri, tag)
     # keep the object's own name: tools that sniff formats by extension (ffmpeg, PIL) still work
     dest = entry / (uri.name or "object")
-    if not dest.is_file():
+    if dest.is_file():
+        _touch(dest)
+    else:
         entry.mkdir(parents=True, exist_ok=True)
         # several actors on one node may ask at once: one downloads, the others wait and reuse
         with open(entry / ".lock", "w") as lock:
@@ -75,14 +78,37 @@ def forget() -> None:
         _memo.clear()
 
 
-def prune(settings, older_than_s: float = 7 * 24 * 3600) -> int:
-    """Remove cache entries not used for a while; returns how many files were removed."""
+def _touch(path: Path) -> None:
+    """Mark a cache hit: prune goes by last use, and many disks are mounted noatime."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(settings, older_than_s: float = 7 * 24 * 3600, dry_run: bool = False,
+          now: float | None = None) -> list[tuple[Path, int]]:
+    """Cache entries not used for older_than_s (`s2v gc --cache`): (path, bytes) of each, removed unless dry_run.
+    An entry's folder goes with its last file; a download in progress (a fresh temp file) is left alone."""
     root = cache_root(settings)
     if not root.is_dir():
-        return 0
-    cutoff, removed = time.time() - older_than_s, 0
-    for path in root.glob("*/*/*"):
-        if path.name != ".lock" and path.is_file() and path.stat().st_atime < cutoff:
+        return []
+    cutoff, found = (now or time.time()) - older_than_s, []
+    for path in sorted(root.glob("*/*/*")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if path.name == ".lock" or not path.is_file() or max(st.st_atime, st.st_mtime) >= cutoff:
+            continue
+        found.append((path, st.st_size))
+        if not dry_run:
             path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+            left = [p for p in path.parent.iterdir() if p.name != ".lock"]
+            if not left:
+                (path.parent / ".lock").unlink(missing_ok=True)
+                try:
+                    path.parent.rmdir()
+                except OSError:
+                    pass
+    return found

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import os
 import posixpath
+import time
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -19,7 +20,7 @@ from google.api_core import exceptions as gex
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
+from infra.storage.base import ObjectInfo, Storage, as_uri, env_settings, fill_atomically
 from infra.storage.uri import Uri
 from core.errors import InputError, StorageError
 from core.retry import register_transient, retrying
@@ -211,6 +212,14 @@ class GCSStorage(Storage):
         for name in names:
             if not posixpath.basename(name).startswith(TMP_PREFIX):
                 yield Uri("gs", p.bucket, name)
+
+    def list_info(self, prefix: Uri | str) -> Iterator[ObjectInfo]:
+        p = as_uri(prefix)
+        blobs = self._call("list", p, lambda: [(b.name, b.size, b.updated) for b in self._client.list_blobs(
+            p.bucket, prefix=p.key or None, retry=None, timeout=self._timeout())])
+        for name, size, updated in blobs:
+            # no timestamp reads as brand new: gc must never take an unknown age for an old one
+            yield ObjectInfo(Uri("gs", p.bucket, name), int(size or 0), updated.timestamp() if updated else time.time())
 
     # -- writes ---------------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from infra.storage.base import Storage, fill_atomically
+from infra.storage.base import ObjectInfo, Storage, fill_atomically
 from infra.storage.uri import Uri
 from core.errors import StorageError
 
@@ -38,6 +38,19 @@ class LocalStorage(Storage):
             for f in sorted(files):
                 if not f.startswith(".tmp-"):
                     yield Uri("file", "", str(Path(dirpath) / f))
+
+    def list_info(self, prefix: Uri) -> Iterator[ObjectInfo]:
+        root = Path(prefix.key)
+        if not root.is_dir():
+            return
+        for dirpath, _, files in os.walk(root):
+            for f in sorted(files):
+                p = Path(dirpath) / f
+                try:
+                    st = p.stat()
+                except FileNotFoundError:  # removed while we walked
+                    continue
+                yield ObjectInfo(Uri("file", "", str(p)), st.st_size, st.st_mtime)
 
     def write_bytes(self, uri: Uri, data: bytes) -> None:
         self._atomic(Path(uri.key), lambda tmp: Path(tmp).write_bytes(data))

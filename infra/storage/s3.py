@@ -13,7 +13,7 @@ import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from infra.storage.base import Storage, as_uri, env_settings, fill_atomically
+from infra.storage.base import ObjectInfo, Storage, as_uri, env_settings, fill_atomically
 from infra.storage.uri import Uri
 from core.errors import InputError, StorageError
 from core.retry import register_transient, retrying
@@ -228,6 +228,13 @@ class S3Storage(Storage):
             for obj in page.get("Contents", []):
                 if not posixpath.basename(obj["Key"]).startswith(TMP_PREFIX):
                     yield Uri("s3", p.bucket, obj["Key"])
+
+    def list_info(self, prefix: Uri | str) -> Iterator[ObjectInfo]:
+        p = as_uri(prefix)
+        pages = self._call("list", p, lambda: list(self._client.get_paginator("list_objects_v2").paginate(Bucket=p.bucket, Prefix=p.key)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(Uri("s3", p.bucket, obj["Key"]), int(obj["Size"]), obj["LastModified"].timestamp())
 
     # -- writes ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""`s2v gc`: a dry run lists the right things and removes nothing; --yes removes old runs, abandoned jobs, superseded
+tails, stale temps and old cache entries, and nothing a running run holds — on a folder, SeaweedFS (S3) and
+fake-gcs-server (GCS), both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import gc
+from orchestrator.checkpoints import WorkArea
+from storage_servers import ACCESS_KEY, SECRET_KEY, gcs_server, gcs_settings, isolate_cloud_env, s3_server, \
+    s3_settings, unique  # noqa: F401  (fixtures)
+
+DAY = 86400.0
+HOST = socket.gethostname()
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def state(status: str, updated: float, keys: list[str], host: str = HOST, pid: int | None = None) -> bytes:
+    jobs = {f"job-{k}": {"id": f"job-{k}", "status": "pending", "key": k} for k in keys}
+    return json.dumps({"run_id": "x", "status": status, "updated": updated, "started": updated, "host": host,
+                       "pid": pid if pid is not None else os.getpid(), "jobs": jobs}).encode()
+
+
+def put(work: WorkArea, rel: str, data: bytes = b"x" * 100, age_s: float = 0.0) -> None:
+    u = work.root.join(*rel.split("/"))
+    work.storage.write_bytes(u, data)
+    if age_s and u.scheme == "file":
+        t = time.time() - age_s
+        os.utime(u.key, (t, t))
+
+
+def files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_gc_dry_run_lists_what_is_stale_and_yes_removes_only_that(tmp_path, run_cli, capsys, monkeypatch):
+    work_dir, out = tmp_path / "work", tmp_path / "out"
+    work = WorkArea.at(str(work_dir))
+    old, now = 30 * DAY, time.time()
+    put(work, "runs/old-done/state.json", state("finished", now - old, ["kdone"]), old)
+    put(work, "runs/old-done/report.json", b"{}", old)
+    put(work, "runs/latest/state.json", state("finished", now - old, []), old)
+    put(work, "runs/LATEST", b"latest", old)
+    put(work, "runs/live-here/state.json", state("running", now - old, ["kheld"]), old)  # this pid: alive
+    put(work, "runs/live-there/state.json", state("running", now - 60, ["kremote"], host="gpu-node-7", pid=1), old)
+    put(work, "runs/dead-here/state.json", state("running", now - old, ["kdead"], pid=dead_pid()), old)
+    for key in ("kheld", "kremote", "kdead", "kabandoned"):
+        put(work, f"jobs/{key}/scene-0000/clip-0000.mp4", age_s=old)
+        put(work, f"jobs/{key}/scene-0000/clip-0000.done.json", b"{}", old)
+    fresh = "jobs/kfresh/scene-0000/"
+    for name in ("clip-0000.mp4", "clip-0000.tail", "clip-0000.done.json", "clip-0001.mp4", "clip-0001.tail",
+                 "clip-0001.done.json"):
+        put(work, fresh + name)
+    put(work, "jobs/kfresh/scene-0001/clip-0003.tail.npy")  # from before compression, superseded
+    put(work, "jobs/kfresh/scene-0001/clip-0004.done.json", b"{}")
+    put(work, fresh + ".tmp-0123456789ab-clip-0002.mp4.partial", age_s=2 * 3600)  # a SIGKILLed upload
+    put(work, fresh + ".tmp-k3x_9qzv", age_s=2 * 3600)  # a SIGKILLed local write (mkstemp)
+    put(work, "runs/live-here/.tmp-0123456789ab-state.json.partial", age_s=600)  # being written: too young
+    out.mkdir()
+    for name, age in ((".tmp-0123456789ab-lesson.mp4", 3 * 3600), (".tmp-notes.txt", 3 * 3600), ("lesson.mp4", 0)):
+        (out / name).write_bytes(b"y" * 10)
+        os.utime(out / name, (now - age, now - age))
+    before, outputs = files(work_dir), files(out)
+    gone = {"runs/old-done/state.json", "runs/old-done/report.json", "runs/dead-here/state.json",
+            "jobs/kdead/scene-0000/clip-0000.mp4", "jobs/kdead/scene-0000/clip-0000.done.json",
+            "jobs/kabandoned/scene-0000/clip-0000.mp4", "jobs/kabandoned/scene-0000/clip-0000.done.json",
+            fresh + "clip-0000.tail", "jobs/kfresh/scene-0001/clip-0003.tail.npy",
+            fresh + ".tmp-0123456789ab-clip-0002.mp4.partial", fresh + ".tmp-k3x_9qzv"}
+
+    assert run_cli("gc", "--work", work_dir, "--temps-in", out, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    found = {(f["kind"], Path(f["what"]).name if f["kind"] in ("tail", "temp") else f["what"]) for f in report["findings"]}
+    assert found == {("run", "old-done"), ("run", "dead-here"), ("job", "kdead"), ("job", "kabandoned"),
+                     ("tail", "clip-0000.tail"), ("tail", "clip-0003.tail.npy"),
+                     ("temp", ".tmp-0123456789ab-clip-0002.mp4.partial"), ("temp", ".tmp-k3x_9qzv"),
+                     ("temp", ".tmp-0123456789ab-lesson.mp4")}
+    assert report["dry_run"] and report["removable_bytes"] == sum((work_dir / g).stat().st_size for g in gone) + 10
+    assert report["live_runs"] == ["live-here", "live-there"] and report["held_jobs"] == ["kheld", "kremote"]
+    assert files(work_dir) == before and files(out) == outputs  # a dry run removes nothing
+
+    assert run_cli("gc", "--work", work_dir, "--temps-in", out) == 0  # the plain listing says the same
+    text = capsys.readouterr().out
+    assert "would remove job   kabandoned" in text and "rerun with --yes" in text and files(work_dir) == before
+
+    assert run_cli("gc", "--work", work_dir, "--temps-in", out, "--yes") == 0
+    assert "removed" in capsys.readouterr().out
+    assert files(work_dir) == before - gone
+    assert files(out) == {".tmp-notes.txt", "lesson.mp4"}  # only our own temp name goes from an output folder
+    assert not (work_dir / "jobs" / "kabandoned").exists() and not (work_dir / "runs" / "old-done").exists()
+    assert out.is_dir()
+
+
+def test_gc_cache_prunes_old_input_cache_entries(tmp_path, run_cli, capsys, monkeypatch):
+    from infra.storage.cache import cache_root
+
+    monkeypatch.setenv("S2V_CACHE_DIR", str(tmp_path / "cache"))
+    root = cache_root(type("S", (), {"cache_dir": tmp_path / "cache"})())
+    old_entry, new_entry = root / "ab" / ("ab" + "0" * 62), root / "cd" / ("cd" + "1" * 62)
+    for entry, age in ((old_entry, 20 * DAY), (new_entry, DAY)):
+        entry.mkdir(parents=True)
+        (entry / ".lock").touch()
+        (entry / "lesson.wav").write_bytes(b"z" * 1000)
+        t = time.time() - age
+        os.utime(entry / "lesson.wav", (t, t))
+    work = tmp_path / "work"
+    assert run_cli("gc", "--work", work, "--cache", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(f["kind"], f["objects"], f["bytes"]) for f in report["findings"]] == [("cache", 1, 1000)]
+    assert (old_entry / "lesson.wav").is_file()
+    assert run_cli("gc", "--work", work, "--cache", "--yes") == 0
+    assert not old_entry.exists() and (new_entry / "lesson.wav").is_file()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket_work(request, tmp_path, monkeypatch):
+    isolate_cloud_env(monkeypatch, tmp_path)
+    if request.param == "s3":
+        srv = request.getfixturevalue("s3_server")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        bucket = srv.make_bucket(unique("gc"))
+        return WorkArea.at(f"s3://{bucket}/work", s3_settings(srv.endpoint, tmp_path))
+    srv = request.getfixturevalue("gcs_server")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", srv.url)
+    bucket = srv.make_bucket(unique("gc"))
+    return WorkArea.at(f"gs://{bucket}/work", gcs_settings(tmp_path))
+
+
+def test_gc_on_object_stores_removes_stale_things_and_keeps_what_a_running_run_holds(bucket_work):
+    """Object stores cannot be back-dated: gc is asked as of 30 days from now instead."""
+    work, later = bucket_work, time.time() + 30 * DAY
+    put(work, "runs/old/state.json", state("finished", time.time(), ["kold"]))
+    put(work, "runs/live/state.json", state("running", time.time(), ["kheld"]))  # this process: alive
+    put(work, "runs/LATEST", b"live")
+    put(work, "runs/live/.tmp-0123456789ab-state.json.partial")
+    for key in ("kold", "kheld"):
+        put(work, f"jobs/{key}/scene-0000/clip-0000.mp4")
+        put(work, f"jobs/{key}/scene-0000/clip-0000.tail")
+        put(work, f"jobs/{key}/scene-0000/clip-0000.done.json")
+    listing = {i.uri.key for i in work.storage.list_info(work.root)}
+
+    plan = gc.collect(work, now=later, settings=work.settings)
+    assert {(f.kind, f.what.rsplit("/", 1)[-1]) for f in plan.findings} == \
+        {("run", "old"), ("job", "kold"), ("temp", ".tmp-0123456789ab-state.json.partial")}
+    assert {i.uri.key for i in work.storage.list_info(work.root)} == listing  # looking removes nothing
+
+    gc.apply(plan, work.settings)
+    left = {i.uri.key.removeprefix("work/") for i in work.storage.list_info(work.root)}
+    assert left == {"runs/live/state.json", "runs/LATEST", "jobs/kheld/scene-0000/clip-0000.mp4",
+                    "jobs/kheld/scene-0000/clip-0000.tail", "jobs/kheld/scene-0000/clip-0000.done.json"}
+
+
+def test_a_run_that_starts_between_looking_and_removing_keeps_its_job(tmp_path):
+    work = WorkArea.at(str(tmp_path / "work"))
+    put(work, "jobs/kjob/scene-0000/clip-0000.mp4", age_s=30 * DAY)
+    plan = gc.collect(work)
+    assert [f.what for f in plan.findings] == ["kjob"]
+    put(work, "runs/new/state.json", state("running", time.time(), ["kjob"]))  # resumes kjob's checkpoints
+    assert gc.apply(plan) == 0 and plan.kept == ["kjob"]
+    assert (tmp_path / "work" / "jobs" / "kjob" / "scene-0000" / "clip-0000.mp4").is_file()
