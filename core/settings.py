@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+import ipaddress
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -92,6 +95,18 @@ class Settings(BaseSettings):
     storage_connect_timeout_s: float = Field(10.0, gt=0)
     storage_read_timeout_s: float = Field(120.0, gt=0)
 
+    # publishing safety (infra/storage, orchestrator/publish.py, orchestrator/leases.py)
+    storage_file_mode: str = Field("umask", pattern=r"^(umask|(0o|0)?[0-7]{3})$",
+                                   description="Permission bits of files s2v writes locally: 'umask' (0644 under "
+                                               "umask 022, as any program would create them) or octal, e.g. 0640.")
+    allowed_output_roots: list[str] | None = Field(
+        None, description="When set, outputs must lie under one of these paths/URI prefixes (shared deployments); "
+                          "env: a JSON list, e.g. S2V_ALLOWED_OUTPUT_ROOTS='[\"/srv/videos\", \"s3://acme/out\"]'.")
+    lease_ttl_s: float = Field(120.0, gt=0, description="A run's lease on a job key lasts this long unless renewed "
+                                                       "(every third of it); a crashed holder's lease expires.")
+    lease_wait_s: float = Field(0.0, ge=0, description="How long a run waits for jobs another run is rendering "
+                                                      "before skipping them (0 = skip at once).")
+
     # clouds + preemption (issue 6: infra/clusters, infra/preemption.py, infra/runpod_provider.py)
     cloud_provider: str = Field("aws", description="aws | gcp | runpod: what `s2v cluster init` writes.")
     cloud_region: str = Field("us-west-2", description="AWS/GCP region; RunPod data center id or 'any'.")
@@ -119,6 +134,26 @@ class Settings(BaseSettings):
     # keeps both out of logs and tracebacks: the secret signs, and webhook URLs often embed a token themselves.
     webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
     webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        """Checked when settings load, not after planning; the message never repeats the URL (it may hold a token)."""
+        if v is None or not v.strip():
+            return None
+        u = urlsplit(v.strip())
+        if u.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL (got scheme {u.scheme or 'none'!r})")
+        if not u.hostname:
+            raise ValueError("has no host; expected http(s)://HOST[:PORT]/PATH")
+        host = u.hostname.rstrip(".").lower()
+        try:
+            link_local = ipaddress.ip_address(host).is_link_local
+        except ValueError:
+            link_local = False
+        if link_local or host in ("metadata", "metadata.google.internal"):
+            raise ValueError("points at a cloud metadata / link-local address; events never go there")
+        return v.strip()
 
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""
