@@ -135,6 +135,18 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
     webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
 
+    @field_validator("allowed_output_roots")
+    @classmethod
+    def _roots(cls, v: list[str] | None) -> list[str] | None:
+        """Absolute paths, file:// or s3:// / gs:// URIs with a bucket; a root that cannot match is a typo."""
+        for root in v or []:
+            u = urlsplit(root)
+            ok = (u.scheme in ("s3", "gs") and u.netloc) or (u.scheme == "file" and u.path.startswith("/")) or (
+                "://" not in root and Path(root).expanduser().is_absolute())
+            if not ok or ".." in root.replace("\\", "/").split("/"):
+                raise ValueError(f"{root!r} is not an absolute path, file://, s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]")
+        return v or None
+
     @field_validator("webhook_url")
     @classmethod
     def _webhook_url(cls, v: str | None) -> str | None:

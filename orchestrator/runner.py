@@ -14,7 +14,7 @@ from orchestrator.checkpoints import WorkArea
 from core.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
-from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
+from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from core.settings import Settings
@@ -102,6 +102,8 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                          duration_s=p.duration_s, output=str(output_uris(p)["mp4"]))
         if not force and published_key(p, settings) == p.key:
             base.status = "skipped"
+        elif refused := replace_problem(p, settings, settings.work):  # never replace what s2v did not publish
+            base.status, base.reason = "failed", refused
         else:
             todo.append(p)
         results[p.job.id] = base
