@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypat
     else:
         srv = request.getfixturevalue("gcs_env")
         settings = gcs_settings(tmp_path, gpus=2, work=str(tmp_path / "work"))
-    monkeypatch.setattr(base, "_instances", {})
+    monkeypatch.setattr(base, "_instances", OrderedDict())  # a fresh client that sees this test's env
     bucket = srv.make_bucket(unique("e2e"))
     st = storage_for(f"{cloud}://{bucket}/x", settings)
     catalog = parse(f"{cloud}://{bucket}/catalog")
