@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from infra.storage import Uri, storage_for
@@ -54,6 +55,14 @@ def holder_gone(doc: dict) -> bool:
     return not start or start != doc.get("pid_start")
 
 
+def parallel(fn, items: list) -> list:
+    """fn over items on a few threads: one request per lease, so thousands of jobs stay within a renewal period."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="s2v-lease") as pool:
+        return list(pool.map(fn, items))
+
+
 @dataclass(frozen=True)
 class Holder:
     """Another run that holds a lease."""
@@ -77,9 +86,11 @@ class Leases:
         self.holder = uuid.uuid4().hex
         self.storage = storage_for(root, settings)
         self.held: dict[str, tuple[str, dict]] = {}  # key → (version we last wrote, the document)
+        self.taken_over: set[str] = set()
         self.lost: list[str] = []
         self.enabled = True
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._me = {"holder": self.holder, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
@@ -110,12 +121,17 @@ class Leases:
             return None
         return doc if isinstance(doc, dict) else None
 
+    def _key_lock(self, key: str) -> threading.Lock:
+        """One lock per key: renewing and releasing one lease never race, while different leases go in parallel."""
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
     def acquire(self, key: str, jobs: list[str]) -> Holder | None:
         """Take the lease on a job key: None when this run holds it now, else the run that does."""
         if not self.enabled:
             return None
         uri, written = self.uri(key), set()
-        with self._lock:
+        with self._key_lock(key):
             if key in self.held:
                 return None
             for _ in range(8):
@@ -126,7 +142,7 @@ class Leases:
                 if ver is None:
                     cur = self.storage.read_versioned(uri)
                     if cur is None:
-                        continue  # released and removed between our two calls: create again
+                        continue  # removed between our two calls: create again
                     other = self._parse(cur[0])
                     if other is not None and (other.get("nonce") in written or other.get("holder") == self.holder):
                         ver, doc = cur[1], other  # our own write, whose reply was lost
@@ -140,39 +156,51 @@ class Leases:
                         if other is not None and not other.get("released"):
                             log.warning("took over the lease on %s from run %s (expired or its process is gone)",
                                         key, other.get("run_id"))
-                self.held[key] = (ver, doc)
+                    self.taken_over.add(key)  # another run held it before: it may have published meanwhile
+                with self._lock:
+                    self.held[key] = (ver, doc)
                 return None
             raise StorageError(f"{uri}: the lease kept changing while we tried to take it; try again")
 
-    def renew(self) -> list[str]:
-        """Push every held lease's expiry forward; returns the keys lost to another run (we stalled past expiry)."""
-        lost = []
-        with self._lock:
-            for key, (ver, doc) in list(self.held.items()):
-                new = self._doc(key, doc.get("jobs", []), acquired=doc.get("acquired"))
-                try:
-                    got = self.storage.replace_if(self.uri(key), json.dumps(new, sort_keys=True).encode(), ver)
-                    if got is None:
-                        cur = self.storage.read_versioned(self.uri(key))
-                        if cur is not None and (self._parse(cur[0]) or {}).get("nonce") == new["nonce"]:
-                            got = cur[1]  # it landed; the reply was lost
-                except S2VError as e:  # the store is down: try again next time (the lease lasts ttl_s)
-                    log.warning("could not renew the lease on %s: %s", key, e)
-                    continue
+    def _renew_one(self, key: str) -> bool:
+        """False when the lease was lost to another run."""
+        with self._key_lock(key):
+            entry = self.held.get(key)
+            if entry is None:
+                return True  # released meanwhile
+            ver, doc = entry
+            new = self._doc(key, doc.get("jobs", []), acquired=doc.get("acquired"))
+            try:
+                got = self.storage.replace_if(self.uri(key), json.dumps(new, sort_keys=True).encode(), ver)
+                if got is None:
+                    cur = self.storage.read_versioned(self.uri(key))
+                    if cur is not None and (self._parse(cur[0]) or {}).get("nonce") == new["nonce"]:
+                        got = cur[1]  # it landed; the reply was lost
+            except S2VError as e:  # the store is down: try again next time (the lease lasts ttl_s)
+                log.warning("could not renew the lease on %s: %s", key, e)
+                return True
+            with self._lock:
                 if got is None:
                     del self.held[key]
-                    lost.append(key)
-                    log.warning("lost the lease on %s to another run (this run stalled past its expiry); both may "
-                                "render it now", key)
+                    self.lost.append(key)
                 else:
                     self.held[key] = (got, new)
-            self.lost += lost
-        return lost
+        if got is None:
+            log.warning("lost the lease on %s to another run (this run stalled past its expiry); both may render "
+                        "it now", key)
+        return got is not None
+
+    def renew(self) -> list[str]:
+        """Push every held lease's expiry forward, in parallel (a conditional PUT each); returns the keys lost to
+        another run (this run stalled past their expiry)."""
+        keys = list(self.held)
+        return [k for k, ok in zip(keys, parallel(self._renew_one, keys)) if not ok]
 
     def release(self, key: str) -> None:
         """Mark the lease released (by compare-and-swap: never over a lease another run took since)."""
-        with self._lock:
-            entry = self.held.pop(key, None)
+        with self._key_lock(key):
+            with self._lock:
+                entry = self.held.pop(key, None)
             if entry is None:
                 return
             ver, doc = entry
@@ -198,8 +226,7 @@ class Leases:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for key in list(self.held):
-            self.release(key)
+        parallel(self.release, list(self.held))
 
     def check_store(self) -> None:
         """Object stores that ignore conditional headers (old SeaweedFS, some S3-compatibles) would let two runs
@@ -253,8 +280,7 @@ class RunLeases:
             else:
                 busy[key] = holder
 
-        for key in by_key:
-            attempt(key)
+        parallel(attempt, list(by_key))
         deadline = time.monotonic() + self.wait_s
         while busy and time.monotonic() < deadline:
             time.sleep(min(max(0.2, self.leases.ttl_s / 20), 5.0, max(0.0, deadline - time.monotonic())))
@@ -272,8 +298,8 @@ class RunLeases:
                     results[p.job.id].reason = (f"another run is rendering it: {busy[key].describe()}; rerun when it "
                                                 "is done, or set lease_wait_s (S2V_LEASE_WAIT_S) to wait for it")
                 continue
-            # we hold it now: a run that held it before us may have published it in the meantime
-            if published is not None and all(published(p) for p in plans):
+            # we hold it now; if another run held it before us, it may have published it in the meantime
+            if published is not None and key in self.leases.taken_over and all(published(p) for p in plans):
                 for p in plans:
                     results[p.job.id].status, results[p.job.id].reason = "skipped", "published meanwhile by another run"
                 self.leases.release(key)
