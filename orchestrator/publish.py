@@ -63,7 +63,10 @@ def replace_problem(plan: JobPlan, settings: Settings, work: str) -> str | None:
     (`output: ~/.docker`, `id: config` replaced ~/.docker/config.json), so anything else is refused."""
     uris = output_uris(plan)
     st = storage_for(uris["json"], settings)
-    present = [u for u in uris.values() if retrying("storage")(st.exists, u)]
+    try:
+        present = [u for u in uris.values() if retrying("storage")(st.exists, u)]
+    except S2VError as e:  # cannot tell what is there: refusing is the safe answer
+        return f"cannot check what is at {uris['json'].parent()} before publishing there: {e}"
     if not present:
         return None
     hint = "move it away, or choose another output folder or job id"

@@ -117,6 +117,8 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     from orchestrator.webhook import Webhook
 
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
+    for r in [r for r in results.values() if r.status == "failed"] if hook else []:  # refused before rendering
+        hook.job(r.model_dump(), run_id)
     actors_info: list[dict] = []
     events: list[tuple] = []
     try:

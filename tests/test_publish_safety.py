@@ -41,12 +41,20 @@ def test_a_manifest_cannot_replace_a_file_s2v_did_not_publish(ray_local, assets,
             {"id": "config", "audio": str(assets["speech4"]), "output": "~/.docker"},
             {"id": "lesson", "audio": str(assets["speech4"]), "output": str(out)}],
             {"image": str(assets["image"]), "size": "96*96", "backend": "draft"})
-        res = render(str(m), settings)
+        from test_webhook import Receiver
+
+        hooks = Receiver((200,))
+        try:
+            res = render(str(m), settings.model_copy(update={"webhook_url": hooks.url}))
+        finally:
+            hooks.stop()
         from orchestrator.report import write_reports
 
         reports = write_reports(res, settings)
     finally:
         os.umask(old_umask)
+    events = {(d["event"], (d.get("job") or {}).get("id")) for d in (json.loads(b) for _, _, b in hooks.requests)}
+    assert events == {("job.failed", "config"), ("job.published", "lesson"), ("run.finished", None)}
     assert json.loads(config.read_text()) == DOCKER_CONFIG  # untouched
     assert not any((home / ".docker" / f"config.{e}").exists() for e in ("mp4", "jpg"))
     bad = res.jobs["config"]
