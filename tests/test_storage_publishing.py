@@ -175,34 +175,33 @@ def test_create_exclusive_and_compare_and_swap(backend):
 def test_concurrent_creators_and_swappers_have_exactly_one_winner(backend):
     s, root = backend.storage, backend.root
     n = 6
-    for trial in range(1):
-        u = root.join("race", f"k{trial}.json")
-        won: list[int] = []
-        go = threading.Barrier(n)
+    u = root.join("race", "k.json")
+    won: list[int] = []
+    go = threading.Barrier(n)
 
-        def create(i: int) -> None:
-            go.wait()
-            if s.create_exclusive(u, f"holder {i}".encode()):
-                won.append(i)
+    def create(i: int) -> None:
+        go.wait()
+        if s.create_exclusive(u, f"holder {i}".encode()):
+            won.append(i)
 
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
-        [t.start() for t in threads]
-        [t.join(60) for t in threads]
-        assert len(won) == 1 and s.read_versioned(u)[0] == f"holder {won[0]}".encode()
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert len(won) == 1 and s.read_versioned(u)[0] == f"holder {won[0]}".encode()
 
-        _, ver = s.read_versioned(u)
-        swapped: list[int] = []
-        go = threading.Barrier(n)
+    _, ver = s.read_versioned(u)
+    swapped: list[int] = []
+    go = threading.Barrier(n)
 
-        def swap(i: int) -> None:
-            go.wait()
-            if s.replace_if(u, f"taker {i}".encode(), ver):
-                swapped.append(i)
+    def swap(i: int) -> None:
+        go.wait()
+        if s.replace_if(u, f"taker {i}".encode(), ver):
+            swapped.append(i)
 
-        threads = [threading.Thread(target=swap, args=(i,)) for i in range(n)]
-        [t.start() for t in threads]
-        [t.join(60) for t in threads]
-        assert len(swapped) == 1 and s.read_versioned(u)[0] == f"taker {swapped[0]}".encode()
+    threads = [threading.Thread(target=swap, args=(i,)) for i in range(n)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert len(swapped) == 1 and s.read_versioned(u)[0] == f"taker {swapped[0]}".encode()
 
 
 def test_a_write_probe_leaves_nothing_and_is_a_temp_name(backend):
