@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ipaddress
+from urllib.parse import urlsplit
+
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -154,6 +157,18 @@ class Settings(BaseSettings):
     storage_connect_timeout_s: float = Field(10.0, gt=0)
     storage_read_timeout_s: float = Field(120.0, gt=0)
 
+    # publishing safety (infra/storage, orchestrator/publish.py, orchestrator/leases.py)
+    storage_file_mode: str = Field("umask", pattern=r"^(umask|(0o|0)?[0-7]{3})$",
+                                   description="Permission bits of files s2v writes locally: 'umask' (0644 under "
+                                               "umask 022, as any program would create them) or octal, e.g. 0640.")
+    allowed_output_roots: list[str] | None = Field(
+        None, description="When set, outputs must lie under one of these paths/URI prefixes (shared deployments); "
+                          "env: a JSON list, e.g. S2V_ALLOWED_OUTPUT_ROOTS='[\"/srv/videos\", \"s3://acme/out\"]'.")
+    lease_ttl_s: float = Field(120.0, gt=0, description="A run's lease on a job key lasts this long unless renewed "
+                                                       "(every third of it); a crashed holder's lease expires.")
+    lease_wait_s: float = Field(0.0, ge=0, description="How long a run waits for jobs another run is rendering "
+                                                      "before skipping them (0 = skip at once).")
+
     # clouds + preemption (issue 6: infra/clusters, infra/preemption.py, infra/runpod_provider.py)
     cloud_provider: str = Field("aws", description="aws | gcp | runpod: what `s2v cluster init` writes.")
     cloud_region: str = Field("us-west-2", description="AWS/GCP region; RunPod data center id or 'any'.")
@@ -197,6 +212,38 @@ class Settings(BaseSettings):
     def _over_default_prices(cls, v: dict[str, NodePrice]) -> dict[str, NodePrice]:
         # S2V_NODE_PRICES='{"runpod-h100-80gb-hbm3-x1": {...}}' corrects one entry; the rest of the table stays.
         return {**_default_node_prices(), **v}
+
+    @field_validator("allowed_output_roots")
+    @classmethod
+    def _roots(cls, v: list[str] | None) -> list[str] | None:
+        """Absolute paths, file:// or s3:// / gs:// URIs with a bucket; a root that cannot match is a typo."""
+        for root in v or []:
+            u = urlsplit(root)
+            ok = (u.scheme in ("s3", "gs") and u.netloc) or (u.scheme == "file" and u.path.startswith("/")) or (
+                "://" not in root and Path(root).expanduser().is_absolute())
+            if not ok or ".." in root.replace("\\", "/").split("/"):
+                raise ValueError(f"{root!r} is not an absolute path, file://, s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]")
+        return v or None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        """Checked when settings load, not after planning; the message never repeats the URL (it may hold a token)."""
+        if v is None or not v.strip():
+            return None
+        u = urlsplit(v.strip())
+        if u.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL (got scheme {u.scheme or 'none'!r})")
+        if not u.hostname:
+            raise ValueError("has no host; expected http(s)://HOST[:PORT]/PATH")
+        host = u.hostname.rstrip(".").lower()
+        try:
+            link_local = ipaddress.ip_address(host).is_link_local
+        except ValueError:
+            link_local = False
+        if link_local or host in ("metadata", "metadata.google.internal"):
+            raise ValueError("points at a cloud metadata / link-local address; events never go there")
+        return v.strip()
 
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""

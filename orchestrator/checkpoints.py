@@ -116,10 +116,13 @@ class WorkArea:
             _prune_empty_dirs({u.parent() for u in uris}, self.root)
 
     # --- run state (readable after the driver died, from any machine) ---
-    def write_state(self, run_id: str, state: dict) -> None:
+    def write_state(self, run_id: str, state: dict, latest: bool = True) -> None:
+        """latest: also point runs/LATEST here (a run does so once, when it starts, so a concurrent older run
+        that keeps writing its state never flips LATEST back to itself)."""
         data = json.dumps(state, indent=1, sort_keys=True).encode()
         retrying("storage")(self.storage.write_bytes, self.run_dir(run_id).join("state.json"), data)
-        retrying("storage")(self.storage.write_bytes, self.root.join("runs", "LATEST"), run_id.encode())
+        if latest:
+            retrying("storage")(self.storage.write_bytes, self.root.join("runs", "LATEST"), run_id.encode())
 
     def read_state(self, run_id: str | None = None) -> dict | None:
         st = self.storage

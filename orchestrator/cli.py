@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import click
 import typer
+from pydantic import ValidationError
 
 from core.errors import InputError, S2VError, exit_code_for
 
@@ -233,6 +234,14 @@ for _name, _mod in (("models", "orchestrator.cli_models"), ("cluster", "orchestr
     app.add_typer(importlib.import_module(_mod).app, name=_name)
 
 
+def _settings_error(e: ValidationError) -> str:
+    """Each bad setting with its variable and the reason, never the value (a webhook URL may carry a token)."""
+    lines = [f"  {'.'.join(map(str, err['loc']))} (S2V_{str(err['loc'][0]).upper()}): "
+             f"{err['msg'].removeprefix('Value error, ')}"
+             for err in e.errors(include_input=False, include_url=False)]
+    return "error: invalid settings\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place where outcomes become exit codes."""
     try:
@@ -248,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     except S2VError as e:
         _console().print(f"[red]error:[/] {e}")
         code = exit_code_for(e)
+    except ValidationError as e:  # a bad S2V_* variable or flag, caught when settings load
+        if e.title != "Settings":
+            raise
+        _console().print(_settings_error(e), markup=False)
+        code = 2
     except KeyboardInterrupt:
         _console().print("[yellow]interrupted: rerun the same command to resume")
         code = 130

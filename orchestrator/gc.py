@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from infra.storage import Uri, parse, storage_for
+from infra.storage.base import is_stale_temp
 from core.retry import retrying
 from orchestrator.checkpoints import DONE_RE, LEGACY_TAIL_SUFFIX, TAIL_SUFFIX, WorkArea
 
@@ -19,10 +20,6 @@ DAY_S = 86400.0
 # A run on another machine counts as running while its state was written within this window: its driver writes
 # after every clip and every job, and a run waiting for GPU nodes or loading a model is silent for far less.
 RUN_SILENT_S = 24 * 3600.0
-# The temp names every storage writes beside a final name: mkstemp's (local), `.tmp-<12 hex>-<name>` (S3
-# uploads), `.tmp-<12 hex>-<name>.partial` (every storage, after the hardening), write probes. Nothing else:
-# --temps-in points into users' output folders, where a look-alike name is theirs.
-TEMP_RE = re.compile(r"\.tmp-(?:[a-z0-9_]{8}|[0-9a-f]{12}-.+|write-probe-[0-9a-f]+)")
 TAIL_RE = re.compile(r"(scene-\d{4}/clip-)(\d{4})(" + re.escape(LEGACY_TAIL_SUFFIX) + "|" + re.escape(TAIL_SUFFIX) + ")$")
 
 
@@ -153,8 +150,9 @@ def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps
         if listing is None:
             listing = retrying("storage")(lambda: list(storage_for(prefix, settings).list_info(prefix)))
         for i in listing:
-            if i.uri not in gone and TEMP_RE.fullmatch(posixpath.basename(i.uri.key)) \
-                    and now - i.mtime > temp_hours * 3600:
+            # only names the storages write (infra.storage.base's temp contract): --temps-in points into users'
+            # output folders, where a look-alike name is theirs
+            if i.uri not in gone and is_stale_temp(i.uri.key, i.mtime, temp_hours * 3600, now):
                 plan.findings.append(Finding("temp", str(i.uri), [i.uri], i.size, now - i.mtime,
                                              f"temp object older than {temp_hours:g} h (an interrupted write)"))
                 gone.add(i.uri)

@@ -12,10 +12,11 @@ from collections import Counter
 from pydantic import BaseModel
 
 from orchestrator.checkpoints import WorkArea
+from orchestrator.leases import RunLeases
 from core.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
-from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
+from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from core.settings import Settings
@@ -103,23 +104,35 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                          duration_s=p.duration_s, output=str(output_uris(p)["mp4"]))
         if not force and published_key(p, settings) == p.key:
             base.status = "skipped"
+        elif refused := replace_problem(p, settings, settings.work):  # never replace what s2v did not publish
+            base.status, base.reason = "failed", refused
         else:
             todo.append(p)
         results[p.job.id] = base
     state = _State(work, run_id, location, results)
     state.write(force=True)
+    # leases (orchestrator/leases.py): a job another run is rendering is waited for or skipped, never rendered twice
+    leases = RunLeases(work, run_id, settings)
+    todo = leases.take(todo, results, published=None if force else lambda p: published_key(p, settings) == p.key)
+    state.write(force=True)
     from orchestrator.webhook import Webhook
 
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
+    for r in [r for r in results.values() if r.status == "failed"] if hook else []:  # refused before rendering
+        hook.job(r.model_dump(), run_id)
     actors_info: list[dict] = []
     events: list[tuple] = []
-    if todo:
-        done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
-        progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
-        with ray_session(settings):
-            actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
-                                            lambda r: hook.job(r.model_dump(), run_id) if hook else None)
-        progress.stop()
+    try:
+        if todo:
+            done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
+            progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
+            with ray_session(settings):
+                actors_info, events = _schedule(
+                    todo, done, settings, work, results, state, progress,
+                    lambda r: (leases.done(r.id), hook.job(r.model_dump(), run_id) if hook else None))
+            progress.stop()
+    finally:
+        leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
     state.finish()
     if hook:
         counts = {st: sum(1 for r in results.values() if r.status == st)
@@ -227,6 +240,7 @@ class _State:
         self.work, self.run_id, self.manifest, self.results = work, run_id, manifest, results
         self.last = 0.0
         self.started = time.time()
+        self.announced = False  # runs/LATEST names this run once, at its start: never flipped back later
 
     def _doc(self, status: str) -> dict:
         return {"run_id": self.run_id, "manifest": self.manifest, "status": status, "started": self.started,
@@ -236,10 +250,11 @@ class _State:
     def write(self, force: bool = False) -> None:
         if force or time.monotonic() - self.last > 2.0:
             try:
-                self.work.write_state(self.run_id, self._doc("running"))
+                self.work.write_state(self.run_id, self._doc("running"), latest=not self.announced)
+                self.announced = True
             except S2VError as e:
                 log.warning("could not write run state: %s (exit code %d)", e, exit_code_for(e))
             self.last = time.monotonic()
 
     def finish(self) -> None:
-        self.work.write_state(self.run_id, self._doc("finished"))
+        self.work.write_state(self.run_id, self._doc("finished"), latest=not self.announced)

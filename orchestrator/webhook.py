@@ -1,4 +1,5 @@
-"""Optional webhook: an HMAC-signed POST per job published/failed and per run finished, sent off the run's thread."""
+"""Optional webhook: an HMAC-signed POST per job published/failed and per run finished, sent off the run's thread.
+The receiver's contract (headers, signature, tolerance, retries, de-duplication) is docs/webhooks.md."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from core.errors import S2VError, TransientError
@@ -24,6 +26,7 @@ TIMESTAMP_HEADER = "X-S2V-Timestamp"
 EVENT_HEADER = "X-S2V-Event"
 DELIVERY_HEADER = "X-S2V-Delivery"  # the same on every retry of one event, so receivers can drop duplicates
 JOB_EVENTS = {"published": "job.published", "failed": "job.failed"}
+TOLERANCE_S = 300  # a receiver refuses a timestamp further than this from its clock
 _STOP = object()
 
 
@@ -31,21 +34,38 @@ class WebhookRejected(S2VError):
     """The receiver answered 4xx: the request itself is wrong, so sending it again cannot help."""
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<body>": the timestamp is signed so a capture cannot be
-    replayed later with a fresh one."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+def sign(secret: str, timestamp: str, delivery: str, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256 over "<timestamp>.<delivery id>.<body>". The timestamp is signed so a capture
+    cannot be replayed later with a fresh one; the delivery id so a replay cannot pass de-duplication under a new
+    one (receivers drop ids they have seen)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.{delivery}.".encode() + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secret: str, body: bytes, timestamp: str, signature: str, *, tolerance_s: float = 300,
+def verify(secret: str, body: bytes, headers: Mapping[str, str], *, tolerance_s: float = TOLERANCE_S,
            now: float | None = None) -> bool:
-    """What a receiver does: recompute the signature in constant time and refuse stale timestamps."""
+    """What a receiver does (docs/webhooks.md has the same in a copyable snippet): recompute the signature over
+    the headers' timestamp and delivery id and the raw body, in constant time, and refuse stale timestamps.
+    headers: any mapping; names are matched case-insensitively."""
+    h = {str(k).lower(): v for k, v in headers.items()}
+    timestamp, delivery = h.get(TIMESTAMP_HEADER.lower(), ""), h.get(DELIVERY_HEADER.lower(), "")
     try:
         age = abs((time.time() if now is None else now) - int(timestamp))
     except (TypeError, ValueError):
         return False
-    return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, body), signature or "")
+    expected = sign(secret, timestamp, delivery, body)
+    return age <= tolerance_s and hmac.compare_digest(expected, h.get(SIGNATURE_HEADER.lower()) or "")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would turn the POST into a GET to wherever the Location points (a cloud
+    metadata address included) and call that delivered. A 3xx surfaces as an HTTPError instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 def _where(url: str) -> str:
@@ -147,13 +167,16 @@ class Webhook:
         headers = {"Content-Type": "application/json", "User-Agent": "s2v-batch-webhook",
                    EVENT_HEADER: event, DELIVERY_HEADER: delivery, TIMESTAMP_HEADER: ts}
         if self._secret:
-            headers[SIGNATURE_HEADER] = sign(self._secret, ts, body)
+            headers[SIGNATURE_HEADER] = sign(self._secret, ts, delivery, body)
         req = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
         where = _where(self._url)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with _opener.open(req, timeout=self.timeout_s) as resp:
                 resp.read(1 << 16)
         except urllib.error.HTTPError as e:  # before URLError: it is one
+            if 300 <= e.code < 400:  # the Location is not logged either: it may carry a token like the URL
+                raise WebhookRejected(f"{where} answered {e.code} (a redirect); redirects are never followed: "
+                                      "set webhook_url to the final address") from None
             if e.code >= 500 or e.code == 429:
                 raise TransientError(f"{where} answered {e.code}") from None
             raise WebhookRejected(f"{where} refused the event with {e.code}") from None

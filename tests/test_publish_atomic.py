@@ -96,6 +96,10 @@ def test_interrupted_first_publish_leaves_nothing_then_rerun_completes(big, tmp_
     assert not js.exists()  # the sidecar comes last, so it cannot announce an MP4 that is not there
     leftovers = list(dest.parent.glob(".tmp-*"))
     assert leftovers and (seen is None or seen <= SIZE)  # the killed write really was in progress
+    from infra.storage.base import is_temp_name
+
+    # what a SIGKILL leaves is named by the temp contract: recognisable for cleaning, never matching `*.mp4`
+    assert all(is_temp_name(t.name) and t.name.endswith(".partial") for t in leftovers)
     from infra.storage import parse
     from infra.storage.local import LocalStorage
 

@@ -175,6 +175,13 @@ def test_check_inputs_names_each_problem(s3_env, bucket, tmp_path, monkeypatch):
     text = "\n".join(map(str, problems))
     assert f"s3://{bucket}/in/missing.wav" in text and "no-such-out-bucket" in text and "nope.mp4" in text
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "bad" + SECRET_KEY)
+    from collections import OrderedDict
+
+    from infra.storage import base
+
+    # storages are cached per storage settings, and credentials are never settings: a fresh process would start
+    # with an empty cache and read the changed environment, as this does
+    monkeypatch.setattr(base, "_instances", OrderedDict())
     problems = check_inputs([job(1)], s3_settings(s3_env.endpoint, tmp_path))
     assert {p.field for p in problems} == {"audio", "image", "output"}
     assert all(SECRET_KEY not in str(p) for p in problems) and "credentials" in str(problems[0])

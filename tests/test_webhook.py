@@ -1,14 +1,21 @@
 """Webhook against a real loopback HTTP server (127.0.0.1, stopped by each test): signatures verify, 5xx is
-retried with the same delivery id, 4xx is not, a dead receiver never blocks, secrets never reach the logs."""
+retried with the same delivery id, 4xx is not, a redirect is a failure and never followed, a replay cannot pass
+de-duplication, a dead receiver never blocks, secrets never reach the logs — and the receiver snippet in
+docs/webhooks.md, run as written, accepts real deliveries and refuses forgeries and replays."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -18,24 +25,36 @@ from orchestrator.webhook import (DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADE
 
 SECRET = "s3cr3t-hmac-key-do-not-log"
 TOKEN = "tok-in-url-path"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "webhooks.md"
 
 
 class Receiver:
-    """Records every POST; answers with the next scripted status code (the last one repeats)."""
+    """Records every request; answers with the next scripted status code (the last one repeats). A 3xx code
+    comes with `Location: <location>`. With `check` (the docs' snippet), 2xx answers run it first and record
+    its verdict, as a real receiver would."""
 
-    def __init__(self, codes=(200,)):
+    def __init__(self, codes=(200,), location: str | None = None, check=None):
         self.codes, self.requests, self.lock = list(codes), [], threading.Lock()
+        self.verdicts: list[str] = []
         rec = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 with rec.lock:
                     rec.requests.append((self.path, dict(self.headers), body))
                     code = rec.codes.pop(0) if len(rec.codes) > 1 else rec.codes[0]
+                    if check and 200 <= code < 300:
+                        verdict = check(SECRET, self.headers, body)
+                        rec.verdicts.append(verdict)
+                        code = 401 if verdict == "invalid" else code
                 self.send_response(code)
+                if 300 <= code < 400 and location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            do_POST = do_GET = do_PUT = do_HEAD = _any  # noqa: N815 - a followed redirect may use any of them
 
             def log_message(self, *a):  # keep test output quiet
                 pass
@@ -85,12 +104,14 @@ def test_signed_events_per_job_and_run(receiver, caplog):
     assert events == ["job.published", "job.failed", "run.finished"]  # in order, from one sender thread
     for path, headers, body in r.requests:
         ts, sig = headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
-        assert sig.startswith("sha256=") and verify(SECRET, body, ts, sig)
+        assert sig.startswith("sha256=") and verify(SECRET, body, headers)
+        assert verify(SECRET, body, {k.lower(): v for k, v in headers.items()})  # header names: any case
         assert abs(int(ts) - time.time()) < 30
-        assert not verify("wrong-secret", body, ts, sig)
-        assert not verify(SECRET, body + b" ", ts, sig)  # body tampered
-        assert not verify(SECRET, body, str(int(ts) + 1), sig)  # timestamp is part of the signed material
-        assert not verify(SECRET, body, ts, sig, now=int(ts) + 3600)  # a stale replay is refused
+        assert not verify("wrong-secret", body, headers)
+        assert not verify(SECRET, body + b" ", headers)  # body tampered
+        assert not verify(SECRET, body, {**headers, TIMESTAMP_HEADER: str(int(ts) + 1)})  # timestamp is signed
+        assert not verify(SECRET, body, {**headers, DELIVERY_HEADER: str(uuid.uuid4())})  # so is the delivery id
+        assert not verify(SECRET, body, headers, now=int(ts) + 3600)  # a stale replay is refused
         assert headers["Content-Type"] == "application/json" and path.startswith("/hooks/")
     docs = [json.loads(b) for _, _, b in r.requests]
     assert docs[0]["job"]["id"] == "a" and docs[0]["run_id"] == "run-1"
@@ -108,7 +129,7 @@ def test_5xx_is_retried_with_the_same_delivery_id(receiver, caplog):
     assert len(r.requests) == 2 and (hook.sent, hook.failed) == (1, 0)
     (_, h1, b1), (_, h2, b2) = r.requests
     assert h1[DELIVERY_HEADER] == h2[DELIVERY_HEADER] and b1 == b2  # receivers can drop the duplicate
-    assert verify(SECRET, b2, h2[TIMESTAMP_HEADER], h2[SIGNATURE_HEADER])
+    assert verify(SECRET, b2, h2)
     assert "503" in caplog.text  # the retry is visible …
     assert SECRET not in caplog.text and TOKEN not in caplog.text  # … without the secret or the URL's token
 
@@ -154,4 +175,90 @@ def test_unsigned_without_secret_and_from_settings(receiver):
     assert SIGNATURE_HEADER not in r.requests[0][1]
     with pytest.raises(ValueError):
         Webhook("ftp://127.0.0.1/x")
-    assert sign("k", "1", b"{}") == sign("k", "1", b"{}") != sign("k", "2", b"{}")
+    assert sign("k", "1", "d", b"{}") == sign("k", "1", "d", b"{}") != sign("k", "2", "d", b"{}")
+    assert sign("k", "1", "d", b"{}") != sign("k", "1", "e", b"{}")
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failure_and_is_never_followed(receiver, caplog, code):
+    """urllib used to follow a 302 as a GET to any host (a cloud metadata address included) and count it as
+    delivered. The redirect target here is a second loopback server standing in for such an address."""
+    caplog.set_level(logging.DEBUG)
+    target = receiver(200)
+    r = Receiver((code,), location=target.url.replace(TOKEN, "elsewhere"))
+    try:
+        hook = Webhook(r.url, SECRET)
+        hook.job(_job("a", "published"))
+        assert hook.close(10)
+        assert (hook.sent, hook.failed) == (0, 1)
+        assert len(r.requests) == 1  # not retried either: the same answer would come back
+        assert target.requests == []  # never followed
+        assert f"answered {code}" in caplog.text and "redirect" in caplog.text and TOKEN not in caplog.text
+    finally:
+        r.stop()
+
+
+def _doc_snippet():
+    """The receiver snippet of docs/webhooks.md, executed as written (a fresh namespace per call)."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    code = next(b for b in blocks if "def check(" in b)
+    ns: dict = {}
+    exec(compile(code, str(DOC), "exec"), ns)  # noqa: S102 - our own documentation, run to keep it true
+    return ns["check"]
+
+
+def test_the_documented_receiver_accepts_deliveries_and_refuses_forgeries_and_replays():
+    """Real deliveries (one retried after a 503) to a loopback receiver that runs the docs' snippet; then the
+    captured requests are replayed as an attacker would: as they are, under a new delivery id, and late."""
+    check = _doc_snippet()
+    r = Receiver((503, 200, 200), check=check)
+    try:
+        hook = Webhook(r.url, SECRET)
+        hook.job(_job("a", "published"), run_id="run-1")
+        hook.run_finished({"run_id": "run-1"})
+        assert hook.close(15) and (hook.sent, hook.failed) == (2, 0)
+        assert r.verdicts == ["fresh", "fresh"]  # the retried event was accepted once, after the 503
+        (_, h1, b1), (_, h2, _), _ = r.requests
+        assert h1[DELIVERY_HEADER] == h2[DELIVERY_HEADER] and h1[TIMESTAMP_HEADER] <= h2[TIMESTAMP_HEADER]
+
+        def replay(headers: dict, body: bytes) -> int:
+            req = urllib.request.Request(r.url, data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        (_, h, body) = r.requests[-1]
+        sent = {k: v for k, v in h.items() if k.lower().startswith("x-s2v") or k == "Content-Type"}
+        assert replay(sent, body) == 200 and r.verdicts[-1] == "duplicate"  # as captured: dropped, answered 2xx
+        assert replay({**sent, DELIVERY_HEADER: str(uuid.uuid4())}, body) == 401  # new id: the signature breaks
+        assert replay(sent, body.replace(b"run-1", b"run-2")) == 401
+        assert r.verdicts[-2:] == ["invalid", "invalid"]
+    finally:
+        r.stop()
+    # late replays and junk, and the code base's verify() agrees with the snippet on each
+    check = _doc_snippet()
+    ts = str(int(time.time()))
+    good = {TIMESTAMP_HEADER: ts, DELIVERY_HEADER: "d-1", SIGNATURE_HEADER: sign(SECRET, ts, "d-1", b"{}")}
+    cases = [(good, time.time() + 301, "invalid"), ({**good, TIMESTAMP_HEADER: "soon"}, None, "invalid"),
+             ({}, None, "invalid"), (good, None, "fresh"), (good, None, "duplicate")]
+    for headers, now, want in cases:
+        assert check(SECRET, headers, b"{}", now=now) == want
+        assert verify(SECRET, b"{}", headers, now=now) == (want != "invalid")
+
+
+def test_a_non_http_url_is_refused_when_settings_load(tmp_path, run_cli, monkeypatch, capsys):
+    """An ftp:// URL used to pass settings and crash with a traceback after planning."""
+    from pydantic import ValidationError
+
+    for bad in ("ftp://127.0.0.1/hook", "file:///etc/passwd", "http:///no-host", "http://169.254.169.254/latest"):
+        with pytest.raises(ValidationError, match="webhook_url"):
+            Settings(webhook_url=bad)
+    assert Settings(webhook_url="https://hooks.example/x").webhook_url == "https://hooks.example/x"
+    m = tmp_path / "m.yaml"
+    m.write_text("jobs: []\n")
+    monkeypatch.setenv("S2V_WEBHOOK_URL", f"ftp://127.0.0.1/{TOKEN}")
+    assert run_cli("validate", m) == 2
+    err = capsys.readouterr().err
+    assert "S2V_WEBHOOK_URL" in err and "http:// or https://" in err and TOKEN not in err and "Traceback" not in err

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import mimetypes
+import os
+import posixpath
+import re
+import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +33,54 @@ class ObjectInfo:
     uri: Uri
     size: int  # bytes
     mtime: float  # last modified, seconds since the epoch
+
+
+# Temp naming contract, the same on every storage: `<same dir>/.tmp-<12 hex>-<final name>.partial`. The `.tmp-`
+# prefix keeps list() from showing it; the `.partial` suffix never matches the final suffix, so a bucket
+# notification filtered on `.mp4` or `.json` never fires for an object still being written.
+TEMP_PREFIX = ".tmp-"
+TEMP_SUFFIX = ".partial"
+# current names, the S3 temp keys of earlier versions (`.tmp-<12 hex>-<name>`), tempfile.mkstemp names of earlier
+# local writes (`.tmp-` + 8 chars) and write probes: all ours, all safe to remove once stale
+_TEMP_RE = re.compile(r"\.tmp-(?:[0-9a-f]{12}-.+|[a-z0-9_]{8}|write-probe-[0-9a-z]+)\Z", re.S)
+
+
+def temp_name(final_name: str) -> str:
+    """A fresh temp name for `final_name`, in the contract's form."""
+    return f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final_name}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a file or object name (or a whole key/path) that s2v wrote as a temp and may clean up."""
+    return bool(_TEMP_RE.match(posixpath.basename(str(name))))
+
+
+def is_stale_temp(name: str, modified: float, older_than_s: float, now: float | None = None) -> bool:
+    """A temp left behind (a killed upload, a crashed process): a temp name whose last write, by the store's own
+    timestamp (`modified`, epoch seconds), is older than older_than_s. Live writers rewrite or finish well within
+    any sensible threshold; an unknown timestamp must be passed as "now" (never old)."""
+    return is_temp_name(name) and (time.time() if now is None else now) - modified > older_than_s
+
+
+# Types a browser or CDN needs to show a file instead of downloading it; text types carry their charset.
+_TYPES = {
+    "mp4": "video/mp4", "m4a": "audio/mp4", "wav": "audio/wav", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+    "png": "image/png", "json": "application/json", "html": "text/html; charset=utf-8",
+    "txt": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8", "yaml": "application/yaml",
+    "yml": "application/yaml", "npy": "application/octet-stream",
+}
+
+
+def content_type_for(name: str) -> str:
+    """The Content-Type for a final name, from its extension (`.partial` temps take their final name's)."""
+    base = posixpath.basename(str(name))
+    if base.endswith(TEMP_SUFFIX) and base.startswith(TEMP_PREFIX):
+        base = base[len(TEMP_PREFIX) + 13:-len(TEMP_SUFFIX)]
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
+    if ext in _TYPES:
+        return _TYPES[ext]
+    guessed = mimetypes.guess_type(base)[0] or "application/octet-stream"
+    return guessed + ("; charset=utf-8" if guessed.startswith("text/") else "")
 
 
 class Storage(ABC):
@@ -69,6 +123,19 @@ class Storage(ABC):
     def delete(self, uri: Uri) -> None:
         """Delete an object; deleting a missing one is not an error."""
 
+    # conditional writes, for leases: each returns the new version token, or None when the condition failed
+    @abstractmethod
+    def create_exclusive(self, uri: Uri, data: bytes) -> str | None:
+        """Create a small object only if nothing exists under that name (atomic against other creators)."""
+
+    @abstractmethod
+    def read_versioned(self, uri: Uri) -> tuple[bytes, str] | None:
+        """(content, version token) of a small object, or None when it does not exist."""
+
+    @abstractmethod
+    def replace_if(self, uri: Uri, data: bytes, version: str) -> str | None:
+        """Replace a small object only if it still has `version` (compare-and-swap)."""
+
     def publish(self, files: list[tuple[Path, Uri]]) -> None:
         """Publish a job's files in order, each atomically; callers pass the sidecar last."""
         for src, dest in files:
@@ -80,21 +147,28 @@ class Storage(ABC):
 
     def check_writable(self, prefix: Uri) -> None:
         """Raise StorageError/InputError if objects cannot be created under prefix."""
-        probe = prefix.join(".s2v-write-probe")
+        probe = prefix.join(temp_name("write-probe"))
         self.write_bytes(probe, b"ok")
         self.delete(probe)
 
 
-def fill_atomically(dest: Path, fill, prefix: str = ".tmp-", fsync: bool = False) -> None:
-    """Have fill(tmp_path) write a temp file beside dest, then rename it over dest: dest is whole or absent."""
-    import os
-    import tempfile
+def fill_atomically(dest: Path, fill, *, fsync: bool = False, mode: int | None = None) -> None:
+    """Have fill(tmp_path) write a temp file beside dest, then rename it over dest: dest is whole or absent.
 
+    mode: the permission bits dest gets (None leaves the temp file's private 0600). Set on the temp before the
+    rename, so the final name never appears with other bits than these."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
-    os.close(fd)
+    while True:
+        tmp = str(dest.parent / temp_name(dest.name))
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            break
+        except FileExistsError:  # 48 random bits collided: draw again
+            continue
     try:
         fill(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)  # fill may have replaced the file (boto3 downloads rename their own temp onto it)
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -102,6 +176,33 @@ def fill_atomically(dest: Path, fill, prefix: str = ".tmp-", fsync: bool = False
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_umask_lock = threading.Lock()
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (os.umask would, briefly, for every thread)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:  # no /proc (macOS): the set-and-restore dance, serialised at least within our own threads
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def file_mode(settings) -> int:
+    """Permission bits for published files: `storage_file_mode` "umask" (0666 & ~umask, i.e. what any other
+    program creating the file would give it: 0644 under umask 022) or an octal string such as "0640"."""
+    value = str(getattr(settings, "storage_file_mode", None) or "umask") if settings is not None else "umask"
+    if value == "umask":
+        return 0o666 & ~process_umask()
+    return int(value.removeprefix("0o"), 8)
 
 
 def env_settings():

@@ -70,6 +70,21 @@ class _Checker:
         return None
 
 
+def within_roots(prefix: Uri, roots: list[str]) -> bool:
+    """True when prefix lies under one of roots (paths or URI prefixes, compared folder by folder, so /srv/v
+    never admits /srv/videos; local paths are compared resolved, so a symlink cannot lead out)."""
+    for root in roots:
+        try:
+            r = parse(root)
+        except InputError:
+            continue
+        base = r.key.rstrip("/")
+        if (r.scheme, r.bucket) == (prefix.scheme, prefix.bucket) and (
+                not base or prefix.key.rstrip("/") == base or prefix.key.startswith(base + "/")):
+            return True
+    return False
+
+
 def check_inputs(jobs, settings) -> list[Problem]:
     """Problems with the jobs' storage, one per (row, field); empty when rendering can start."""
     checker = _Checker(settings)
@@ -87,6 +102,13 @@ def check_inputs(jobs, settings) -> list[Problem]:
             prefix = parse(job.output)
         except InputError as e:
             problems.append(Problem(where=job.source or job.id, field="output", reason=str(e)))
+            continue
+        roots = getattr(settings, "allowed_output_roots", None)
+        if roots and not within_roots(prefix, roots):
+            problems.append(Problem(
+                where=job.source or job.id, field="output", reason=f"{prefix} is outside the allowed output roots "
+                f"({', '.join(roots)})", hint="write under one of them; the roots are this deployment's "
+                "allowed_output_roots setting (S2V_ALLOWED_OUTPUT_ROOTS)"))
             continue
         key = str(prefix)
         first = outputs.get(key)

@@ -1,4 +1,5 @@
-"""Google Cloud Storage (google-cloud-storage): resumable uploads under generation preconditions, ADC, emulator."""
+"""Google Cloud Storage (google-cloud-storage): resumable uploads under generation preconditions with the right
+Content-Type, generation-0 creates and generation-matched replaces for leases, ADC, emulator."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ from google.api_core import exceptions as gex
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from infra.storage.base import ObjectInfo, Storage, as_uri, env_settings, fill_atomically
+from infra.storage.base import (
+    TEMP_PREFIX, ObjectInfo, Storage, as_uri, content_type_for, env_settings, fill_atomically, temp_name,
+)
 from infra.storage.uri import Uri
 from core.errors import InputError, StorageError
 from core.retry import register_transient, retrying
 
 log = logging.getLogger("s2v.storage.gcs")
 
-TMP_PREFIX = ".tmp-"
 _CHUNK_UNIT = 256 * 1024  # resumable chunks must be multiples of 256 KiB
 
 
@@ -173,7 +175,7 @@ class GCSStorage(Storage):
 
         def once() -> None:  # a fresh temp file per attempt; crc32c checked against the object's own checksum
             fill_atomically(dest, lambda tmp: self._blob(u).download_to_filename(
-                tmp, retry=None, timeout=self._timeout(), checksum="crc32c"), TMP_PREFIX)
+                tmp, retry=None, timeout=self._timeout(), checksum="crc32c"))
 
         self._call("download", u, once)
         return dest
@@ -210,7 +212,7 @@ class GCSStorage(Storage):
             "list", p, lambda: [b.name for b in self._client.list_blobs(p.bucket, prefix=p.key or None, retry=None, timeout=self._timeout())]
         )
         for name in names:
-            if not posixpath.basename(name).startswith(TMP_PREFIX):
+            if not posixpath.basename(name).startswith(TEMP_PREFIX):
                 yield Uri("gs", p.bucket, name)
 
     def list_info(self, prefix: Uri | str) -> Iterator[ObjectInfo]:
@@ -249,7 +251,8 @@ class GCSStorage(Storage):
 
         def send(gen: int) -> None:
             self._blob(u).upload_from_string(
-                data, if_generation_match=gen, retry=None, timeout=self._timeout(), checksum="crc32c"
+                data, content_type=content_type_for(u.name), if_generation_match=gen, retry=None,
+                timeout=self._timeout(), checksum="crc32c"
             )
 
         self._call("write", u, lambda: self._put(u, send, len(data), crc))
@@ -265,7 +268,8 @@ class GCSStorage(Storage):
             # an explicit chunk size makes the upload resumable (chunked) for anything bigger than one chunk
             blob = self._blob(u, chunk_size=chunk if size > chunk else None)
             blob.upload_from_filename(
-                str(src), if_generation_match=gen, retry=None, timeout=self._timeout(), checksum="crc32c"
+                str(src), content_type=content_type_for(u.name), if_generation_match=gen, retry=None,
+                timeout=self._timeout(), checksum="crc32c"
             )
 
         self._call("upload", u, lambda: self._put(u, send, size, crc))
@@ -281,6 +285,44 @@ class GCSStorage(Storage):
                     raise StorageError(f"{u}: bucket '{u.bucket}' does not exist; check the bucket name") from None
 
         self._call("delete", u, rm)
+
+    # -- conditional writes (leases): the generation is the version token ---------------------------------------
+
+    def _put_if(self, what: str, u: Uri, data: bytes, generation: int) -> str | None:
+        def put() -> str | None:
+            blob = self._blob(u)
+            try:
+                blob.upload_from_string(data, content_type=content_type_for(u.name), if_generation_match=generation,
+                                        retry=None, timeout=self._timeout(), checksum="crc32c")
+            except gex.PreconditionFailed:
+                return None
+            return str(blob.generation)
+
+        return self._call(what, u, put)
+
+    def create_exclusive(self, uri: Uri | str, data: bytes) -> str | None:
+        return self._put_if("create", as_uri(uri), data, 0)  # generation 0: only if no live object exists
+
+    def read_versioned(self, uri: Uri | str) -> tuple[bytes, str] | None:
+        u = as_uri(uri)
+
+        def get() -> tuple[bytes, str] | None:
+            for _ in range(5):  # replaced between the metadata read and the download: read the new one
+                blob = self._client.bucket(u.bucket).get_blob(u.key, retry=None, timeout=self._timeout())
+                if blob is None:
+                    return None
+                try:
+                    data = blob.download_as_bytes(if_generation_match=blob.generation, retry=None,
+                                                  timeout=self._timeout())
+                except (gex.PreconditionFailed, gex.NotFound):
+                    continue
+                return data, str(blob.generation)
+            raise StorageError(f"{u}: the object kept changing while being read; try again")
+
+        return self._call("read", u, get)
+
+    def replace_if(self, uri: Uri | str, data: bytes, version: str) -> str | None:
+        return self._put_if("replace", as_uri(uri), data, int(version))
 
     # -- sharing / checks -----------------------------------------------------------------------------------
 
@@ -320,6 +362,6 @@ class GCSStorage(Storage):
                 raise StorageError(f"{p}: bucket '{p.bucket}' does not exist at {self._emulator or 'GCS'}; create it or fix the location")
 
         self._call("write under", p, need_bucket)
-        probe = p.join(f"{TMP_PREFIX}write-probe-{os.getpid()}")
+        probe = p.join(temp_name("write-probe"))
         self.write_bytes(probe, b"ok")
         self.delete(probe)

@@ -1,10 +1,10 @@
-"""S3 and S3-compatible storage (boto3): transfer-manager up/downloads, temp-key + copy publish, presigned URLs."""
+"""S3 and S3-compatible storage (boto3): transfer-manager up/downloads, temp-key + copy publish with the right
+Content-Type, conditional puts (If-None-Match / If-Match) for leases, presigned URLs."""
 
 from __future__ import annotations
 
 import logging
 import posixpath
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +13,9 @@ import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from infra.storage.base import ObjectInfo, Storage, as_uri, env_settings, fill_atomically
+from infra.storage.base import (
+    TEMP_PREFIX, ObjectInfo, Storage, as_uri, content_type_for, env_settings, fill_atomically, temp_name,
+)
 from infra.storage.uri import Uri
 from core.errors import InputError, StorageError
 from core.retry import register_transient, retrying
@@ -21,7 +23,6 @@ from core.retry import register_transient, retrying
 log = logging.getLogger("s2v.storage.s3")
 
 MB = 1024 * 1024
-TMP_PREFIX = ".tmp-"  # same marker as local storage: list() hides in-flight temp objects on every backend
 _TRANSIENT_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
     "RequestTimeout", "RequestTimeoutException", "RequestLimitExceeded", "OperationAborted",
@@ -31,6 +32,8 @@ _CREDENTIAL_CODES = {
     "AuthorizationHeaderMalformed", "InvalidClientTokenId",
 }
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+# a conditional put that lost: 412 the condition failed; 409 a concurrent write to the key won (AWS)
+_CONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -160,7 +163,7 @@ class S3Storage(Storage):
 
         def once() -> None:  # a fresh temp name per attempt: dest is complete or absent, never half-written
             fill_atomically(dest, lambda tmp: self._client.download_file(
-                u.bucket, u.key, tmp, Config=self._transfer_config()), TMP_PREFIX)
+                u.bucket, u.key, tmp, Config=self._transfer_config()))
 
         self._call("download", u, once)
         return dest
@@ -226,7 +229,7 @@ class S3Storage(Storage):
         pages = self._call("list", p, lambda: list(self._client.get_paginator("list_objects_v2").paginate(Bucket=p.bucket, Prefix=p.key)))
         for page in pages:
             for obj in page.get("Contents", []):
-                if not posixpath.basename(obj["Key"]).startswith(TMP_PREFIX):
+                if not posixpath.basename(obj["Key"]).startswith(TEMP_PREFIX):
                     yield Uri("s3", p.bucket, obj["Key"])
 
     def list_info(self, prefix: Uri | str) -> Iterator[ObjectInfo]:
@@ -241,7 +244,8 @@ class S3Storage(Storage):
     def write_bytes(self, uri: Uri | str, data: bytes) -> None:
         # a single PUT is all-or-nothing on S3; no temp key needed for small objects
         u = as_uri(uri)
-        self._call("write", u, lambda: self._client.put_object(Bucket=u.bucket, Key=u.key, Body=data))
+        self._call("write", u, lambda: self._client.put_object(Bucket=u.bucket, Key=u.key, Body=data,
+                                                               ContentType=content_type_for(u.name)))
 
     def upload(self, src: Path, uri: Uri | str) -> None:
         """Upload to a temp key next to the final one, check its size, then copy server-side and drop the temp.
@@ -253,16 +257,21 @@ class S3Storage(Storage):
         if not src.is_file():
             raise StorageError(f"{src}: no such file to upload to {u}")
         size = src.stat().st_size
-        tmp = Uri("s3", u.bucket, posixpath.join(posixpath.dirname(u.key), f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{u.name}"))
+        # the temp key ends in .partial: notifications filtered on the final suffix never see it
+        tmp = Uri("s3", u.bucket, posixpath.join(posixpath.dirname(u.key), temp_name(u.name)))
         cfg = self._transfer_config()
+        ctype = {"ContentType": content_type_for(u.name)}
         try:
-            self._call("upload", u, lambda: self._client.upload_file(str(src), tmp.bucket, tmp.key, Config=cfg))
+            self._call("upload", u, lambda: self._client.upload_file(str(src), tmp.bucket, tmp.key, Config=cfg,
+                                                                     ExtraArgs=ctype))
             got = self._call("upload", u, lambda: self._client.head_object(Bucket=tmp.bucket, Key=tmp.key))["ContentLength"]
             if got != size:
                 raise StorageError(f"{u}: uploaded {got} of {size} bytes; not published")
             source = {"Bucket": tmp.bucket, "Key": tmp.key}
-            # managed copy: single CopyObject below the threshold, UploadPartCopy above 5 GB-class sizes
-            self._call("publish", u, lambda: self._client.copy(source, u.bucket, u.key, Config=cfg))
+            # managed copy: single CopyObject below the threshold, UploadPartCopy above 5 GB-class sizes. The type
+            # is set again, explicitly: a multipart copy does not carry the source's metadata over
+            self._call("publish", u, lambda: self._client.copy(source, u.bucket, u.key, Config=cfg,
+                                                               ExtraArgs={**ctype, "MetadataDirective": "REPLACE"}))
         finally:
             try:
                 self._client.delete_object(Bucket=tmp.bucket, Key=tmp.key)
@@ -272,6 +281,44 @@ class S3Storage(Storage):
     def delete(self, uri: Uri | str) -> None:
         u = as_uri(uri)
         self._call("delete", u, lambda: self._client.delete_object(Bucket=u.bucket, Key=u.key))
+
+    # -- conditional writes (leases): AWS S3 since 2024, SeaweedFS, MinIO, R2 --------------------------------
+
+    def _conditional_put(self, what: str, u: Uri, data: bytes, **cond) -> str | None:
+        def put() -> str | None:
+            try:
+                r = self._client.put_object(Bucket=u.bucket, Key=u.key, Body=data,
+                                            ContentType=content_type_for(u.name), **cond)
+            except bce.ClientError as e:
+                code, status = _code(e)
+                if code in _CONDITION_CODES or status in (409, 412) or (cond.get("IfMatch") and (
+                        code in _NOT_FOUND_CODES or status == 404)):
+                    return None
+                raise
+            return str(r.get("ETag", ""))
+
+        return self._call(what, u, put)
+
+    def create_exclusive(self, uri: Uri | str, data: bytes) -> str | None:
+        return self._conditional_put("create", as_uri(uri), data, IfNoneMatch="*")
+
+    def read_versioned(self, uri: Uri | str) -> tuple[bytes, str] | None:
+        u = as_uri(uri)
+
+        def get() -> tuple[bytes, str] | None:
+            try:
+                r = self._client.get_object(Bucket=u.bucket, Key=u.key)
+            except bce.ClientError as e:
+                code, status = _code(e)
+                if code in _NOT_FOUND_CODES or status == 404:
+                    return None
+                raise
+            return r["Body"].read(), str(r.get("ETag", ""))
+
+        return self._call("read", u, get)
+
+    def replace_if(self, uri: Uri | str, data: bytes, version: str) -> str | None:
+        return self._conditional_put("replace", as_uri(uri), data, IfMatch=version)
 
     # -- sharing / checks -----------------------------------------------------------------------------------
 
@@ -290,6 +337,6 @@ class S3Storage(Storage):
         p = as_uri(prefix)
         # bucket first: a clear "no such bucket" beats a store that auto-creates buckets on PUT
         self._call("write under", p, lambda: self._require_bucket(p))
-        probe = p.join(f"{TMP_PREFIX}write-probe-{uuid.uuid4().hex[:8]}")
+        probe = p.join(temp_name("write-probe"))
         self.write_bytes(probe, b"ok")
         self.delete(probe)
