@@ -73,10 +73,13 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
     from ray.autoscaler._private.commands import exec_cluster
     from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 
+    from orchestrator.tunnel import quiet_launcher
+
     line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     try:
-        exec_cluster(str(config), cmd=line, run_env="auto", screen=False, tmux=False, stop=False, start=False,
-                     override_cluster_name=None, no_config_cache=False, port_forward=None, with_output=False)
+        with quiet_launcher():
+                exec_cluster(str(config), cmd=line, run_env="auto", screen=False, tmux=False, stop=False, start=False,
+                         override_cluster_name=None, no_config_cache=False, port_forward=None, with_output=False)
     except ProcessRunnerError as e:
         raise typer.Exit(int(e.code or 1)) from None
     except (Exception, SystemExit) as e:  # noqa: BLE001 — no head, ssh failure (click errors carry no code)

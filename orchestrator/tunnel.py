@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import os
 import signal
@@ -198,7 +199,8 @@ def jobs_tunnel(head: Head, local_port: int | None = None, timeout_s: float = RE
         bg = BackgroundRunner()
         try:
             try:
-                _own_connection(head.runner(bg)).run(None, port_forward=[(port, remote)], timeout=30)
+                with contextlib.redirect_stdout(io.StringIO()):  # the launcher's "Fetched IP", "Forwarding ports"
+                    _own_connection(head.runner(bg)).run(None, port_forward=[(port, remote)], timeout=30)
             except (Exception, SystemExit) as e:  # noqa: BLE001 — the runner raises click/process errors
                 raise ClusterError(f"cannot open an SSH tunnel to the head of {head.config_path}: {e}") from e
             url = f"http://127.0.0.1:{port}"

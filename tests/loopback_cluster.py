@@ -18,6 +18,7 @@ Run as a script (`python loopback_cluster.py forward LOCAL HOST REMOTE`) it is t
 from __future__ import annotations
 
 import asyncio
+import atexit
 import fcntl
 import json
 import os
@@ -90,6 +91,8 @@ from ray.autoscaler._private.command_runner import _with_environment_variables  
 from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError  # noqa: E402
 from ray.autoscaler.command_runner import CommandRunnerInterface  # noqa: E402
 from ray.autoscaler.node_provider import NodeProvider  # noqa: E402
+
+import pytest  # noqa: E402
 
 from procs import free_ports, marked_pids  # noqa: E402
 
@@ -293,9 +296,9 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
 
 
 @contextmanager
-def loopback_cluster(cfg: dict, path: Path):
-    """`s2v cluster up` on this config (written to path), yielding the provider; every node's processes are
-    stopped afterwards (`s2v cluster down`, then a sweep by marker)."""
+def loopback_cluster(cfg: dict, path: Path, down: bool = False):
+    """`s2v cluster up` on this config (written to path), yielding the provider; afterwards every node's
+    processes are stopped by marker (after `s2v cluster down` when down=True; test_cluster_cli tests down)."""
     import yaml
     from typer.testing import CliRunner
 
@@ -309,6 +312,45 @@ def loopback_cluster(cfg: dict, path: Path):
         yield provider
     finally:
         try:
-            CliRunner().invoke(app, ["down", str(path)])
+            if down:
+                CliRunner().invoke(app, ["down", str(path)])
         finally:
             provider.stop_all()
+
+
+# One S3-backed loopback cluster per test session, shared by the modules that import the fixture below (a fixture
+# imported into several modules is defined once per module, so the singleton is what makes it "once").
+_shared: dict = {}
+
+
+def _stop_shared() -> None:
+    ctx = _shared.pop("ctx", None)
+    _shared.clear()
+    if ctx is not None:
+        ctx.__exit__(None, None, None)
+
+
+atexit.register(_stop_shared)
+
+
+@pytest.fixture(scope="session")
+def s3_cluster(s3_server, tmp_path_factory, request):
+    """A loopback cluster for `s2v render --cluster`: a head with 2 CPUs and 2 logical GPUs, no workers, S3
+    credentials in the node's own environment (what an instance profile gives a real node) and its work area
+    (`metadata.s2v.work`) in a bucket of the session's SeaweedFS. Yields a dict: path, provider, head, bucket."""
+    from storage_servers import ACCESS_KEY, SECRET_KEY, unique
+
+    if "info" not in _shared:
+        tmp = tmp_path_factory.mktemp("loopback-cluster")
+        bucket = s3_server.make_bucket(unique("cluster"))
+        node_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                    "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
+        cfg = loopback_config(tmp, head_cpus=2, head_gpus=2, max_workers=0, node_env=node_env,
+                              metadata={"s2v": {"work": f"s3://{bucket}/work"}})
+        ctx = loopback_cluster(cfg, tmp / "cluster.yaml")
+        provider = ctx.__enter__()
+        _shared["ctx"] = ctx
+        (head,) = provider.non_terminated_nodes({"ray-node-type": "head"})
+        _shared["info"] = {"path": str(tmp / "cluster.yaml"), "provider": provider, "head": head, "bucket": bucket}
+        request.addfinalizer(_stop_shared)
+    return _shared["info"]

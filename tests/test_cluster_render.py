@@ -1,6 +1,6 @@
 """`s2v render --cluster` end to end: the example manifest, its inputs on this machine, rendered by the real CLI on
-a loopback cluster brought up with `s2v cluster up` (tests/loopback_cluster.py: a `ray start --head` on
-127.0.0.1 with 2 logical GPUs, its own HOME, none of this shell's S2V_* settings or credentials), submitted
+a loopback cluster brought up with `s2v cluster up` (tests/loopback_cluster.py `s3_cluster`: a `ray start --head`
+on 127.0.0.1 with 2 logical GPUs, its own HOME, none of this shell's S2V_* settings or credentials), submitted
 through the tunnel code path (Ray's command runner `port_forward`; only ssh itself is replaced by a loopback TCP
 forwarder). Work area, staged inputs and outputs live in SeaweedFS (S3) on 127.0.0.1; the webhook receiver is a
 small HTTP server on 127.0.0.1 that checks each delivery's signature with the secret."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_cluster import loopback_cluster, loopback_config
+from loopback_cluster import s3_cluster  # noqa: F401
 from orchestrator import submit
 from orchestrator.webhook import verify
 from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server, unique  # noqa: F401
@@ -56,10 +56,10 @@ def receiver():
     r.close()
 
 
-def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_server, tmp_path, run_cli,  # noqa: F811
-                                                                            monkeypatch, capsys, receiver):
+def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_cluster, s3_server, tmp_path,  # noqa: F811
+                                                                            run_cli, monkeypatch, capsys, receiver):
     isolate_cloud_env(monkeypatch, tmp_path)
-    bucket = s3_server.make_bucket(unique("cluster-render"))
+    bucket = s3_server.make_bucket(unique("cluster-render"))  # its own: --work overrides the config's work area
     for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                  "S2V_S3_ENDPOINT_URL": s3_server.endpoint, "S2V_S3_REGION": "us-east-1",
                  "S2V_S3_ADDRESSING_STYLE": "path", "S2V_WEBHOOK_URL": receiver.url,
@@ -67,20 +67,15 @@ def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_se
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("S2V_WORK", raising=False)
     monkeypatch.setattr(submit, "_JOBS_FILE", tmp_path / "runs.json")  # not the user's ~/.s2v
-    node_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
-    cfg = loopback_config(tmp_path, head_cpus=2, head_gpus=2, max_workers=0, node_env=node_env,
-                          metadata={"s2v": {"work": f"s3://{bucket}/work"}})
-    with loopback_cluster(cfg, tmp_path / "cluster.yaml") as provider:
-        code = run_cli("render", "--cluster", tmp_path / "cluster.yaml", ROOT / "manifests" / "example.yaml",
-                       "--set", f"output=s3://{bucket}/out", "--run-id", "cluster-1")
-        out = capsys.readouterr()
-        text = out.out + out.err
-        assert code == 0, text[-4000:]
-        with submit.jobs_api(str(tmp_path / "cluster.yaml")) as client:
-            info = client.get_job_info("cluster-1")
-        (head,) = provider.non_terminated_nodes({"ray-node-type": "head"})
-        assert not (provider.node_home(head) / ".s2v" / "secrets" / "cluster-1").exists()
+    config = s3_cluster["path"]
+    code = run_cli("render", "--cluster", config, ROOT / "manifests" / "example.yaml", "--work",
+                   f"s3://{bucket}/work", "--set", f"output=s3://{bucket}/out", "--run-id", "cluster-1")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 0, text[-4000:]
+    with submit.jobs_api(config) as client:
+        info = client.get_job_info("cluster-1")
+    assert not (s3_cluster["provider"].node_home(s3_cluster["head"]) / ".s2v" / "secrets" / "cluster-1").exists()
 
     s3 = s3_server.client()
 

@@ -1,8 +1,8 @@
 """`s2v render --cluster` and `s2v cluster dashboard|exec|jobs|logs|stop` against a loopback cluster.
 
-The cluster is brought up with `s2v cluster up` on tests/loopback_cluster.py's provider: a real `ray start --head`
-on 127.0.0.1 whose node has its own HOME and an environment without this shell's S2V_* settings or cloud
-credentials. Every Jobs API call goes through the tunnel code path — Ray's command runner for the head with
+The cluster (tests/loopback_cluster.py `s3_cluster`, shared with test_cluster_render.py) is brought up with
+`s2v cluster up` on the loopback provider: a real `ray start --head` on 127.0.0.1 whose node has its own HOME and
+an environment without this shell's S2V_* settings or cloud credentials. Every Jobs API call goes through the tunnel code path — Ray's command runner for the head with
 `port_forward`, which the loopback runner implements as a TCP forwarder where Ray would start `ssh -L` (the
 one part not exercised here is ssh itself). The work area and staged inputs live in SeaweedFS (S3) on 127.0.0.1.
 The job's entrypoint is a small stand-in driver that loads settings exactly as the real CLI does, reads the
@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 import media
-from loopback_cluster import ROOT, TESTS, loopback_cluster, loopback_config
+from loopback_cluster import ROOT, TESTS, loopback_config, s3_cluster  # noqa: F401
 from orchestrator import forward, submit, tunnel
-from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server, unique  # noqa: F401
+from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server  # noqa: F401
 
 SECRET = "whsec-remote-7Q2xV9-do-not-leak"
 URL_TOKEN = "T0KEN-in-webhook-path-4f1c"
@@ -70,17 +70,8 @@ def env(s3_server, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def cluster(env, s3_server, tmp_path_factory):  # noqa: F811
-    """A loopback cluster (CPU head, one GPU worker type with max_workers 2) whose work area is in S3."""
-    tmp = tmp_path_factory.mktemp("cluster")
-    bucket = s3_server.make_bucket(unique("remote"))
-    node_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,  # the node's own role
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
-    cfg = loopback_config(tmp, max_workers=2, metadata={"s2v": {"work": f"s3://{bucket}/work"}}, node_env=node_env)
-    path = tmp / "cluster.yaml"
-    with loopback_cluster(cfg, path) as provider:
-        (head,) = provider.non_terminated_nodes({"ray-node-type": "head"})
-        yield {"path": str(path), "provider": provider, "head": head, "bucket": bucket, "s3": s3_server}
+def cluster(env, s3_cluster, s3_server):  # noqa: F811
+    return {**s3_cluster, "s3": s3_server}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +139,7 @@ def test_submit_stages_inputs_forwards_settings_and_keeps_secrets_out_of_the_job
     assert f"a=s3://{bucket}/work/inputs/{wav_sha}/voice_one.wav=s3://{bucket}/out" in jobs_line
     driver_line = next(line for line in text.splitlines() if line.startswith("DRIVER"))
     assert driver_line.startswith(f"DRIVER s3://{bucket}/work/manifests/")
-    # work area from the config's metadata; --gpus from the config: max_workers 2 × 1 GPU
+    # work area from the config's metadata; --gpus from the config: the head's 2 GPUs (workers: max_workers 0)
     assert driver_line.endswith(f"--work s3://{bucket}/work --run-id sub-1 --gpus 2 --no-progress")
 
     # the secrets reached the driver (as files it removed once read) and appear nowhere else
@@ -194,6 +185,9 @@ def test_ctrl_c_while_following_asks_before_stopping(cluster, project, run_cli, 
     monkeypatch.setattr(submit, "COMMAND", driver(sleep_s=300))
     for run in ("long-1", "long-2"):
         assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", run, "--detach") == 0
+    # a run id that is running is not submitted twice
+    assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "long-1", "--detach") == 2
+    assert "run long-1 is still running" in _text(capsys)
     with submit.jobs_api(cluster["path"]) as client:
         # nobody to ask (not a terminal): the run goes on, and the user is told how to stop it
         lines: list[str] = []
@@ -210,6 +204,10 @@ def test_ctrl_c_while_following_asks_before_stopping(cluster, project, run_cli, 
     capsys.readouterr()
     assert run_cli("cluster", "stop", "long-1") == 0
     assert "long-1: STOPPED" in _text(capsys)
+    # submitted again once it ended: the same run (and work area folder), resumed under a new Ray job id
+    monkeypatch.setattr(submit, "COMMAND", driver())
+    assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "long-1", "--detach") == 0
+    assert "submitted run long-1 (2 job(s))" in (text := _text(capsys)) and "as job long-1.2" in text
 
 
 def test_dashboard_and_exec_go_through_the_launcher(cluster, run_cli, capsys):
