@@ -67,13 +67,16 @@ def secret_values(settings) -> dict[str, str]:
 
 
 def secrets_dir(run_id: str) -> str:
-    return f"{SECRETS_ROOT}/{run_id}"
+    """The run's secrets folder on the head; the run id is checked, as it lands in shell commands there."""
+    from orchestrator.submit import check_run_id
+
+    return f"{SECRETS_ROOT}/{check_run_id(run_id)}"
 
 
 def deliver_secrets(head, run_id: str, values: dict[str, str]) -> str:
     """Write the secrets to the head as files only the user can read, through the launcher (rsync over the
     config's SSH). Returns the remote folder (a `~/…` path the remote side expands)."""
-    remote = secrets_dir(run_id)  # run ids are checked: letters, digits, '.', '_', '-' only
+    remote = secrets_dir(run_id)
     with tempfile.TemporaryDirectory(prefix="s2v-secrets-") as tmp:  # 0700
         local = Path(tmp) / run_id
         local.mkdir(mode=0o700)

@@ -104,16 +104,23 @@ def stage_inputs(jobs, work: Uri, settings) -> tuple[dict[str, Uri], list[str], 
 
 
 def staged_manifest_text(jobs, staged: dict[str, Uri], source: str) -> str:
-    """The resolved jobs (defaults and --set applied) as YAML, every local input replaced by its staged URI."""
-    rows = []
+    """The resolved jobs (defaults and --set applied) as YAML, every local input replaced by its staged URI, each
+    row under a comment naming the row it came from (the remote driver's messages cite the staged file)."""
+    out = [f"# staged by `s2v render --cluster` from {_one_line(source)}: locations are URIs, defaults applied",
+           "jobs:"]
     for job in jobs:
         row = job.model_dump(mode="json", exclude_none=True)
         for f in STAGED_FIELDS:
             if row.get(f) in staged:
                 row[f] = str(staged[row[f]])
-        rows.append(row)
-    head = f"# staged by `s2v render --cluster` from {source}; locations are URIs, defaults are applied\n"
-    return head + yaml.safe_dump({"jobs": rows}, sort_keys=False, allow_unicode=True, width=120)
+        out.append(f"  # {_one_line(job.source or job.id)}")
+        dumped = yaml.safe_dump([row], sort_keys=False, allow_unicode=True, width=120)
+        out += ["  " + line if line else line for line in dumped.splitlines()]
+    return "\n".join(out) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def validate(manifest: str, settings, cli_defaults: dict | None = None):

@@ -38,7 +38,7 @@ class RemoteRunFailed(RenderError):
 
 def check_run_id(run_id: str) -> str:
     """Run ids name folders in the work area, secrets folders on the head and Ray jobs: a plain name only."""
-    if not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
         raise ConfigError(f"--run-id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
                           "letter or digit, without '..' (it names a folder in the work area)")
     return run_id
@@ -88,6 +88,7 @@ def recall(name: str) -> RemoteRun | None:
 
 def resolve(name: str, config: str | None) -> tuple[str, str]:
     """(job id, config) for a run named on the command line."""
+    check_run_id(name)  # it goes into Jobs API paths and, for secrets, a path on the head
     run = recall(name)
     if config:
         return (run.job_id if run and Path(run.config) == Path(config).resolve() else name), config

@@ -190,7 +190,7 @@ class LocalCommandRunner(CommandRunnerInterface):
 class LocalNodeProvider(NodeProvider):
     """provider config: `state_path` (JSON state; each node's folder lives beside it), `ray_address` (the
     head's GCS, as RAY_ADDRESS in every node's environment), optional `node_env` (more environment for every
-    node: what an instance profile or an image would give a real one)."""
+    node: what an instance profile or an image would give a real one) and `ray_temp_dir` (removed by stop_all)."""
 
     def __init__(self, provider_config, cluster_name):
         super().__init__(provider_config, cluster_name)
@@ -254,9 +254,11 @@ class LocalNodeProvider(NodeProvider):
         return LocalCommandRunner(node_id, self.node_home(node_id), env, process_runner)
 
     def stop_all(self) -> None:
-        """Test cleanup: kill every node's processes, whatever state the file says."""
+        """Test cleanup: kill every node's processes, whatever state the file says, and remove Ray's temp dir."""
         for nid in json.loads(self.state.read_text()) if self.state.exists() else []:
             kill_node(nid)
+        if self.provider_config.get("ray_temp_dir"):
+            shutil.rmtree(self.provider_config["ray_temp_dir"], ignore_errors=True)
 
 
 def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, max_workers: int = 1,
@@ -265,9 +267,12 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
     dashboard, the Jobs API, on 127.0.0.1 only and named in `metadata.s2v.dashboard_port`) and one GPU worker
     type (no Ray started on workers: tests that need them add their own start commands)."""
     gcs, dash, client, agent = free_ports(4)
+    # Its own Ray temp dir (short: Unix socket paths are limited to 107 bytes): in the shared /tmp/ray, the head
+    # would be "the current cluster" that any `address="auto"` on this machine joins — other tests' included.
+    temp = f"/tmp/s2v-ray-{uuid.uuid4().hex[:8]}"  # created by `ray start`, removed by stop_all
     head_start = (f"ray start --head --node-ip-address=127.0.0.1 --port={gcs} --dashboard-host=127.0.0.1 "
                   f"--dashboard-port={dash} --ray-client-server-port={client} --dashboard-agent-listen-port={agent} "
-                  f"--num-cpus={head_cpus} --num-gpus={head_gpus} --disable-usage-stats "
+                  f"--num-cpus={head_cpus} --num-gpus={head_gpus} --disable-usage-stats --temp-dir={temp} "
                   "--autoscaling-config=~/ray_bootstrap_config.yaml")
     meta = {"s2v": {"dashboard_port": dash}}
     for k, v in (metadata or {}).get("s2v", {}).items():
@@ -278,7 +283,8 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
         "max_workers": max_workers,
         "idle_timeout_minutes": 1,
         "provider": {"type": "external", "module": MODULE, "state_path": str(tmp_path / "nodes" / "state.json"),
-                     "ray_address": f"127.0.0.1:{gcs}", **({"node_env": node_env} if node_env else {})},
+                     "ray_address": f"127.0.0.1:{gcs}", "ray_temp_dir": temp,
+                     **({"node_env": node_env} if node_env else {})},
         "auth": {"ssh_user": "nobody"},
         "head_node_type": "head",
         "available_node_types": {

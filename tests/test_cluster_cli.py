@@ -8,7 +8,6 @@ killing only the processes that carry the node's environment marker.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import yaml
 from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
 from typer.testing import CliRunner
 
-from loopback_cluster import LocalNodeProvider, kill_node, loopback_config
+from loopback_cluster import LocalNodeProvider, loopback_config
 from loopback_cluster import node_pids as _node_pids
 from orchestrator.cli_cluster import app
 
@@ -82,5 +81,4 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env):
         res = r.invoke(app, ["status", str(path)])
         assert res.exit_code != 0
     finally:
-        for nid in json.loads(provider.state.read_text()) if provider.state.exists() else []:
-            kill_node(nid)
+        provider.stop_all()
