@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.errors import ClusterError, ConfigError, Problem, RenderError
+from core.errors import ClusterError, ConfigError, Problem
 from orchestrator import forward, tunnel
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -26,14 +26,6 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], "bool | None"]  # None: nobody to ask (not a terminal)
-
-
-class RemoteRunFailed(RenderError):
-    """The remote driver exited non-zero; its exit code becomes ours."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def check_run_id(run_id: str) -> str:
