@@ -148,7 +148,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     secrets = forward.secret_values(settings)
     if secrets:
         env[forward.SECRETS_ENV] = forward.secrets_dir(run_id)  # the folder's path only, never a value
-    delivered = False
+    delivered = submitted = ended = False
     try:
         with jobs_api(config, head) as client:
             job_id = _free_job_id(client, run_id)
@@ -163,16 +163,18 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
                                   metadata={"tool": "s2v-batch", "run_id": run_id, "manifest": manifest})
             except Exception as e:  # noqa: BLE001 — HTTP failures
                 raise ClusterError(f"job submission to {config} failed: {e}") from e
+            submitted = True
             remember(RemoteRun(job_id, run_id, config, str(work_uri), manifest, time.time()))
             echo(f"submitted run {run_id} ({staged.jobs} job(s)) to {config} as job {job_id}; work area {work_uri}")
             if detach:
-                delivered = False  # the driver removes them once read
                 echo(f"detached. Status: s2v status {run_id}   logs: s2v cluster logs {job_id} --follow   "
                      f"stop: s2v cluster stop {job_id}")
                 return 2 if problems else 0
             code = follow(client, job_id, config, echo=echo, confirm=confirm)
+            ended = str(_status(client, job_id).status).endswith(TERMINAL)
     finally:
-        if delivered:
+        # A run that goes on (detached, or Ctrl-C answered "no") keeps them until its driver has read them.
+        if delivered and (ended or not submitted):
             forward.remove_secrets(head, run_id)
     return 2 if problems and code in (0, 1) else code
 
@@ -201,7 +203,7 @@ def follow(client, job_id: str, config: str, *, echo: Echo = print, confirm: Con
         except Exception:  # noqa: BLE001 — the websocket can fail behind proxies: poll, then print the rest
             pass
         info = _status(client, job_id)
-        while str(info.status) not in TERMINAL and not str(info.status).endswith(TERMINAL):
+        while not str(info.status).endswith(TERMINAL):
             time.sleep(poll_s)
             info = _status(client, job_id)
         rest = client.get_job_logs(job_id)[seen:]
