@@ -27,9 +27,9 @@ def _console():
 
 
 def _settings(**overrides):
-    from core.settings import Settings
+    from orchestrator.forward import load_settings  # reads S2V_SECRETS_DIR on a cluster's driver
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _defaults(defaults_file, pairs):
@@ -104,31 +104,25 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
 
 @app.command()
 def render(manifest: str = typer.Argument(...), defaults: Optional[str] = DefaultsOpt, set_: Optional[List[str]] = SetOpt,
-           gpus: Optional[int] = typer.Option(None, help="Logical GPUs of the embedded local Ray (default 1)."),
+           gpus: Optional[int] = typer.Option(None, help="Logical GPUs of the embedded local Ray (default 1); with "
+                                              "--cluster, the most GPUs the run uses (default: all the config can launch)."),
            address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (e.g. 127.0.0.1:6379)."),
            cluster: Optional[str] = typer.Option(None, help="Submit the run to a cluster launched from this config."),
-           detach: bool = typer.Option(False, help="With --cluster: submit and return; follow with `s2v status`."),
-           work: Optional[str] = typer.Option(None, help="Work area URI for checkpoints and run state."),
+           detach: bool = typer.Option(False, help="With --cluster: submit and return (`s2v status RUN`, "
+                                       "`s2v cluster logs RUN --follow`)."),
+           work: Optional[str] = typer.Option(None, help="Work area URI for checkpoints and run state (with "
+                                              "--cluster: s3:// or gs://; default: the config's metadata.s2v.work)."),
            force: bool = typer.Option(False, help="Re-render jobs even if published or checkpointed."),
            budget: Optional[float] = typer.Option(None, help="Stop starting new chains past this many USD."),
            progress: bool = typer.Option(True, help="Show progress bars."),
            run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp).")) -> int:
     """Render every job of a manifest; exit 0 all published, 1 some failed, 2 bad input."""
+    if cluster:
+        return _render_on_cluster(cluster, manifest, defaults, set_, gpus=gpus, address=address, detach=detach,
+                                  work=work, force=force, budget=budget, run_id=run_id)
     from orchestrator.report import RichProgress, results_table, write_reports
     from orchestrator.runner import render as run_render
 
-    if cluster:
-        from orchestrator import submit
-
-        fwd = [*(["--defaults", defaults] if defaults else []), *[a for kv in (set_ or []) for a in ("--set", kv)],
-               *(["--work", work] if work else []), *(["--force"] if force else []),
-               *(["--budget", str(budget)] if budget is not None else []), *(["--run-id", run_id] if run_id else []),
-               "--no-progress"]
-        try:
-            submit.submit_run(cluster, manifest, fwd, detach)
-        except submit.RemoteRunFailed as e:
-            return e.exit_code
-        return 0
     settings = _settings(gpus=gpus, address=address, work=work, budget_usd=budget)
     result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_),
                         progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
@@ -143,6 +137,35 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
     return result.exit_code
 
 
+def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, detach, work, force, budget,
+                       run_id) -> int:
+    """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/submit.py)."""
+    from core.errors import ConfigError
+    from orchestrator import submit
+    from orchestrator.report import problems_table
+
+    if address:
+        raise ConfigError("--address and --cluster exclude each other: --cluster submits to a cluster launched "
+                          "from a config, --address joins a Ray cluster this machine can reach")
+
+    def show_problems(problems):
+        _console().print(problems_table(problems, f"{len(problems)} problem(s): these rows were not submitted"))
+
+    return submit.submit_run(cluster, manifest, _settings(), work=work, run_id=run_id, gpus=gpus, budget=budget,
+                             force=force, detach=detach, cli_defaults=_defaults(defaults, set_),
+                             echo=typer.echo, confirm=_ask, on_problems=show_problems)
+
+
+def _ask(question: str):
+    """A yes/no answer from the person at the terminal; None when there is nobody to ask."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return False
+
+
 @app.command()
 def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
            work: Optional[str] = typer.Option(None, help="Work area URI the run used."),
@@ -151,13 +174,21 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
     from orchestrator.checkpoints import WorkArea
     from orchestrator.report import results_table
 
-    settings = _settings(work=work)
-    state = WorkArea.at(settings.work, settings).read_state(run)
-    if state is None and run:
+    remote = None
+    if run and work is None:
         from orchestrator import submit
 
-        if submit.known_job(run):  # a run submitted to a cluster with --detach: follow its driver's log
-            return submit.follow(run)
+        remote = submit.job_status(run)  # a run this machine submitted to a cluster: its config and work area
+        if remote:
+            work = remote[0].work
+            _console().print(f"run {remote[0].run_id} on {remote[0].config}: job {remote[0].job_id} {remote[1]}",
+                             markup=False)
+    settings = _settings(work=work)
+    state = WorkArea.at(settings.work, settings).read_state(remote[0].run_id if remote else run)
+    if state is None and remote:
+        _console().print(f"the run has written no state to {work} yet; its log: "
+                         f"s2v cluster logs {remote[0].job_id} --follow", markup=False)
+        return 0
     if state is None:
         raise InputError(f"no run {'named ' + run if run else 'recorded'} in work area {settings.work}",)
     if state["status"] == "running" and _driver_gone(state):

@@ -1,7 +1,8 @@
 """`s2v cluster init|up|down|status|attach`: cluster configs and the Ray cluster launcher (ray.autoscaler.sdk).
 
 Every launcher call gets `_launch(config)` (infra/clusters/launch.py), never the bare file: it carries the code
-bundle mount and the zone `up` chose, so all commands address the same cluster."""
+bundle mount and the zone `up` chose, so all commands address the same cluster.
+The remote-run commands (dashboard, exec, jobs, logs, stop) are in cli_cluster_jobs.py, registered at the end."""
 
 from __future__ import annotations
 
@@ -247,3 +248,7 @@ def attach(
                            no_config_cache=False, new=False, port_forward=forwards)
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ClusterError(f"attach failed: {e}") from e
+
+
+# the remote-run commands (dashboard, exec, jobs, logs, stop) register themselves on `app`
+import orchestrator.cli_cluster_jobs  # noqa: E402,F401

@@ -1,66 +1,109 @@
-"""Issue 6: `s2v render --cluster` against a real head (`ray start --head` on 127.0.0.1, free ports, 2 logical
-GPUs) runs the example manifest through the Jobs API; outputs land where --set output points.
-
-The head's processes carry an environment marker and are stopped by it alone: `ray stop` would stop every Ray on
-the machine, including other tests' and other sessions'."""
+"""`s2v render --cluster` end to end: the example manifest, its inputs on this machine, rendered by the real CLI on
+a loopback cluster brought up with `s2v cluster up` (tests/loopback_cluster.py `s3_cluster`: a `ray start --head`
+on 127.0.0.1 with 2 logical GPUs, its own HOME, none of this shell's S2V_* settings or credentials), submitted
+through the tunnel code path (Ray's command runner `port_forward`; only ssh itself is replaced by a loopback TCP
+forwarder). Work area, staged inputs and outputs live in SeaweedFS (S3) on 127.0.0.1; the webhook receiver is a
+small HTTP server on 127.0.0.1 that checks each delivery's signature with the secret."""
 
 from __future__ import annotations
 
 import json
-import os
-import time
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from procs import ray_head
+
+from loopback_cluster import s3_cluster  # noqa: F401
+from orchestrator import submit
+from orchestrator.webhook import verify
+from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server, unique  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-
 EXAMPLE_IDS = ("lesson-01-photosynthesis", "lesson-02-water-cycle", "lesson-03-summary")
+SECRET = "whsec-cluster-render-8hJ3kq-do-not-leak"
 
 
-@pytest.fixture(scope="module")
-def gpu_head(tmp_path_factory):
-    """A head with 2 logical GPUs and 2 CPUs (stitching); its dashboard (the Jobs API) on 127.0.0.1 only."""
-    with ray_head(num_cpus=2, num_gpus=2, temp_dir=tmp_path_factory.mktemp("ray")) as url:
-        yield url
+class Receiver:
+    """Collects webhook deliveries on 127.0.0.1 (stopped by the test)."""
+
+    def __init__(self):
+        got = self.got = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 — http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                got.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/TOKEN-9d2e"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
-def test_render_cluster_runs_the_example_manifest_through_the_jobs_api(gpu_head, tmp_path, run_cli, monkeypatch,
-                                                                       capsys):
-    import orchestrator.submit as sub
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
 
-    monkeypatch.setattr(sub, "_JOBS_FILE", tmp_path / "jobs.json")  # not the user's ~/.s2v
-    monkeypatch.chdir(ROOT)  # the working dir that is uploaded is the project
-    out, work = tmp_path / "out", tmp_path / "work"
-    t0 = time.monotonic()
-    code = run_cli("render", "--cluster", gpu_head, "manifests/example.yaml", "--set", f"output={out}",
-                   "--work", work, "--run-id", "cluster-1")
-    logs = capsys.readouterr()
-    text = logs.out + logs.err
+
+def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_cluster, s3_server, tmp_path,  # noqa: F811
+                                                                            run_cli, monkeypatch, capsys, receiver):
+    isolate_cloud_env(monkeypatch, tmp_path)
+    bucket = s3_server.make_bucket(unique("cluster-render"))  # its own: --work overrides the config's work area
+    for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                 "S2V_S3_ENDPOINT_URL": s3_server.endpoint, "S2V_S3_REGION": "us-east-1",
+                 "S2V_S3_ADDRESSING_STYLE": "path", "S2V_WEBHOOK_URL": receiver.url,
+                 "S2V_WEBHOOK_SECRET": SECRET}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("S2V_WORK", raising=False)
+    monkeypatch.setattr(submit, "_JOBS_FILE", tmp_path / "runs.json")  # not the user's ~/.s2v
+    config = s3_cluster["path"]
+    code = run_cli("render", "--cluster", config, ROOT / "manifests" / "example.yaml", "--work",
+                   f"s3://{bucket}/work", "--set", f"output=s3://{bucket}/out", "--run-id", "cluster-1")
+    out = capsys.readouterr()
+    text = out.out + out.err
     assert code == 0, text[-4000:]
-    wall = time.monotonic() - t0
+    with submit.jobs_api(config) as client:
+        info = client.get_job_info("cluster-1")
+    assert not (s3_cluster["provider"].node_home(s3_cluster["head"]) / ".s2v" / "secrets" / "cluster-1").exists()
 
-    # the run went through the Jobs API: a submission id was printed and remembered, and it succeeded there
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    s3 = s3_server.client()
 
-    job_id = next(iter(json.loads((tmp_path / "jobs.json").read_text())))
-    assert job_id in text
-    info = JobSubmissionClient(gpu_head).get_job_info(job_id)
-    assert info.status == JobStatus.SUCCEEDED
-    assert "orchestrator.cli render manifests/example.yaml" in info.entrypoint
+    def read(key: str) -> bytes:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    # the real CLI rendered on the cluster from the staged manifest, with the config's GPUs
+    assert str(info.status) == "SUCCEEDED"
+    assert "orchestrator.cli render s3://" in info.entrypoint and "--gpus 2" in info.entrypoint
     assert "--cluster" not in info.entrypoint  # the remote driver renders; it does not submit again
+    # every input (m4a, mp3, flac audio, two jpg images) staged once by content
+    inputs = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="work/inputs/")["Contents"]]
+    assert sorted(k.rsplit("/", 1)[1] for k in inputs) == sorted(
+        ["lesson1.m4a", "lesson2.mp3", "lesson3.flac", "presenter.jpg", "presenter-portrait.jpg"])
 
+    # outputs and run state in object storage, written by the remote driver
     for jid in EXAMPLE_IDS:
-        meta = json.loads((out / f"{jid}.json").read_text())
-        assert (out / f"{jid}.mp4").stat().st_size > 0 and (out / f"{jid}.jpg").stat().st_size > 0
+        meta = json.loads(read(f"out/{jid}.json"))
         assert meta["id"] == jid and meta["frames"] > 0 and meta["backend"]["name"] == "draft"
-    assert json.loads((out / "lesson-02-water-cycle.json").read_text())["plan"]["scenes"][1]  # cut into scenes
-
-    # the remote driver (another process) wrote the run state where --work pointed
-    state = json.loads((work / "runs" / "cluster-1" / "state.json").read_text())
+        assert len(read(f"out/{jid}.mp4")) > 0 and len(read(f"out/{jid}.jpg")) > 0
+    state = json.loads(read("work/runs/cluster-1/state.json"))
     assert state["status"] == "finished" and {j["status"] for j in state["jobs"].values()} == {"published"}
-    assert state["pid"] != os.getpid()
-    report = json.loads((out / "report.json").read_text())
-    assert report["exit_code"] == 0 and report["totals"]["published"] == 3
-    assert wall < 240
+    assert json.loads(read("out/report.json"))["totals"]["published"] == 3
+
+    # the webhook secret reached the remote driver (every delivery verifies with it) and nothing else shows it
+    assert len(receiver.got) >= 4  # three jobs published + the run
+    for headers, body in receiver.got:
+        assert verify(SECRET, body, headers)
+    job_blob = json.dumps([info.entrypoint, info.runtime_env, info.metadata])
+    for leak in (SECRET, "TOKEN-9d2e"):
+        assert leak not in job_blob and leak not in text

@@ -1,79 +1,280 @@
-"""Jobs API submission against a real local head (`ray start --head` on 127.0.0.1, free ports), stopped after.
+"""`s2v render --cluster` and `s2v cluster dashboard|exec|jobs|logs|stop` against a loopback cluster.
 
-The head's processes carry an environment marker and are stopped by it: `ray stop` would stop every Ray on the
-machine. The entrypoint is a tiny script in a temporary working dir standing in for `s2v render`.
+The cluster (tests/loopback_cluster.py `s3_cluster`, shared with test_cluster_render.py) is brought up with
+`s2v cluster up` on the loopback provider: a real `ray start --head` on 127.0.0.1 whose node has its own HOME and
+an environment without this shell's S2V_* settings or cloud credentials. Every Jobs API call goes through the tunnel code path — Ray's command runner for the head with
+`port_forward`, which the loopback runner implements as a TCP forwarder where Ray would start `ssh -L` (the
+one part not exercised here is ssh itself). The work area and staged inputs live in SeaweedFS (S3) on 127.0.0.1.
+The job's entrypoint is a small stand-in driver that loads settings exactly as the real CLI does, reads the
+staged manifest from S3 and reports what it received.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 
-from orchestrator.submit import RemoteRunFailed, _strip_local_flags, dashboard_address, follow, submit_run
-from procs import ray_head
+import media
+from loopback_cluster import ROOT, TESTS, loopback_config, s3_cluster  # noqa: F401
+from orchestrator import forward, submit, tunnel
+from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server  # noqa: F401
+
+SECRET = "whsec-remote-7Q2xV9-do-not-leak"
+URL_TOKEN = "T0KEN-in-webhook-path-4f1c"
+DRIVER = """
+import hashlib, os, sys, time
+from orchestrator.cli import _settings
+code, sleep_s, manifest = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+folder = os.environ.get('S2V_SECRETS_DIR')
+s = _settings()
+from orchestrator.manifest import load_manifest
+m = load_manifest(manifest, None, s)
+print('DRIVER', ' '.join(sys.argv[3:]), flush=True)
+print('JOBS', ' '.join(sorted(j.id + '=' + j.audio + '=' + j.output for j in m.jobs)), flush=True)
+print('SECRET', hashlib.sha256((s.webhook_secret or '').encode()).hexdigest(),
+      'URL', hashlib.sha256((s.webhook_url or '').encode()).hexdigest(),
+      'LEFT', os.path.exists(os.path.expanduser(folder)) if folder else None, flush=True)
+print('STARTED', flush=True)
+time.sleep(sleep_s)
+sys.exit(code)
+"""
 
 
+def driver(exit_code: int = 0, sleep_s: float = 0) -> list[str]:
+    return ["python", "-c", DRIVER, str(exit_code), str(sleep_s)]
 
 
 @pytest.fixture(scope="module")
-def head():
-    with ray_head(num_cpus=1) as url:
-        yield url
+def env(s3_server, tmp_path_factory):  # noqa: F811
+    """This machine's environment: S3 credentials, S2V_* settings, a private ~/.s2v run list."""
+    home = tmp_path_factory.mktemp("laptop")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_cloud_env(mp, home)
+        for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                     "S2V_S3_ENDPOINT_URL": s3_server.endpoint, "S2V_S3_REGION": "us-east-1",
+                     "S2V_S3_ADDRESSING_STYLE": "path", "S2V_CACHE_DIR": str(home / "cache")}.items():
+            mp.setenv(k, v)
+        for k in ("S2V_WORK", "S2V_ADDRESS", "S2V_WEBHOOK_URL", "S2V_WEBHOOK_SECRET", "S2V_SECRETS_DIR"):
+            mp.delenv(k, raising=False)
+        mp.setattr(submit, "_JOBS_FILE", home / "runs.json")
+        yield home
 
 
-@pytest.fixture(autouse=True)
-def jobs_file(tmp_path, monkeypatch):
-    import orchestrator.submit as sub
-
-    monkeypatch.setattr(sub, "_JOBS_FILE", tmp_path / "jobs.json")
+@pytest.fixture(scope="module")
+def cluster(env, s3_cluster, s3_server):  # noqa: F811
+    return {**s3_cluster, "s3": s3_server}
 
 
-@pytest.fixture
-def project(tmp_path):
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "m.yaml").write_text("jobs: []\n")
-    (tmp_path / "fake_render.py").write_text(
-        "import os, sys\n"
-        "print('RENDER', ' '.join(sys.argv[1:]), 'ADDRESS', os.environ.get('S2V_ADDRESS'), flush=True)\n"
-        "assert open(sys.argv[1]).read().startswith('jobs')\n"
-        "sys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n"
-    )
-    return tmp_path
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, cluster):
+    """A user's folder: a manifest with local inputs and an S3 output prefix."""
+    d = tmp_path_factory.mktemp("project")
+    pcm, _ = media.speech([(1.0, 0.3), (0.8, 0)], seed=5)
+    media.write_wav(d / "voice one.wav", pcm)
+    media.presenter(d / "face.png", size=96)
+    m = media.write_manifest(d / "m.yaml", [{"id": "a", "audio": "voice one.wav"}, {"id": "b", "audio": "voice one.wav",
+                                                                                  "seed": 2}],
+                             {"image": "face.png", "output": f"s3://{cluster['bucket']}/out", "backend": "draft"})
+    return d, m
 
 
-def test_submit_streams_logs_and_succeeds(head, project):
-    lines: list[str] = []
-    job = submit_run(head, str(project / "manifests" / "m.yaml"), ["--backend", "draft", "--cluster", "c.yaml"],
-                     detach=False, working_dir=project, command=["python", "fake_render.py"], echo=lines.append)
-    text = "\n".join(lines)
-    assert job in text
-    assert "RENDER manifests/m.yaml --backend draft ADDRESS auto" in text  # --cluster was not forwarded
+def _text(capsys) -> str:
+    """Everything printed, with rich's line wrapping undone."""
+    out = capsys.readouterr()
+    return " ".join((out.out + out.err).split())
 
 
-def test_submit_failure_exit_code_and_detach(head, project):
-    with pytest.raises(RemoteRunFailed) as ei:
-        submit_run(head, str(project / "manifests" / "m.yaml"), [], detach=False, working_dir=project,
-                   command=["python", "fake_render.py"], env_vars={"FAKE_EXIT": "3"}, echo=lambda s: None)
-    assert ei.value.exit_code == 3
-    lines: list[str] = []
-    job = submit_run(head, str(project / "manifests" / "m.yaml"), [], detach=True, working_dir=project,
-                     command=["python", "fake_render.py"], echo=lines.append)
-    assert any("s2v status" in line for line in lines)
-    # `s2v status JOB` finds the address from the remembered submission.
-    out: list[str] = []
-    assert follow(job, echo=out.append) == 0
-    assert any("RENDER" in line for line in out)
+def _keys(s3, bucket: str, prefix: str) -> list[str]:
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
-def test_manifest_outside_working_dir_and_addresses(project, tmp_path_factory):
-    from core.errors import ConfigError
+def test_tunnel_reaches_the_jobs_api_and_closes(cluster, tmp_path):
+    head = tunnel.find_head(cluster["path"])
+    with tunnel.jobs_tunnel(head) as url:
+        port = int(url.rsplit(":", 1)[1])
+        assert port != tunnel.dashboard_port(head.config)  # a local forward, not the head's own port
+        with urllib.request.urlopen(f"{url}/api/version", timeout=10) as r:
+            assert "ray_version" in json.loads(r.read())
+    with pytest.raises(OSError):  # closed on exit: nothing listens there any more
+        urllib.request.urlopen(f"{url}/api/version", timeout=2)
+    # a dashboard port where nothing answers fails with the reason, it does not hang
+    cfg = yaml.safe_load(Path(cluster["path"]).read_text())
+    cfg["metadata"]["s2v"]["dashboard_port"] = tunnel.free_local_port()
+    bad = tunnel.Head(cluster["path"], cfg, head.provider, head.node_id)
+    with pytest.raises(Exception, match="did not answer through the SSH tunnel"):
+        with tunnel.jobs_tunnel(bad, timeout_s=2):
+            pass
 
-    other = tmp_path_factory.mktemp("elsewhere") / "m.yaml"
-    other.write_text("jobs: []\n")
-    with pytest.raises(ConfigError, match="outside the working dir"):
-        submit_run("127.0.0.1:1", str(other), [], detach=True, working_dir=project, echo=lambda s: None)
-    assert dashboard_address("10.0.0.1") == "http://10.0.0.1:8265"
-    assert dashboard_address("http://h:9/") == "http://h:9"
-    with pytest.raises(ConfigError):
-        dashboard_address("ray://h:10001")
-    assert _strip_local_flags(["--detach", "--address=x", "--cluster", "c.yaml", "--gpus", "2"]) == ["--gpus", "2"]
+
+def test_submit_stages_inputs_forwards_settings_and_keeps_secrets_out_of_the_job(cluster, project, run_cli, capsys,
+                                                                                 monkeypatch):
+    d, manifest = project
+    monkeypatch.setattr(submit, "COMMAND", driver())
+    monkeypatch.setenv("S2V_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("S2V_WEBHOOK_URL", f"http://127.0.0.1:9/hook/{URL_TOKEN}")
+    monkeypatch.setenv("S2V_CRF", "21")  # an ordinary setting: it must reach the driver
+    code = run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "sub-1")
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert code == 0, text[-3000:]
+    bucket, s3 = cluster["bucket"], cluster["s3"]
+
+    # inputs staged by content, once per distinct file; the driver read URIs, not paths of this machine
+    wav_sha = hashlib.sha256((d / "voice one.wav").read_bytes()).hexdigest()
+    inputs = _keys(s3, bucket, "work/inputs/")
+    assert sorted(k.split("/")[2] for k in inputs) == sorted(
+        [wav_sha, hashlib.sha256((d / "face.png").read_bytes()).hexdigest()])
+    assert f"work/inputs/{wav_sha}/voice_one.wav" in inputs
+    assert "2 uploaded, 0 already there" in text
+    jobs_line = next(line for line in text.splitlines() if line.startswith("JOBS"))
+    assert f"a=s3://{bucket}/work/inputs/{wav_sha}/voice_one.wav=s3://{bucket}/out" in jobs_line
+    driver_line = next(line for line in text.splitlines() if line.startswith("DRIVER"))
+    assert driver_line.startswith(f"DRIVER s3://{bucket}/work/manifests/")
+    # work area from the config's metadata; --gpus from the config: the head's 2 GPUs (workers: max_workers 0)
+    assert driver_line.endswith(f"--work s3://{bucket}/work --run-id sub-1 --gpus 2 --no-progress")
+
+    # the secrets reached the driver (as files it removed once read) and appear nowhere else
+    secret_line = next(line for line in text.splitlines() if line.startswith("SECRET"))
+    assert secret_line == (f"SECRET {hashlib.sha256(SECRET.encode()).hexdigest()} URL "
+                           f"{hashlib.sha256(f'http://127.0.0.1:9/hook/{URL_TOKEN}'.encode()).hexdigest()} LEFT False")
+    assert not (cluster["provider"].node_home(cluster["head"]) / ".s2v" / "secrets" / "sub-1").exists()
+    with submit.jobs_api(cluster["path"]) as client:
+        info = client.get_job_info("sub-1")
+    env = info.runtime_env["env_vars"]
+    assert env["S2V_S3_ENDPOINT_URL"] == s3.endpoint and env["S2V_CRF"] == "21" and env["S2V_ADDRESS"] == "auto"
+    assert "S2V_CACHE_DIR" not in env and "AWS_SECRET_ACCESS_KEY" not in env  # this machine's, not the node's
+    assert env[forward.SECRETS_ENV] == "~/.s2v/secrets/sub-1"
+    job_blob = json.dumps([info.entrypoint, info.runtime_env, info.metadata])
+    for leak in (SECRET, URL_TOKEN):
+        assert leak not in job_blob and leak not in text
+
+    # again, detached, failing: nothing uploaded twice; `s2v status`, `logs`, `jobs` find it
+    monkeypatch.setattr(submit, "COMMAND", driver(exit_code=3))
+    assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "sub-2", "--detach") == 0
+    text = _text(capsys)
+    assert "0 uploaded, 2 already there" in text and "s2v cluster logs sub-2 --follow" in text
+    assert run_cli("cluster", "logs", "sub-2", "--follow") == 3
+    assert "DRIVER" in _text(capsys)
+    assert run_cli("status", "sub-2") == 0
+    assert "job sub-2 FAILED" in _text(capsys)
+    assert run_cli("cluster", "jobs", cluster["path"]) == 0
+    listing = _text(capsys)
+    assert "sub-1" in listing and "SUCCEEDED" in listing and "sub-2" in listing and "FAILED" in listing
+
+
+def _interrupt_when(marker: str, lines: list[str]):
+    def echo(line: str) -> None:
+        lines.append(line)
+        if marker in line:
+            signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, delivered to this process
+
+    return echo
+
+
+def test_ctrl_c_while_following_asks_before_stopping(cluster, project, run_cli, capsys, monkeypatch):
+    _, manifest = project
+    monkeypatch.setattr(submit, "COMMAND", driver(sleep_s=300))
+    for run in ("long-1", "long-2"):
+        assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", run, "--detach") == 0
+    # a run id that is running is not submitted twice
+    assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "long-1", "--detach") == 2
+    assert "run long-1 is still running" in _text(capsys)
+    with submit.jobs_api(cluster["path"]) as client:
+        # nobody to ask (not a terminal): the run goes on, and the user is told how to stop it
+        lines: list[str] = []
+        assert submit.follow(client, "long-1", cluster["path"], echo=_interrupt_when("STARTED", lines),
+                             confirm=lambda q: None) == 130
+        assert "s2v cluster stop long-1" in lines[-1]
+        assert str(client.get_job_info("long-1").status) == "RUNNING"
+        # asked, and the answer is yes: the remote run is stopped
+        asked: list[str] = []
+        assert submit.follow(client, "long-2", cluster["path"], echo=_interrupt_when("STARTED", []),
+                             confirm=lambda q: asked.append(q) or True) == 130
+        assert asked and "long-2" in asked[0]
+        assert str(client.get_job_info("long-2").status) == "STOPPED"
+    capsys.readouterr()
+    assert run_cli("cluster", "stop", "long-1") == 0
+    assert "long-1: STOPPED" in _text(capsys)
+    # submitted again once it ended: the same run (and work area folder), resumed under a new Ray job id
+    monkeypatch.setattr(submit, "COMMAND", driver())
+    assert run_cli("render", "--cluster", cluster["path"], str(manifest), "--run-id", "long-1", "--detach") == 0
+    assert "submitted run long-1 (2 job(s))" in (text := _text(capsys)) and "as job long-1.2" in text
+
+
+def test_dashboard_and_exec_go_through_the_launcher(cluster, run_cli, capsys):
+    env = dict(os.environ, PYTHONPATH=f"{TESTS}:{ROOT}")
+    port = tunnel.free_local_port()
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "cluster", "dashboard", cluster["path"],
+                          "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "dashboard:" not in line:
+            line = p.stdout.readline()
+            assert line or p.poll() is None, "dashboard exited before printing its URL"
+        assert f"http://127.0.0.1:{port}" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as r:
+            assert r.status == 200
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 0
+        assert "tunnel closed" in p.stdout.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+
+    home = cluster["provider"].node_home(cluster["head"])
+    assert run_cli("cluster", "exec", "echo on-$HOME; exit 3", "-c", cluster["path"]) == 3
+    assert f"on-{home}" in _text(capsys)
+
+
+def test_refused_before_the_cluster_is_touched(tmp_path, env, run_cli, capsys):
+    """Local work areas and outputs, and unsafe run ids, are refused with the reason and the fix — offline."""
+    cfg = loopback_config(tmp_path)  # never brought up: none of these may need it
+    valid = tmp_path / "valid.yaml"
+    valid.write_text(yaml.safe_dump(cfg))
+    del cfg["metadata"]["s2v"]["work"]  # a config written by hand, without the work area `init` writes
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    img = media.presenter(tmp_path / "p.png", size=64)
+    pcm, _ = media.speech([(0.5, 0)], seed=1)
+    media.write_wav(tmp_path / "v.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": "a", "audio": "v.wav", "image": str(img)},
+                                                   {"id": "b", "audio": "v.wav", "image": str(img),
+                                                    "output": "s3://somewhere/out"}], {"output": "renders"})
+
+    assert run_cli("render", "--cluster", path, m) == 2
+    assert "needs a work area in object storage" in _text(capsys)
+    assert run_cli("render", "--cluster", path, m, "--work", tmp_path / "w") == 2
+    assert "is a local path" in _text(capsys)
+    assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w", "--run-id", "../../esc") == 2
+    assert "--run-id" in _text(capsys)
+    for name in ("../../esc", "x; rm -rf ~"):  # it would land in a path and a shell command on the head
+        assert run_cli("cluster", "stop", name, "-c", valid) == 2
+        assert "use 1-128 letters" in _text(capsys)
+    # row a's output resolves to a local folder: named with file, row and field; row b is left to a check that
+    # cannot pass offline (no bucket 'somewhere'), so nothing is left to submit
+    assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
+    text = _text(capsys)
+    assert f"{m}:" in text and "(job #1) field 'output'" in text and "resolves to the local path" in text
+    assert "--set output=s3://" in text
+    assert not (tmp_path / "renders").exists()
+
+
+def test_default_gpus_and_forwarded_env():
+    cfg = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 4}}, "spot8": {"resources": {"GPU": 8}, "max_workers": 2},
+        "spot1": {"resources": {"GPU": 1}, "max_workers": 4}, "cpu": {"resources": {"CPU": 8}, "max_workers": 3}}}
+    assert forward.default_gpus(cfg) == 2 * 8 + 3 * 1  # biggest nodes first, 5 workers in all
+    env = forward.forwarded_env({"S2V_CRF": "20", "S2V_PRICES__H100_AWS__SPOT": "2.1", "S2V_WEBHOOK_SECRET": "x",
+                                 "S2V_WEBHOOK_URL": "y", "S2V_WORK": "w", "S2V_NOT_A_SETTING": "z", "HOME": "/h"})
+    assert env == {"S2V_CRF": "20", "S2V_PRICES__H100_AWS__SPOT": "2.1", **forward.CLUSTER_ENV}

@@ -1,0 +1,134 @@
+"""`s2v cluster dashboard|exec|jobs|logs|stop`: a cluster's runs and head node, reached through the launcher's SSH
+(the Jobs API only ever through a tunnel s2v opens). Registered on the `s2v cluster` group."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from core.errors import ClusterError
+from orchestrator.cli_cluster import CONFIG_ARG, _checked, _errors_to_exit, app
+
+RUN_ARG = typer.Argument(..., help="Run id (or Ray job id) printed by `s2v render --cluster`.")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="Cluster config (default: the one the run was submitted to).")
+
+
+def _ask(question: str):
+    from orchestrator.cli import _ask as ask
+
+    return ask(question)
+
+
+@app.command()
+@_errors_to_exit
+def dashboard(config: Path = CONFIG_ARG,
+              port: Optional[int] = typer.Option(None, help="Local port (default: 8265 if free, else any)."),
+              ) -> None:
+    """Open the Ray dashboard through an SSH tunnel; prints the local URL and keeps it open until Ctrl-C."""
+    from orchestrator import tunnel
+
+    _checked(config)
+    head = tunnel.find_head(config)
+    if port is None:
+        port = tunnel.DEFAULT_DASHBOARD_PORT if _free(tunnel.DEFAULT_DASHBOARD_PORT) else None
+    done = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: done.set())  # `kill` closes it as cleanly as Ctrl-C
+    try:
+        with tunnel.jobs_tunnel(head, local_port=port) as url:
+            typer.echo(f"dashboard: {url}  (through SSH to the head of {config}; Ctrl-C closes it)")
+            try:
+                while not done.wait(1.0):
+                    pass
+            except KeyboardInterrupt:
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo("tunnel closed")
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@app.command("exec")
+@_errors_to_exit
+def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head (quote it, or put it after --)."),
+          config: Path = typer.Option(Path("cluster.yaml"), "--config", "-c", help="Cluster config."),
+          ) -> None:
+    """Run a shell command on the head node through the launcher's SSH; exits with its exit code."""
+    import shlex
+
+    _checked(config)
+    from ray.autoscaler._private.commands import exec_cluster
+    from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
+
+    from orchestrator.tunnel import quiet_launcher
+
+    line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    try:
+        with quiet_launcher():
+                exec_cluster(str(config), cmd=line, run_env="auto", screen=False, tmux=False, stop=False, start=False,
+                         override_cluster_name=None, no_config_cache=False, port_forward=None, with_output=False)
+    except ProcessRunnerError as e:
+        raise typer.Exit(int(e.code or 1)) from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 — no head, ssh failure (click errors carry no code)
+        if isinstance(e, RuntimeError) and "not found" in str(e):
+            raise ClusterError(f"no running cluster for {config}: start it with `s2v cluster up {config}`") from e
+        raise ClusterError(f"exec on the head of {config} failed: {e}") from e
+
+
+@app.command()
+@_errors_to_exit
+def jobs(config: Path = CONFIG_ARG) -> None:
+    """List the runs (Ray jobs) on the cluster, oldest first."""
+    import time
+
+    from orchestrator import submit
+
+    _checked(config)
+    rows = submit.list_jobs(str(config))
+    if not rows:
+        typer.echo("no runs on this cluster")
+    for r in rows:
+        start = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start"])) if r["start"] else "-"
+        typer.echo(f"{r['job']:<36} {r['status']:<10} {start:<16} {r['manifest']}")
+
+
+@app.command()
+@_errors_to_exit
+def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the run ends."),
+         ) -> None:
+    """Print a run's driver log (or follow it; Ctrl-C asks whether to stop the run)."""
+    from orchestrator import submit
+
+    if config:
+        _checked(config)
+    code = submit.logs(run, str(config) if config else None, follow_=follow, echo=typer.echo, confirm=_ask)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@_errors_to_exit
+def stop(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT) -> None:
+    """Stop a run on the cluster (its checkpoints stay: submitting the manifest again resumes it)."""
+    from orchestrator import submit
+
+    if config:
+        _checked(config)
+    status = submit.stop(run, str(config) if config else None, echo=typer.echo)
+    if status != "STOPPED" and status != "SUCCEEDED" and status != "FAILED":
+        typer.echo(f"the run did not stop in time (status {status})", err=True)
+        raise typer.Exit(1)

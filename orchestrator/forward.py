@@ -1,0 +1,135 @@
+"""What of the user's settings reaches a remote driver: non-secret S2V_* settings as job env vars, the GPU bound,
+and secrets as 0600 files delivered through the launcher (never in the job's env, which Ray shows to anyone)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SECRETS_ENV = "S2V_SECRETS_DIR"  # the remote CLI reads secrets from files here (pydantic-settings secrets_dir)
+SECRETS_ROOT = "~/.s2v/secrets"  # on the head; one folder per run, removed once the driver has read it
+# Settings that describe this machine, not the cluster: a laptop's Ray address, work folder, cache, AWS profile
+# or credentials file mean nothing on a node (the nodes' own credentials and the job's flags take their place).
+LOCAL_ONLY = frozenset({"address", "work", "cache_dir", "gcs_credentials_file", "s3_profile", "preemption_sources",
+                        "gpus", "budget_usd"})
+# What every cluster driver gets: join the cluster it runs on, watch the cloud's preemption notices.
+CLUSTER_ENV = {"S2V_ADDRESS": "auto", "S2V_PREEMPTION_SOURCES": "auto"}
+
+
+def _fields() -> dict:
+    from core.settings import Settings
+
+    return Settings.model_fields
+
+
+def secret_fields() -> frozenset[str]:
+    """Settings that are secrets: declared repr=False (kept out of logs) or typed SecretStr/SecretBytes."""
+    from pydantic import SecretBytes, SecretStr
+
+    out = set()
+    for name, f in _fields().items():
+        ann = str(f.annotation)
+        if f.repr is False or SecretStr.__name__ in ann or SecretBytes.__name__ in ann:
+            out.add(name)
+    return frozenset(out)
+
+
+def _field_of(env_name: str) -> str | None:
+    """The Settings field an S2V_* variable sets (S2V_PRICES__H100_AWS__SPOT → prices), or None."""
+    if not env_name.upper().startswith("S2V_"):
+        return None
+    top = env_name[4:].split("__", 1)[0].lower()
+    return top if top in _fields() else None
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The user's S2V_* settings for the remote driver: no secrets, nothing that only means something here."""
+    environ = dict(os.environ if environ is None else environ)
+    skip = secret_fields() | LOCAL_ONLY
+    out = {k: v for k, v in environ.items() if (f := _field_of(k)) is not None and f not in skip}
+    return {**out, **CLUSTER_ENV}
+
+
+def secret_values(settings) -> dict[str, str]:
+    """File name → content for every secret setting that is set (names as pydantic-settings looks them up)."""
+    prefix = settings.model_config.get("env_prefix", "")
+    out = {}
+    for name in sorted(secret_fields()):
+        value = getattr(settings, name, None)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        out[f"{prefix}{name}".lower()] = value.decode() if isinstance(value, bytes) else str(value)
+    return out
+
+
+def secrets_dir(run_id: str) -> str:
+    """The run's secrets folder on the head; the run id is checked, as it lands in shell commands there."""
+    from orchestrator.submit import check_run_id
+
+    return f"{SECRETS_ROOT}/{check_run_id(run_id)}"
+
+
+def deliver_secrets(head, run_id: str, values: dict[str, str]) -> str:
+    """Write the secrets to the head as files only the user can read, through the launcher (rsync over the
+    config's SSH). Returns the remote folder (a `~/…` path the remote side expands)."""
+    remote = secrets_dir(run_id)
+    with tempfile.TemporaryDirectory(prefix="s2v-secrets-") as tmp:  # 0700
+        local = Path(tmp) / run_id
+        local.mkdir(mode=0o700)
+        for name, value in values.items():
+            fd = os.open(local / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+        runner = head.runner()
+        runner.run(f"mkdir -p {SECRETS_ROOT} && chmod 700 {SECRETS_ROOT} && rm -rf {remote}", with_output=True)
+        runner.run_rsync_up(f"{local}/", f"{remote}/")
+        runner.run(f"chmod 700 {remote} && chmod 600 {remote}/*", with_output=True)
+    return remote
+
+
+def remove_secrets(head, run_id: str) -> None:
+    """Best effort: the driver removes them itself once read; this covers a run that never started."""
+    try:
+        head.runner().run(f"rm -rf {secrets_dir(run_id)}", with_output=True)
+    except (Exception, SystemExit):  # noqa: BLE001 — the cluster may be gone already
+        pass
+
+
+def load_settings(**overrides):
+    """Settings for a CLI command. With S2V_SECRETS_DIR set (a cluster driver), secrets are read from files
+    there; a folder s2v delivered (under ~/.s2v/secrets/) is removed as soon as it has been read, so secrets
+    rest on the head's disk only between submission and the driver's start."""
+    from core.settings import Settings
+
+    folder = os.environ.get(SECRETS_ENV)
+    if not folder:
+        return Settings(**overrides)
+    path = Path(folder).expanduser()
+    settings = Settings(_secrets_dir=path, **overrides)
+    root = Path(SECRETS_ROOT).expanduser().resolve()
+    if path.is_dir() and path.resolve().parent == root:
+        shutil.rmtree(path, ignore_errors=True)
+    return settings
+
+
+def default_gpus(cfg: dict) -> int:
+    """The most GPUs the config can launch: the head's, plus worker types' max_workers × GPUs per node, taking
+    the biggest nodes first, bounded by the cluster's max_workers."""
+    types = cfg.get("available_node_types") or {}
+    head = cfg.get("head_node_type")
+    total = int(float((types.get(head, {}).get("resources") or {}).get("GPU", 0)))
+    budget = int(cfg.get("max_workers", 0) or 0)
+    workers = []
+    for name, t in types.items():
+        gpus = int(float((t.get("resources") or {}).get("GPU", 0)))
+        if name != head and gpus > 0:
+            workers.append((gpus, int(t.get("max_workers", budget) or 0)))
+    for gpus, most in sorted(workers, reverse=True):
+        n = max(0, min(most, budget))
+        total += n * gpus
+        budget -= n
+    return max(1, total)

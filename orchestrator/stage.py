@@ -1,0 +1,159 @@
+"""Cluster runs keep every byte in object storage: the work area, refused local outputs, local inputs staged to
+the work area by content, and the resolved manifest the remote driver reads."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from core.errors import ConfigError, ManifestError, Problem
+from core.retry import retrying
+from infra.storage import Uri, parse, storage_for
+
+CLOUD_SCHEMES = ("s3", "gs")
+STAGED_FIELDS = ("audio", "image", "pose")  # model_dir is a node path or a bucket: weights are never staged
+_CHUNK = 1 << 20
+
+
+def work_area(flag: str | None, cfg: dict, config_path: str, env_work: str | None) -> Uri:
+    """--work, else the config's metadata.s2v.work, else S2V_WORK; it must be s3:// or gs://."""
+    from infra.clusters.config import s2v_meta
+
+    meta_work = s2v_meta(cfg).get("work")
+    for value, source in ((flag, "--work"), (meta_work, f"metadata.s2v.work in {config_path}"),
+                          (env_work, "S2V_WORK")):
+        if value:
+            break
+    else:
+        raise ConfigError(f"a cluster run needs a work area in object storage: set `metadata: {{s2v: {{work: "
+                          f"s3://BUCKET/PREFIX}}}}` in {config_path} (`s2v cluster init` writes it) or pass "
+                          "--work s3://BUCKET/PREFIX (or gs://…)")
+    try:
+        uri = parse(str(value))
+    except Exception as e:  # noqa: BLE001 — a bad URI is the user's input
+        raise ConfigError(f"{source}: {e}") from None
+    if uri.scheme not in CLOUD_SCHEMES:
+        raise ConfigError(f"{source} is a local path ({value}): the nodes of a cluster share no disk, so "
+                          "checkpoints, run state and outputs must live in object storage; use "
+                          "--work s3://BUCKET/PREFIX or gs://BUCKET/PREFIX (or set metadata.s2v.work in the config)")
+    return uri
+
+
+def local_output_problems(jobs) -> list[Problem]:
+    """One problem per job whose output resolves to a path on this machine."""
+    out = []
+    for job in jobs:
+        if parse(job.output).scheme not in CLOUD_SCHEMES:
+            out.append(Problem(
+                job.source or job.id, "output",
+                f"resolves to the local path {job.output}, but a cluster run keeps every byte in object storage "
+                "(its nodes share no disk with this machine)",
+                "set output to s3://BUCKET/PREFIX or gs://BUCKET/PREFIX in this row, in the manifest's defaults, "
+                "or with --set output=s3://BUCKET/PREFIX"))
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _object_name(path: Path) -> str:
+    """The file's name, kept readable but safe in a URI (no '?', '#', '%' or spaces to trip a parser)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "input"
+    return name[:120]
+
+
+@dataclass
+class Staged:
+    """What staging did: the manifest URI the remote driver reads and the input files it moved."""
+
+    manifest: Uri
+    jobs: int
+    uploaded: list[str] = field(default_factory=list)  # local paths uploaded now
+    reused: list[str] = field(default_factory=list)  # local paths whose content was already in the work area
+
+
+def stage_inputs(jobs, work: Uri, settings) -> tuple[dict[str, Uri], list[str], list[str]]:
+    """Upload each distinct local input once to <work>/inputs/<sha256>/<name>; skip content already there."""
+    storage = storage_for(work, settings)
+    locals_: dict[str, Path] = {}
+    for job in jobs:
+        for f in STAGED_FIELDS:
+            v = getattr(job, f, None)
+            if v and parse(v).scheme == "file":
+                locals_.setdefault(v, Path(parse(v).key))
+    staged, uploaded, reused = {}, [], []
+    for location, path in locals_.items():
+        dest = work.join("inputs", sha256_file(path), _object_name(path))
+        if retrying("storage")(storage.exists, dest):
+            reused.append(location)
+        else:
+            retrying("storage")(storage.upload, path, dest)
+            uploaded.append(location)
+        staged[location] = dest
+    return staged, uploaded, reused
+
+
+def staged_manifest_text(jobs, staged: dict[str, Uri], source: str) -> str:
+    """The resolved jobs (defaults and --set applied) as YAML, every local input replaced by its staged URI, each
+    row under a comment naming the row it came from (the remote driver's messages cite the staged file)."""
+    out = [f"# staged by `s2v render --cluster` from {_one_line(source)}: locations are URIs, defaults applied",
+           "jobs:"]
+    for job in jobs:
+        row = job.model_dump(mode="json", exclude_none=True)
+        for f in STAGED_FIELDS:
+            if row.get(f) in staged:
+                row[f] = str(staged[row[f]])
+        out.append(f"  # {_one_line(job.source or job.id)}")
+        dumped = yaml.safe_dump([row], sort_keys=False, allow_unicode=True, width=120)
+        out += ["  " + line if line else line for line in dumped.splitlines()]
+    return "\n".join(out) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def validate(manifest: str, settings, cli_defaults: dict | None = None):
+    """Load and check the manifest on this machine, so problems name the user's file and rows: fields, local
+    outputs (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
+    ManifestError when no job is left to submit."""
+    from infra.storage.checks import check_inputs
+    from orchestrator.manifest import load_manifest
+
+    m = load_manifest(manifest, cli_defaults, settings)
+    problems = list(m.problems)
+    local_out = local_output_problems(m.jobs)
+    problems += local_out
+    jobs = [j for j in m.jobs if (j.source or j.id) not in {p.where for p in local_out}]
+    if jobs:
+        bad = check_inputs(jobs, settings)  # before anything is staged, submitted or billed
+        problems += bad
+        jobs = [j for j in jobs if (j.source or j.id) not in {p.where for p in bad}]
+    if not jobs:
+        raise ManifestError(f"nothing submitted: every job of {manifest} has a problem", problems)
+    return jobs, problems
+
+
+def stage(jobs, source: str, work: Uri, settings, echo: Callable[[str], None] = print) -> Staged:
+    """Stage the jobs' local inputs and their resolved manifest to the work area (each written once)."""
+    staged, uploaded, reused = stage_inputs(jobs, work, settings)
+    text = staged_manifest_text(jobs, staged, source)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+    dest = work.join("manifests", f"{digest}.yaml")
+    st = storage_for(dest, settings)
+    if not retrying("storage")(st.exists, dest):
+        retrying("storage")(st.write_bytes, dest, text.encode())
+    if uploaded or reused:
+        echo(f"staged {len(uploaded) + len(reused)} local input(s) to {work.join('inputs')} "
+             f"({len(uploaded)} uploaded, {len(reused)} already there)")
+    return Staged(dest, len(jobs), uploaded, reused)
