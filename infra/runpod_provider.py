@@ -42,7 +42,7 @@ def gql_str(value: Any) -> str:
 
 
 def check_id(value: str, what: str = "pod id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise ConfigError(f"invalid RunPod {what} {value!r}")
     return value
 
@@ -85,7 +85,7 @@ def deployment_mutation(name: str, nc: dict[str, Any], env: dict[str, str], inte
     if dc and dc != "any":
         fields.append(f"dataCenterId: {gql_str(dc)}")
     ports = str(nc.get("ports", "22/tcp")).replace(" ", "")
-    if not _PORTS_RE.match(ports):
+    if not _PORTS_RE.fullmatch(ports):
         raise ConfigError(f"invalid RunPod ports {ports!r}; expected like '22/tcp,8265/http'")
     fields.append(f"ports: {gql_str(ports)}")
     fields.append(f"dockerArgs: {gql_str(nc.get('docker_args', SIGTERM_ENTRYPOINT))}")
@@ -95,7 +95,7 @@ def deployment_mutation(name: str, nc: dict[str, Any], env: dict[str, str], inte
         fields.append("globalNetwork: true")
     items = []
     for k, v in env.items():
-        if not _ENV_KEY_RE.match(str(k)):
+        if not _ENV_KEY_RE.fullmatch(str(k)):
             raise ConfigError(f"invalid environment variable name {k!r} for a RunPod pod")
         items.append(f"{{ key: {gql_str(k)}, value: {gql_str(v)} }}")
     fields.append(f"env: [{', '.join(items)}]")
