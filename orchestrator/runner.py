@@ -11,8 +11,8 @@ import uuid
 from pydantic import BaseModel
 
 from orchestrator.checkpoints import WorkArea
-from core.errors import Problem, S2VError, TransientError, exit_code_for
-from orchestrator.manifest import load_manifest
+from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_code_for
+from orchestrator.manifest import check_run_id, load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
@@ -50,7 +50,7 @@ class RunResult(BaseModel):
     @property
     def exit_code(self) -> int:
         st = [j.status for j in self.jobs.values()]
-        if "invalid" in st or (self.problems and not self.jobs):
+        if "invalid" in st or self.problems:  # a header or defaults problem is bad input even when no row shows it
             return 2
         return 1 if "failed" in st else 0
 
@@ -68,7 +68,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
            progress: Progress | None = None, run_id: str | None = None) -> RunResult:
     t_start = time.monotonic()
     progress = progress or Progress()
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_id = check_run_id(run_id) if run_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     manifest = load_manifest(location, cli_defaults, settings)
     results: dict[str, JobResult] = {}
     problems = list(manifest.problems)
@@ -112,23 +112,42 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
     actors_info: list[dict] = []
     events: list[tuple] = []
-    if todo:
-        done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
-        progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
-        with ray_session(settings):
-            actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
-                                            lambda r: hook.job(r.model_dump(), run_id) if hook else None)
+    # Ctrl-C (or SIGINT from a scheduler) while rendering: the run still records itself, writes its report and
+    # sends run.finished, then says how to resume. A second Ctrl-C during this cleanup stops at once.
+    interrupted = False
+    try:
+        if todo:
+            done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
+            progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
+            with ray_session(settings):
+                actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
+                                                lambda r: hook.job(r.model_dump(), run_id) if hook else None)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: recording the run and writing its report (Ctrl-C again to stop at once)")
+        for r in results.values():
+            if r.status in ("pending", "stitching"):
+                r.status, r.reason = "interrupted", "the run was interrupted; rerun the same command to resume"
+    finally:
         progress.stop()
-    state.finish()
+    state.finish("interrupted" if interrupted else "finished")
     if hook:
         counts = {st: sum(1 for r in results.values() if r.status == st)
-                  for st in ("published", "skipped", "failed", "invalid")}
-        hook.run_finished({"run_id": run_id, "manifest": location, **counts,
-                           "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
+                  for st in ("published", "skipped", "failed", "invalid", "interrupted")}
+        hook.run_finished({"run_id": run_id, "manifest": location, "status": "interrupted" if interrupted else
+                           "finished", **counts, "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
                            "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
-        hook.close(timeout_s=30)
-    return RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                     events=events, wall_s=time.monotonic() - t_start)
+        hook.close(timeout_s=settings.interrupt_webhook_wait_s if interrupted else 30)
+    result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
+                       events=events, wall_s=time.monotonic() - t_start)
+    if interrupted:
+        from orchestrator.report import write_reports
+
+        reports = write_reports(result, settings)
+        how = "rerun without --force to resume" if force else "rerun the same command to resume"
+        raise InterruptedRun(f"interrupted: run {run_id} stopped; every finished clip is checkpointed: {how}"
+                             + (f". Report: {reports[0]}" if reports else ""))
+    return result
 
 
 def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
@@ -237,5 +256,5 @@ class _State:
                 log.warning("could not write run state: %s (exit code %d)", e, exit_code_for(e))
             self.last = time.monotonic()
 
-    def finish(self) -> None:
-        self.work.write_state(self.run_id, self._doc("finished"))
+    def finish(self, status: str = "finished") -> None:
+        self.work.write_state(self.run_id, self._doc(status))
