@@ -170,8 +170,9 @@ def _ids_of(result) -> dict[str, str]:
     rows = [p.where for p in result.problems if p.where.endswith(")")]  # "FILE:LINE (job #N)" / "(row N)"
     for r in result.jobs.values():
         for where in rows:
-            if r.status == "invalid" and where in (r.reason or ""):
-                ids.setdefault(where, r.id.split(" @ ")[0])
+            label = r.id.split(" @ ")[0]
+            if r.status == "invalid" and where in (r.reason or "") and label not in (where, "(no id)"):
+                ids.setdefault(where, label)
     return ids
 
 

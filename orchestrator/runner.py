@@ -112,9 +112,10 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
     actors_info: list[dict] = []
     events: list[tuple] = []
-    # Ctrl-C (or SIGINT from a scheduler) while rendering: the run still records itself, writes its report and
-    # sends run.finished, then says how to resume. A second Ctrl-C during this cleanup stops at once.
+    # Ctrl-C (SIGINT) while rendering: the run still records itself, writes its report and sends run.finished,
+    # then says how to resume. A second Ctrl-C during this cleanup stops at once.
     interrupted = False
+    how = "rerun without --force to resume" if force else "rerun the same command to resume"
     try:
         if todo:
             done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
@@ -127,10 +128,17 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         log.warning("interrupted: recording the run and writing its report (Ctrl-C again to stop at once)")
         for r in results.values():
             if r.status in ("pending", "stitching"):
-                r.status, r.reason = "interrupted", "the run was interrupted; rerun the same command to resume"
+                r.status, r.reason = "interrupted", f"the run was interrupted; {how}"
     finally:
         progress.stop()
     state.finish("interrupted" if interrupted else "finished")
+    result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
+                       events=events, wall_s=time.monotonic() - t_start)
+    reports: list[str] = []
+    if interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
+        from orchestrator.report import write_reports
+
+        reports = write_reports(result, settings)
     if hook:
         counts = {st: sum(1 for r in results.values() if r.status == st)
                   for st in ("published", "skipped", "failed", "invalid", "interrupted")}
@@ -138,13 +146,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                            "finished", **counts, "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
                            "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
         hook.close(timeout_s=settings.interrupt_webhook_wait_s if interrupted else 30)
-    result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                       events=events, wall_s=time.monotonic() - t_start)
     if interrupted:
-        from orchestrator.report import write_reports
-
-        reports = write_reports(result, settings)
-        how = "rerun without --force to resume" if force else "rerun the same command to resume"
         raise InterruptedRun(f"interrupted: run {run_id} stopped; every finished clip is checkpointed: {how}"
                              + (f". Report: {reports[0]}" if reports else ""))
     return result

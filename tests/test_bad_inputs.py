@@ -294,6 +294,17 @@ def test_output_folder_report_lists_only_its_jobs_with_relative_posters(rendered
         assert not src.startswith("/") and (run_dir / src).resolve().parent == out
 
 
+def test_report_links_are_relative_within_one_storage():
+    from infra.storage import parse
+    from orchestrator.report import relative_href
+
+    assert relative_href("s3://b/out/a.jpg", parse("s3://b/out")) == "a.jpg"
+    assert relative_href("gs://b/out/a.jpg", parse("gs://b/work/runs/r1")) == "../../../out/a.jpg"
+    assert relative_href("/srv/out/a b.jpg", parse("/srv/work/runs/r1")) == "../../../out/a%20b.jpg"
+    assert relative_href("s3://b/out/a.jpg", parse("/srv/work")) == "s3://b/out/a.jpg"  # no path across storages
+    assert relative_href("s3://other/out/a.jpg", parse("s3://b/work")) == "s3://other/out/a.jpg"
+
+
 CSV_BAD = {  # label → (field, words) for rows a CSV header problem (or a cell) makes invalid
     "short-row": (None, "has 2 cells but the header has 11"),
     "badseed": ("seed", "valid integer"),
