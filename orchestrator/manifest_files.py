@@ -72,7 +72,10 @@ def _too_big(location: str, size: float, limit: float) -> ManifestError:
 def _yaml_error(e: Exception, location: str, problems: ProblemList) -> None:
     mark = getattr(e, "problem_mark", None)
     where = f"{location}:{mark.line + 1}" if mark else location
-    problems.add(where, None, f"not valid YAML: {getattr(e, 'problem', None) or e}", "check indentation and quoting")
+    if isinstance(e, safe_yaml.BudgetExceeded):
+        problems.add(where, None, f"refused: {e.problem}")
+    else:
+        problems.add(where, None, f"not valid YAML: {getattr(e, 'problem', None) or e}", "check indentation and quoting")
 
 
 def _written_id(node) -> None | str:

@@ -15,6 +15,10 @@ ALIAS_FLOOR = 10_000
 MAX_DEPTH = 64
 
 
+class BudgetExceeded(ComposerError):
+    """Valid YAML that would expand past a budget: refused before it is built."""
+
+
 class BudgetLoader(yaml.SafeLoader):
     """Counts, while composing, how many nodes the aliases would expand to; refuses past the budget."""
 
@@ -32,12 +36,12 @@ class BudgetLoader(yaml.SafeLoader):
             self._expanded += self._sizes.get(id(node), 1)  # an alias to an unfinished ancestor counts 1
             budget = max(ALIAS_FLOOR, ALIAS_RATIO * self._written)
             if self._expanded > budget:
-                raise ComposerError(None, None, f"aliases (*name) expand this document past {budget} nodes "
+                raise BudgetExceeded(None, None, f"aliases (*name) expand this document past {budget} nodes "
                                     f"({ALIAS_RATIO}× what is written); write the values out, or share fewer", mark)
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            raise BudgetExceeded(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
         try:
             node = super().compose_node(parent, index)
         finally:
