@@ -245,6 +245,11 @@ class Settings(BaseSettings):
             raise ValueError("points at a cloud metadata / link-local address; events never go there")
         return v.strip()
 
+    # input hardening (issue 12: orchestrator/manifest*.py, orchestrator/runner.py)
+    manifest_max_mb: float = Field(64.0, gt=0, description="Refuse manifests bigger than this (MB), before parsing.")
+    interrupt_webhook_wait_s: float = Field(5.0, ge=0, description="After Ctrl-C, how long the run waits to deliver "
+                                            "its run.finished webhook before it exits.")
+
     def price(self) -> float:
         """USD per GPU-hour used for estimates and reports."""
         if self.price_per_gpu_hour is not None:

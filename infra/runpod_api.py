@@ -51,7 +51,7 @@ def gql_str(value: Any) -> str:
 
 
 def check_id(value: str, what: str = "pod id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise ConfigError(f"invalid RunPod {what} {value!r}")
     return value
 
@@ -122,14 +122,14 @@ def _common_fields(name: str, nc: dict[str, Any], env: dict[str, str]) -> list[s
     if dc and dc != "any":
         fields.append(f"dataCenterId: {gql_str(dc)}")
     ports = str(nc.get("ports", "22/tcp")).replace(" ", "")
-    if not _PORTS_RE.match(ports):
+    if not _PORTS_RE.fullmatch(ports):
         raise ConfigError(f"invalid RunPod ports {ports!r}; expected like '22/tcp,8265/http'")
     fields.append(f"ports: {gql_str(ports)}")
     if nc.get("docker_args") is not None:
         fields.append(f"dockerArgs: {gql_str(nc['docker_args'])}")
     items = []
     for k, v in env.items():
-        if not _ENV_KEY_RE.match(str(k)):
+        if not _ENV_KEY_RE.fullmatch(str(k)):
             raise ConfigError(f"invalid environment variable name {k!r} for a RunPod pod")
         items.append(f"{{ key: {gql_str(k)}, value: {gql_str(v)} }}")
     fields.append(f"env: [{', '.join(items)}]")
@@ -138,7 +138,7 @@ def _common_fields(name: str, nc: dict[str, Any], env: dict[str, str]) -> list[s
 
 def cuda_versions(nc: dict[str, Any]) -> list[str]:
     versions = nc.get("allowed_cuda_versions") or []
-    if isinstance(versions, str) or not all(isinstance(v, str) and _CUDA_RE.match(v) for v in versions):
+    if isinstance(versions, str) or not all(isinstance(v, str) and _CUDA_RE.fullmatch(v) for v in versions):
         raise ConfigError(f"allowed_cuda_versions must be a list like ['13.0', '13.1'], got {versions!r}")
     return list(versions)
 

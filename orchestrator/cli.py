@@ -26,6 +26,12 @@ def _console():
     return console
 
 
+def _styled(*parts):
+    from orchestrator.report import styled
+
+    return styled(*parts)
+
+
 def _settings(**overrides):
     from orchestrator.forward import load_settings  # reads S2V_SECRETS_DIR on a cluster's driver
 
@@ -61,20 +67,31 @@ def _check(manifest, settings, deep: bool):
 @app.command()
 def validate(manifest: str = typer.Argument(..., help="Manifest path or URI (.yaml/.yml/.csv)."),
              defaults: Optional[str] = DefaultsOpt, set_: Optional[List[str]] = SetOpt,
-             deep: bool = typer.Option(True, help="Also decode every input (audio, image) to catch bad media.")) -> int:
-    """Report every problem in a manifest at once (exit 2 if any)."""
+             deep: bool = typer.Option(True, help="Also decode every input (audio, image) to catch bad media."),
+             as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON on stdout.")) -> int:
+    """Report every problem in a manifest at once, on stdout (exit 2 if any). Creates nothing."""
     from orchestrator.manifest import load_manifest
-    from orchestrator.report import problems_table
+    from orchestrator.report import make_console, print_problems, problems_json, styled
 
     settings = _settings()
     m = load_manifest(manifest, _defaults(defaults, set_), settings)
     problems, _ = _check(m, settings, deep)
-    con = _console()
-    if problems:
-        con.print(problems_table(problems, f"{len(problems)} problem(s) in {manifest}"))
-        return 2
-    con.print(f"[green]✓ {manifest}: {len(m.jobs)} job(s), no problems")
-    return 0
+    ids = m.ids_by_source()
+    failing = {p.where for p in problems}
+    valid = sum(1 for j in m.jobs if j.source not in failing)
+    rows = len(m.jobs) + len(m.bad_rows)
+    if as_json:
+        typer.echo(json.dumps({"manifest": manifest, "ok": not problems, "rows": rows, "valid": valid,
+                               "problems": problems_json(problems, ids)}, indent=1))
+        return 2 if problems else 0
+    out = make_console()  # stdout: the findings are this command's output
+    if not problems:
+        out.print(styled(("✓ ", "green"), (manifest, "green"), (f": {valid} job(s), no problems", "green")),
+                  soft_wrap=True)
+        return 0
+    print_problems(problems, f"{len(problems)} problem(s) in {manifest}", ids, base=manifest, con=out)
+    out.print(styled(f"{valid} of {rows} job(s) valid; the others are not rendered"), soft_wrap=True)
+    return 2
 
 
 @app.command()
@@ -86,7 +103,7 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
     """Scenes, clips, frames, GPU-seconds and cost per job and in total — without rendering."""
     from orchestrator.manifest import load_manifest
     from orchestrator.planner import estimate
-    from orchestrator.report import plan_table, problems_table
+    from orchestrator.report import plan_table, print_problems
 
     settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot)
     m = load_manifest(manifest, _defaults(defaults, set_), settings)
@@ -97,7 +114,8 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
     else:
         _console().print(plan_table(est))
     if problems:
-        _console().print(problems_table(problems, f"{len(problems)} problem(s): these jobs are not in the plan"))
+        print_problems(problems, f"{len(problems)} problem(s): these jobs are not in the plan", m.ids_by_source(),
+                       base=manifest)
         return 2
     return 0
 
@@ -117,23 +135,27 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
            progress: bool = typer.Option(True, help="Show progress bars."),
            run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp).")) -> int:
     """Render every job of a manifest; exit 0 all published, 1 some failed, 2 bad input."""
+    from orchestrator.manifest import check_run_id
+    from orchestrator.report import RichProgress, results_table, styled, write_reports
+    from orchestrator.runner import render as run_render
+
+    if run_id is not None:
+        check_run_id(run_id)  # it names a folder of the work area: never '../../somewhere'
     if cluster:
         return _render_on_cluster(cluster, manifest, defaults, set_, gpus=gpus, address=address, detach=detach,
                                   work=work, force=force, budget=budget, run_id=run_id)
-    from orchestrator.report import RichProgress, results_table, write_reports
-    from orchestrator.runner import render as run_render
-
     settings = _settings(gpus=gpus, address=address, work=work, budget_usd=budget)
     result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_),
                         progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
     con = _console()
     if result.problems:
-        from orchestrator.report import problems_table
+        from orchestrator.report import print_problems
 
-        con.print(problems_table(result.problems, f"{len(result.problems)} input problem(s)"))
+        print_problems(result.problems, f"{len(result.problems)} input problem(s)", _ids_of(result),
+                       base=manifest)
     con.print(results_table(result.jobs))
     for path in write_reports(result, settings):
-        con.print(f"report: {path}")
+        con.print(styled("report: ", path), soft_wrap=True)
     return result.exit_code
 
 
@@ -142,14 +164,14 @@ def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, deta
     """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/submit.py)."""
     from core.errors import ConfigError
     from orchestrator import submit
-    from orchestrator.report import problems_table
+    from orchestrator.report import print_problems
 
     if address:
         raise ConfigError("--address and --cluster exclude each other: --cluster submits to a cluster launched "
                           "from a config, --address joins a Ray cluster this machine can reach")
 
     def show_problems(problems):
-        _console().print(problems_table(problems, f"{len(problems)} problem(s): these rows were not submitted"))
+        print_problems(problems, f"{len(problems)} problem(s): these rows were not submitted", base=manifest)
 
     return submit.submit_run(cluster, manifest, _settings(), work=work, run_id=run_id, gpus=gpus, budget=budget,
                              force=force, detach=detach, cli_defaults=_defaults(defaults, set_),
@@ -166,14 +188,29 @@ def _ask(question: str):
         return False
 
 
+def _ids_of(result) -> dict[str, str]:
+    """Row place → job id, from the run's results (an invalid row's reason names its place)."""
+    ids = {}
+    rows = [p.where for p in result.problems if p.where.endswith(")")]  # "FILE:LINE (job #N)" / "(row N)"
+    for r in result.jobs.values():
+        for where in rows:
+            label = r.id.split(" @ ")[0]
+            if r.status == "invalid" and where in (r.reason or "") and label not in (where, "(no id)"):
+                ids.setdefault(where, label)
+    return ids
+
+
 @app.command()
 def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
            work: Optional[str] = typer.Option(None, help="Work area URI the run used."),
            as_json: bool = typer.Option(False, "--json")) -> int:
     """Show a run's state from the work area (works after the driver died, from any machine)."""
     from orchestrator.checkpoints import WorkArea
-    from orchestrator.report import results_table
+    from orchestrator.manifest import check_run_id
+    from orchestrator.report import results_table, styled
 
+    if run is not None:
+        check_run_id(run)
     remote = None
     if run and work is None:
         from orchestrator import submit
@@ -197,7 +234,7 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
         typer.echo(json.dumps(state, indent=1))
     else:
         con = _console()
-        con.print(f"run {state['run_id']} ({state['status']}), manifest {state['manifest']}")
+        con.print(styled("run ", (state["run_id"], "bold"), f" ({state['status']}), manifest ", state["manifest"]))
         con.print(results_table(state["jobs"]))
     return 0
 
@@ -280,21 +317,23 @@ def main(argv: list[str] | None = None) -> None:
         code = int(rv or 0) if isinstance(rv, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt outside a run (loading, planning)
+        _console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
         code = 130
     except click.ClickException as e:
         e.show()
         code = 2
-    except S2VError as e:
-        _console().print(f"[red]error:[/] {e}")
+    except S2VError as e:  # an interrupted render ends here too (InterruptedRun: state, report, webhook done)
         code = exit_code_for(e)
+        _console().print(_styled((str(e), "yellow")) if code == 130 else _styled(("error: ", "red"), str(e)),
+                         soft_wrap=True)  # a message is not wrapped mid-path: terminals and logs wrap themselves
     except ValidationError as e:  # a bad S2V_* variable or flag, caught when settings load
         if e.title != "Settings":
             raise
         _console().print(_settings_error(e), markup=False)
         code = 2
     except KeyboardInterrupt:
-        _console().print("[yellow]interrupted: rerun the same command to resume")
+        _console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
         code = 130
     sys.exit(code)
 

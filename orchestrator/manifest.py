@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
 import re
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from infra.storage import uri as uris
-from core.errors import ManifestError, Problem, ProblemList
+from core.errors import InputError, ManifestError, Problem, ProblemList
+from orchestrator import safe_yaml
+from orchestrator.manifest_files import YAMLError, csv_rows, key_text, read_text, suggest, yaml_rows
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SIZE_RE = re.compile(r"^\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*$")
+# validators use fullmatch: `$` also matches before a trailing newline, so "evil\n" passed a match() with `$`
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SIZE_RE = re.compile(r"\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*")
 LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir")
+ID_RULE = ("1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, with no '..' "
+           "or '/'")
+
+
+def is_safe_name(value: object) -> bool:
+    """A job or run id: it names files and folders, so no separators, no '..', no control characters."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None and ".." not in value
+
+
+def check_run_id(value: str) -> str:
+    """A run id names a folder of the work area: the same rule as job ids (no '../../' out of it)."""
+    if not is_safe_name(value):
+        raise InputError(f"run id {value!r} is not allowed: use {ID_RULE}")
+    return value
 
 
 class JobSpec(BaseModel):
@@ -50,17 +62,14 @@ class JobSpec(BaseModel):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, v: str) -> str:
-        if not ID_RE.match(v) or ".." in v:
-            raise ValueError(
-                "must be 1-128 characters of letters, digits, '.', '_' or '-', start with a letter or digit, "
-                "and contain no '..' or '/' (it names output files)"
-            )
+        if not is_safe_name(v):
+            raise ValueError(f"must be {ID_RULE} (it names output files)")
         return v
 
     @field_validator("size")
     @classmethod
     def _size(cls, v: str) -> str:
-        m = SIZE_RE.match(str(v))
+        m = SIZE_RE.fullmatch(str(v))
         if not m:
             raise ValueError("must look like WIDTH*HEIGHT, e.g. 832*480 (an area budget)")
         w, h = int(m.group(1)), int(m.group(2))
@@ -75,6 +84,14 @@ class JobSpec(BaseModel):
             return ()
         if isinstance(v, str):
             return tuple(t.strip() for t in re.split(r"[;|]", v) if t.strip())
+        return v
+
+    @field_validator("seed", "priority", "steps", "max_scene_s", "min_scene_s", "min_pause_s", "guidance", "shift",
+                     mode="before")
+    @classmethod
+    def _not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would take `seed: yes` as 1
+            raise ValueError("must be a number, got a YAML boolean (yes/no/on/off/true/false)")
         return v
 
     @field_validator("prompt", "negative_prompt", mode="before")
@@ -108,115 +125,15 @@ class Manifest(BaseModel):
     bad_rows: tuple[str, ...] = ()  # ids (or row labels) of rows that could not become jobs
     bad_sources: tuple[str, ...] = ()  # where each of bad_rows is (file:line), to match its problems exactly
 
-
-def _suggest(name: str) -> str | None:
-    close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(FIELDS)}"
-
-
-def _read_text(location: str, settings=None) -> str:
-    u = uris.parse(location)
-    if u.scheme == "file":
-        p = Path(u.key)
-        if not p.is_file():
-            raise ManifestError(f"manifest {location} not found", [Problem(location, None, "no such file")])
-        raw = p.read_bytes()
-    else:
-        from infra.storage import open_storage
-
-        from core.retry import retrying
-
-        raw = retrying("storage")(open_storage(str(u), settings).read_bytes, u)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError(
-            f"manifest {location} is not UTF-8 text",
-            [Problem(location, None, f"byte {e.start} is not UTF-8", "save the file as UTF-8")],
-        ) from None
+    def ids_by_source(self) -> dict[str, str]:
+        """Row place (file:line) → the row's id, for every row that has one (to show next to its problems)."""
+        ids = {j.source: j.id for j in self.jobs}
+        ids.update((where, label) for label, where in zip(self.bad_rows, self.bad_sources) if label != where)
+        return ids
 
 
-def _yaml_rows(text: str, location: str, problems: ProblemList) -> tuple[dict, list[tuple[str, dict]]]:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{location}:{mark.line + 1}" if mark else location
-        problems.add(where, None, f"not valid YAML: {getattr(e, 'problem', e)}", "check indentation and quoting")
-        return {}, []
-    if data is None:
-        problems.add(location, None, "the manifest is empty", "add a 'jobs:' list")
-        return {}, []
-    if not isinstance(data, dict) or "jobs" not in data:
-        problems.add(location, None, "a YAML manifest must be a mapping with a 'jobs:' list (and optional 'defaults:')")
-        return {}, []
-    unknown_top = set(data) - {"defaults", "jobs"}
-    for k in sorted(map(str, unknown_top)):
-        problems.add(location, k, "unknown top-level key", "only 'defaults' and 'jobs' are allowed")
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        problems.add(location, "defaults", "must be a mapping of field: value")
-        defaults = {}
-    jobs = data.get("jobs")
-    if not isinstance(jobs, list) or not jobs:
-        problems.add(location, "jobs", "must be a non-empty list of jobs")
-        return defaults, []
-    job_nodes = next((v.value for k, v in root.value if k.value == "jobs"), [])
-    rows = []
-    for i, (job, node) in enumerate(zip(jobs, job_nodes)):
-        where = f"{location}:{node.start_mark.line + 1} (job #{i + 1})"
-        if not isinstance(job, dict):
-            problems.add(where, None, "a job must be a mapping of field: value")
-            continue
-        rows.append((where, job))
-    return defaults, rows
-
-
-def _csv_rows(text: str, location: str, problems: ProblemList) -> list[tuple[str, dict]]:
-    if not text.strip():
-        problems.add(location, None, "the manifest is empty", "the first row must name the fields")
-        return []
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except (csv.Error, StopIteration) as e:
-        problems.add(f"{location}:1", None, f"unreadable header row: {e}")
-        return []
-    for col, name in enumerate(header, 1):
-        if not name:
-            problems.add(f"{location}:1", f"column {col}", "empty column name in the header row")
-        elif name not in FIELDS:
-            problems.add(f"{location}:1", name, "unknown column", _suggest(name))
-    dup = {h for h in header if header.count(h) > 1 and h}
-    for name in sorted(dup):
-        problems.add(f"{location}:1", name, "column appears more than once in the header")
-    rows = []
-    row_no = 0
-    while True:
-        start_line = reader.line_num + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            problems.add(f"{location}:{start_line}", None, f"malformed CSV: {e}", "check quoting")
-            break
-        row_no += 1
-        if not any(c.strip() for c in cells):
-            continue
-        where = f"{location}:{start_line} (row {row_no})"
-        if len(cells) != len(header):
-            problems.add(where, None, f"has {len(cells)} cells but the header has {len(header)}",
-                         "quote cells that contain the delimiter")
-            continue
-        row = {h: c.strip() for h, c in zip(header, cells) if h in FIELDS and c.strip() != ""}
-        rows.append((where, row))
-    return rows
+def _suggest(name: str) -> str:
+    return suggest(name, FIELDS)
 
 
 def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) -> bool:
@@ -238,29 +155,45 @@ def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) 
     return ok
 
 
+def _row_id(row: dict, where: str, problems: ProblemList) -> tuple[str | None, bool]:
+    """(the row's id as text or None, whether it is usable). Never str() of a list or mapping: an alias bomb
+    makes that gigabytes."""
+    rid = row.get("id")
+    if rid is None or isinstance(rid, str):
+        return rid, True
+    if isinstance(rid, (int, float)) and not isinstance(rid, bool):
+        return str(rid), True
+    problems.add(where, "id", f"must be text, got a {type(rid).__name__}", "write the id as plain text, e.g. lesson-01")
+    return None, False
+
+
 def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, settings=None) -> Manifest:
     """Read a manifest; never raises for row problems (they are collected), only for an unreadable file."""
     problems = ProblemList()
-    text = _read_text(location, settings)
+    text = read_text(location, settings)
     base = uris.folder_of(location)
-    is_yaml = location.lower().endswith((".yaml", ".yml"))
-    if is_yaml:
-        file_defaults, rows = _yaml_rows(text, location, problems)
+    if location.lower().endswith((".yaml", ".yml")):
+        raw = yaml_rows(text, location, problems)
     elif location.lower().endswith((".csv", ".tsv", ".txt")):
-        file_defaults, rows = {}, _csv_rows(text, location, problems)
+        raw = csv_rows(text, location, FIELDS, problems)
     else:
         raise ManifestError(
             f"cannot tell the format of {location}",
             [Problem(location, None, "unknown extension", "name it .yaml, .yml or .csv")],
         )
+    rows, tainted, dwhere = raw.rows, raw.tainted, raw.defaults_where
     defaults: dict[str, Any] = {}
-    for k, v in (file_defaults or {}).items():
+    bad_defaults = list(raw.bad_defaults)  # (key, reason, hint): every row would use them
+    for k, v in raw.defaults.items():
+        key = key_text(k)
         if k == "id":
-            problems.add(f"{location} defaults", "id", "an id cannot have a default")
+            bad_defaults.append((key, "an id cannot have a default", "give each job its own id"))
         elif k not in FIELDS:
-            problems.add(f"{location} defaults", str(k), "unknown field", _suggest(str(k)))
+            bad_defaults.append((key, "unknown field", _suggest(key)))
         else:
             defaults[k] = v
+    for key, reason, hint in bad_defaults:
+        problems.add(dwhere, key, f"{reason} in the defaults: no job is rendered until it is fixed", hint)
     defaults.update(cli_defaults or {})  # the command line wins over the file's defaults
 
     jobs: list[JobSpec] = []
@@ -269,19 +202,25 @@ def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, set
     seen: dict[str, str] = {}
     for where, row in rows:
         merged = {**{k: v for k, v in defaults.items() if k in FIELDS}, **row}
-        label = str(row.get("id", where))
+        rid, row_ok = _row_id(merged, where, problems)
+        label = rid if rid is not None and row_ok else where
+        if not row_ok:
+            merged.pop("id")
+        elif rid is not None:
+            merged["id"] = rid
+        row_ok = row_ok and where not in tainted
+        for key, reason, hint in bad_defaults:  # the scope of a bad default is every row: say so on each
+            problems.add(where, key, f"not rendered because of the defaults: {reason}", hint)
+            row_ok = False
         unknown = [k for k in row if k not in FIELDS]
         for k in unknown:
-            problems.add(where, str(k), "unknown field", _suggest(str(k)))
+            problems.add(where, key_text(k), "unknown field", _suggest(key_text(k)))
             merged.pop(k, None)
-        row_ok = not unknown and _resolve_locations(merged, base, where, problems)
+        row_ok = not unknown and _resolve_locations(merged, base, where, problems) and row_ok
         for req in ("id", "audio", "image"):
-            if req not in merged:
+            if req not in merged and not (req == "id" and "id" in row):
                 problems.add(where, req, "is required", None if req == "id" else "give a path or URI")
                 row_ok = False
-        rid = merged.get("id")
-        if isinstance(rid, (int, float)):
-            merged["id"] = rid = str(rid)
         if isinstance(rid, str) and rid in seen:
             problems.add(where, "id", f"duplicate id '{rid}' (first at {seen[rid]})", "ids must be unique")
             row_ok = False
@@ -326,8 +265,8 @@ def parse_defaults(pairs: list[str], defaults_file: str | None) -> dict[str, Any
     out: dict[str, Any] = {}
     if defaults_file:
         try:
-            data = yaml.safe_load(Path(defaults_file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+            data = safe_yaml.safe_load(read_text(str(defaults_file))) or {}
+        except YAMLError as e:
             raise ManifestError(f"cannot read defaults file {defaults_file}: {e}") from None
         if isinstance(data, dict) and "defaults" in data:
             data = data["defaults"]
@@ -338,8 +277,11 @@ def parse_defaults(pairs: list[str], defaults_file: str | None) -> dict[str, Any
         if "=" not in pair:
             raise ManifestError(f"--set {pair!r}: expected FIELD=VALUE")
         k, v = pair.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v else v
-    bad = [k for k in out if k not in FIELDS or k == "id"]
+        try:
+            out[k.strip()] = safe_yaml.safe_load(v) if v else v
+        except YAMLError:
+            out[k.strip()] = v  # not YAML on its own (e.g. "a: b"): the text as given
+    bad = [key_text(k) for k in out if k not in FIELDS or k == "id"]
     if bad:
         raise ManifestError("unknown default field(s)", [Problem("defaults", k, "unknown field", _suggest(k)) for k in bad])
     return out

@@ -12,9 +12,9 @@ from collections import Counter
 from pydantic import BaseModel
 
 from orchestrator.checkpoints import WorkArea
+from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_code_for
 from orchestrator.leases import RunLeases
-from core.errors import Problem, S2VError, TransientError, exit_code_for
-from orchestrator.manifest import load_manifest
+from orchestrator.manifest import check_run_id, load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
@@ -52,7 +52,7 @@ class RunResult(BaseModel):
     @property
     def exit_code(self) -> int:
         st = [j.status for j in self.jobs.values()]
-        if "invalid" in st or (self.problems and not self.jobs):
+        if "invalid" in st or self.problems:  # a header or defaults problem is bad input even when no row shows it
             return 2
         return 1 if "failed" in st else 0
 
@@ -70,7 +70,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
            progress: Progress | None = None, run_id: str | None = None) -> RunResult:
     t_start = time.monotonic()
     progress = progress or Progress()
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_id = check_run_id(run_id) if run_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     manifest = load_manifest(location, cli_defaults, settings)
     results: dict[str, JobResult] = {}
     problems = list(manifest.problems)
@@ -122,6 +122,10 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         hook.job(r.model_dump(), run_id)
     actors_info: list[dict] = []
     events: list[tuple] = []
+    # Ctrl-C (SIGINT) while rendering: the run still records itself, writes its report and sends run.finished,
+    # then says how to resume. A second Ctrl-C during this cleanup stops at once.
+    interrupted = False
+    how = "rerun without --force to resume" if force else "rerun the same command to resume"
     try:
         if todo:
             done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
@@ -130,19 +134,34 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                 actors_info, events = _schedule(
                     todo, done, settings, work, results, state, progress,
                     lambda r: (leases.done(r.id), hook.job(r.model_dump(), run_id) if hook else None))
-            progress.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: recording the run and writing its report (Ctrl-C again to stop at once)")
+        for r in results.values():
+            if r.status in ("pending", "stitching"):
+                r.status, r.reason = "interrupted", f"the run was interrupted; {how}"
     finally:
+        progress.stop()
         leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
-    state.finish()
+    state.finish("interrupted" if interrupted else "finished")
+    result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
+                       events=events, wall_s=time.monotonic() - t_start)
+    reports: list[str] = []
+    if interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
+        from orchestrator.report import write_reports
+
+        reports = write_reports(result, settings)
     if hook:
         counts = {st: sum(1 for r in results.values() if r.status == st)
-                  for st in ("published", "skipped", "failed", "invalid")}
-        hook.run_finished({"run_id": run_id, "manifest": location, **counts,
-                           "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
+                  for st in ("published", "skipped", "failed", "invalid", "interrupted")}
+        hook.run_finished({"run_id": run_id, "manifest": location, "status": "interrupted" if interrupted else
+                           "finished", **counts, "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
                            "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
-        hook.close(timeout_s=30)
-    return RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                     events=events, wall_s=time.monotonic() - t_start)
+        hook.close(timeout_s=settings.interrupt_webhook_wait_s if interrupted else 30)
+    if interrupted:
+        raise InterruptedRun(f"interrupted: run {run_id} stopped; every finished clip is checkpointed: {how}"
+                             + (f". Report: {reports[0]}" if reports else ""))
+    return result
 
 
 def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
@@ -256,5 +275,5 @@ class _State:
                 log.warning("could not write run state: %s (exit code %d)", e, exit_code_for(e))
             self.last = time.monotonic()
 
-    def finish(self) -> None:
-        self.work.write_state(self.run_id, self._doc("finished"), latest=not self.announced)
+    def finish(self, status: str = "finished") -> None:
+        self.work.write_state(self.run_id, self._doc(status), latest=not self.announced)

@@ -48,7 +48,7 @@ def test_csv_with_cli_and_file_defaults(tmp_path):
 
 
 BAD_YAML = """
-defaults: {image: p.png, colour: red}
+defaults: {image: p.png}
 jobs:
   - {id: ok-1, audio: a.wav}
   - {id: ../escape, audio: a.wav}
@@ -71,7 +71,6 @@ def test_every_yaml_problem_is_named_at_once(tmp_path):
     got = {(p.where.split(":")[-1].split(" ")[0] if ":" in p.where else "defaults", p.field) for p in m.problems}
     text = "\n".join(map(str, m.problems))
     expected = [
-        ("colour", "unknown field"),                      # in defaults
         ("id", "no '..'"),                                # ../escape
         ("id", "duplicate id 'ok-1'"),                    # first at line 4
         ("audio", "is required"),
@@ -139,3 +138,171 @@ def test_unreadable_manifests_raise_input_errors(tmp_path):
         load_manifest(str(p))
     with pytest.raises(ManifestError, match="unknown default"):
         parse_defaults(["colour=red"], None)
+
+
+# --- issue 12: hostile and inconsistent input --------------------------------------------------------------------
+
+def _bomb(levels: int = 9, width: int = 9, job: str = "{id: *top, audio: a.wav, image: p.png}") -> str:
+    lines = [f"b0: &b0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines).replace(f"&b{levels} ", "&top ") + f"\njobs:\n  - {job}\n"
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """Nine levels of nine aliases (3.9e8 strings once str()'d: 2.2 GB, MemoryError after 27 s) are refused while
+    composing. The work is bounded by memory allocated, not by a timer: well under a few MB."""
+    import tracemalloc
+
+    loc = _write(tmp_path, "bomb.yaml", _bomb())
+    tracemalloc.start()
+    try:
+        m = load_manifest(loc)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not m.jobs
+    p = next(p for p in m.problems if "aliases" in p.reason)
+    assert p.where == f"{loc}:5" and "expand this document past" in p.reason  # the alias that crossed the budget
+    assert peak < 8 * 2**20, peak
+    with pytest.raises(ManifestError, match="aliases"):  # a --defaults file goes through the same loader
+        parse_defaults([], _write(tmp_path, "d.yaml", _bomb(job="{}")))
+
+
+def test_shared_yaml_blocks_still_load(tmp_path):
+    """Anchors and merge keys for shared settings (one alias per job) stay well inside the alias budget."""
+    jobs = "".join(f"  - {{<<: *common, id: j{i}, audio: a{i}.wav}}\n" for i in range(1000))
+    m = load_manifest(_write(tmp_path, "m.yaml", "x: &common {image: p.png, size: '96*96', seed: 3}\njobs:\n" + jobs))
+    assert [p.reason for p in m.problems if p.field is None] == []
+    assert len(m.jobs) == 1000 and m.jobs[-1].seed == 3
+
+
+def test_non_text_ids_are_never_stringified(tmp_path):
+    """An id that is a list or mapping is a problem at its row (labelled by the row, never by str() of it)."""
+    m = load_manifest(_write(tmp_path, "m.yaml", _bomb(levels=3, width=4) +
+                             "  - {id: {a: 1}, audio: a.wav, image: p.png}\n  - {id: fine, audio: a.wav, image: p.png}\n"))
+    assert [j.id for j in m.jobs] == ["fine"]
+    assert [p.reason for p in m.problems if p.field == "id"] == ["must be text, got a list", "must be text, got a dict"]
+    assert m.bad_rows == m.bad_sources  # labelled by their place
+
+
+def test_manifest_size_is_capped_by_a_setting(tmp_path):
+    from core.settings import Settings
+
+    loc = _write(tmp_path, "m.yaml", "jobs:\n" + "  - {id: a, audio: a.wav, image: p.png}\n" * 100)
+    assert load_manifest(loc, settings=Settings()).jobs  # 4 kB under the default 64 MB
+    with pytest.raises(ManifestError, match="too big") as e:
+        load_manifest(loc, settings=Settings(manifest_max_mb=0.001))
+    assert "above the limit of 0.001 MB" in str(e.value) and "S2V_MANIFEST_MAX_MB" in str(e.value)
+
+
+def test_deep_nesting_is_a_problem_not_a_recursion_error(tmp_path):
+    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, tags: " + "[" * 5000 + "]" * 5000 + "}\n"))
+    assert any("nested more than 64 levels" in p.reason for p in m.problems)
+
+
+@pytest.mark.parametrize("written,loaded", [('"evil\\n"', None), ("'evil\n\n'", None), ("ok\u202e", None),
+                                            ("007", "007"), ("1.50", "1.50"), ("yes", "yes"),
+                                            ("2024-01-05", "2024-01-05"), ("'lesson-01'", "lesson-01")])
+def test_ids_fully_match_and_are_taken_as_written(tmp_path, written, loaded):
+    """`match` with `$` let "evil\\n" through (it published `evil\\n.mp4`); YAML would turn 007 into 7 and yes
+    into True: an id is the text the row shows."""
+    m = load_manifest(_write(tmp_path, "m.yaml", f"jobs:\n  - id: {written}\n    audio: a.wav\n    image: p.png\n"))
+    assert [j.id for j in m.jobs] == ([loaded] if loaded else [])
+    if loaded is None:
+        assert any(p.field == "id" and "1-128 characters" in p.reason for p in m.problems)
+
+
+def test_run_ids_follow_the_id_rule():
+    from core.errors import InputError
+    from orchestrator.manifest import check_run_id
+
+    for ok in ("nightly-1", "20261125-073804-a08947", "a.b_c"):
+        assert check_run_id(ok) == ok
+    for bad in ("../../esc", "..", "a/b", "", ".x", "x\n", "a..b", "x" * 129):
+        with pytest.raises(InputError, match="is not allowed"):
+            check_run_id(bad)
+
+
+def test_every_regex_validator_fully_matches():
+    """The same `$` mistake elsewhere: RunPod ids, ports and env names (GraphQL values), and settings patterns."""
+    from pydantic import ValidationError
+
+    from core.errors import ConfigError
+    from core.settings import Settings
+    from infra.runpod_api import check_id, deploy_mutation
+
+    assert check_id("abc-1") == "abc-1"
+    with pytest.raises(ConfigError):
+        check_id("abc\n")
+    nc = {"image_name": "img", "ports": "22/tcp\n"}
+    with pytest.raises(ConfigError, match="ports"):
+        deploy_mutation("n", nc, {}, interruptible=False, global_network=False)
+    with pytest.raises(ConfigError, match="environment variable"):
+        deploy_mutation("n", {"image_name": "img"}, {"KEY\n": "v"}, interruptible=False, global_network=False)
+    with pytest.raises(ValidationError):
+        Settings(wan_offload="cpu\n")
+
+
+def test_relative_paths_stay_inside_a_bucket():
+    from core.errors import InputError
+    from infra.storage.uri import parse
+
+    assert str(parse("../media/a.wav", "s3://b/cat")) == "s3://b/media/a.wav"
+    assert str(parse("a.wav", "gs://b")) == "gs://b/a.wav"
+    assert str(parse("../a", "s3://b/cat")) == "s3://b/a" and str(parse("..", "s3://b/cat/x")) == "s3://b/cat"
+    for v in ("../../x", "../..", "a/../../../b"):
+        with pytest.raises(InputError, match="climbs above the root of bucket"):
+            parse(v, "s3://b/cat")
+
+
+def test_unknown_default_invalidates_every_row_like_an_unknown_row_key(tmp_path):
+    """YAML rows with unknown keys were invalid while an unknown key in `defaults` was ignored (exit 0, prompt
+    lost): now the defaults' problem is named at the defaults and at every row it would reach."""
+    loc = _write(tmp_path, "m.yaml", "defaults:\n  image: p.png\n  promt: a teacher\njobs:\n"
+                                     "  - {id: a, audio: a.wav}\n  - {id: b, audio: b.wav, prompt: own}\n")
+    m = load_manifest(loc)
+    assert not m.jobs and list(m.bad_rows) == ["a", "b"]
+    d = next(p for p in m.problems if p.where == f"{loc}:1 (defaults)")
+    assert d.field == "promt" and d.hint == "did you mean 'prompt'?" and "no job is rendered" in d.reason
+    for line, n in ((5, 1), (6, 2)):
+        assert any(p.where == f"{loc}:{line} (job #{n})" and p.field == "promt" and "defaults" in p.reason
+                   for p in m.problems)
+
+
+def test_a_key_given_twice_in_yaml_is_a_problem(tmp_path):
+    loc = _write(tmp_path, "m.yaml", "jobs:\n  - id: a\n    image: p.png\n    audio: a.wav\n    audio: b.wav\n"
+                                     "  - {id: b, image: p.png, audio: a.wav}\n")
+    m = load_manifest(loc)
+    assert [j.id for j in m.jobs] == ["b"]
+    p = next(p for p in m.problems if p.field == "audio")
+    assert p.where == f"{loc}:2 (job #1)" and "given twice in this job on lines 4 and 5" in p.reason
+
+
+@pytest.mark.parametrize("header,row,field,words,renders", [
+    ("id,audio,image,promt", "a,x.wav,p.png,hello", "promt", "did you mean 'prompt'", False),
+    ("id,audio,image,promt", "a,x.wav,p.png,", "promt", "did you mean 'prompt'", True),
+    ("id,audio,image,audio", "a,x.wav,p.png,y.wav", "audio", "more than one 'audio' column (2 and 4)", False),
+    ("id,audio,image,audio", "a,x.wav,p.png,", "audio", "more than once in the header (columns 2 and 4)", True),
+    ("id,audio,image,", "a,x.wav,p.png,zz", "column 4", "no name in the header", False),
+    ("Audio,id,image", "x.wav,a,p.png", "Audio", "did you mean 'audio'", False),
+])
+def test_csv_header_problems_reach_the_rows_they_affect(tmp_path, header, row, field, words, renders):
+    """A duplicate `audio` column once used the last one silently, and a misspelt `promt` dropped the prompt
+    (exit 0). Each is a problem naming the column; a row with a value under it is not rendered, and says so."""
+    loc = _write(tmp_path, "m.csv", f"{header}\n{row}\n")
+    m = load_manifest(loc)
+    assert any(p.field == field and words in str(p) for p in m.problems), [str(p) for p in m.problems]
+    assert [j.id for j in m.jobs] == (["a"] if renders else [])
+    if not renders:
+        assert any(p.where == f"{loc}:2 (row 1)" for p in m.problems) and m.bad_rows == ("a",)
+
+
+def test_trailing_empty_csv_columns_are_harmless(tmp_path):
+    """Spreadsheets export `a,b,c,,,`: columns without a name and without values are not a problem."""
+    m = load_manifest(_write(tmp_path, "m.csv", "id,audio,image,,\na,x.wav,p.png,,\n"))
+    assert not m.problems and [j.id for j in m.jobs] == ["a"]
+
+
+def test_yaml_booleans_are_not_numbers(tmp_path):
+    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, audio: a.wav, image: p.png, seed: yes}\n"))
+    assert not m.jobs and any(p.field == "seed" and "YAML boolean" in p.reason for p in m.problems)

@@ -143,7 +143,7 @@ def test_outputs_outside_the_allowed_roots_are_refused_at_validate(tmp_path, run
     roots = [str(inside), "s3://acme-out/videos"]
     monkeypatch.setenv("S2V_ALLOWED_OUTPUT_ROOTS", json.dumps(roots))
     assert run_cli("validate", m, "--no-deep") == 2
-    assert "outside the allowed" in capsys.readouterr().err
+    assert "outside the allowed" in capsys.readouterr().out  # validate reports on stdout, like a linter
     assert not outside.exists()  # refused before anything is written there
 
     from core.settings import Settings

@@ -122,5 +122,7 @@ def test_cli_exit_codes(ray_local, assets, tmp_path, run_cli, monkeypatch):
     assert run_cli("validate", invalid) == 2
     assert run_cli("render", invalid, "--no-progress") == 2
     assert (tmp_path / "out" / "ok2.mp4").exists()  # the valid row still published
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    latest = (tmp_path / "work" / "runs" / "LATEST").read_text()
+    report = json.loads((tmp_path / "work" / "runs" / latest / "report.json").read_text())  # the full report
     assert report["jobs"]["nofile"]["status"] == "invalid" and "missing.wav" in report["jobs"]["nofile"]["reason"]
+    assert set(json.loads((tmp_path / "out" / "report.json").read_text())["jobs"]) == {"ok2"}  # only its jobs

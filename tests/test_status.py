@@ -106,3 +106,52 @@ def test_status_after_the_driver_was_sigkilled(assets, tmp_path, env, run_cli, c
 
     assert run_cli("status") == 0  # the latest run, as a table
     assert "run doomed (interrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_records_the_run_writes_its_report_and_sends_its_webhook(assets, tmp_path, env, run_cli, capsys):
+    """Ctrl-C mid-render (SIGINT to the driver's process group, as a terminal sends it): the run records itself as
+    interrupted, writes its report, posts run.finished to a loopback receiver, says how to resume and exits 130.
+    Once, typer turned the interrupt into a silent exit 130: state.json stayed "running", no report, no webhook."""
+    from test_webhook import Receiver
+
+    pcm, _ = media.speech([(9.0, 0.6), (9.0, 0)], seed=11)
+    wav = media.write_wav(tmp_path / "long.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": "slow", "audio": str(wav), "seed": 1}],
+                             {"image": str(assets["image"]), "size": "96*96", "backend": "faults",
+                              "output": str(tmp_path / "out"), "max_scene_s": 25})
+    rec = Receiver((200,))
+    run_env = {**os.environ, "S2V_GPUS": "1", "S2V_FAULTS_DIR": str(tmp_path / "faults"),
+               "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 2.0}]), "S2V_WEBHOOK_URL": rec.url}
+    # a shell without job control starts its background children with SIGINT ignored, and Python keeps an
+    # ignored SIGINT: give the driver the default disposition a terminal's foreground process has
+    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "render", str(m), "--no-progress",
+                          "--run-id", "stopped"], cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    state_file = env / "runs" / "stopped" / "state.json"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and not _rendered_some(state_file):
+            time.sleep(0.05)
+        assert _rendered_some(state_file), "the driver never recorded a rendered clip"
+        os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+        rec.stop()
+    assert p.returncode == 130, out
+    assert "rerun the same command to resume" in out and "Traceback" not in out
+    state = json.loads(state_file.read_text())
+    assert state["status"] == "interrupted"
+    assert state["jobs"]["slow"]["status"] == "interrupted" and state["jobs"]["slow"]["clips_rendered"] >= 1
+    report = json.loads((env / "runs" / "stopped" / "report.json").read_text())
+    assert report["totals"]["interrupted"] == 1 and report["jobs"]["slow"]["status"] == "interrupted"
+    finished = [json.loads(body) for _, headers, body in rec.requests if headers.get("X-S2V-Event") == "run.finished"]
+    assert len(finished) == 1 and finished[0]["run"]["status"] == "interrupted"
+    assert finished[0]["run"]["run_id"] == "stopped" and finished[0]["run"]["interrupted"] == 1
+    assert not (tmp_path / "out" / "slow.mp4").exists()
+
+    assert run_cli("status", "stopped") == 0
+    assert "run stopped (interrupted)" in capsys.readouterr().err

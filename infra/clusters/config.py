@@ -223,7 +223,7 @@ def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: 
         probs.add(where, "allowed_cuda_versions", f"must be a non-empty list of versions like '13.0', got {cuda!r}",
                   "quote them in YAML: [\"13.0\"] (13.0 unquoted is the number 13)")
     for w, dc in ((where, nc.get("data_center_id")), ("provider", cfg.get("provider", {}).get("data_center_id"))):
-        if dc is not None and dc != "any" and not DATA_CENTER_RE.match(str(dc)):
+        if dc is not None and dc != "any" and not DATA_CENTER_RE.fullmatch(str(dc)):
             probs.add(w, "data_center_id", f"invalid RunPod data center {dc!r}", "like EU-RO-1, or 'any'")
     head = cfg.get("head_node_type")
     if gpu and is_head:

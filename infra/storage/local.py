@@ -64,6 +64,17 @@ class LocalStorage(Storage):
             return
         self._atomic(Path(uri.key), lambda tmp: shutil.copyfile(src, tmp))
 
+    def check_writable(self, prefix: Uri) -> None:
+        """Files could be created under prefix — checked without creating anything (`validate` and `plan` leave
+        no folder behind): the nearest existing ancestor must be a folder this process may write and enter."""
+        probe = Path(prefix.key)
+        while not (probe.exists() or probe.is_symlink()) and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise StorageError(f"{probe} is a file, not a folder; choose another output folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise StorageError(f"{probe}: no permission to create files there; check the folder's owner and mode")
+
     def delete(self, uri: Uri) -> None:
         try:
             Path(uri.key).unlink()

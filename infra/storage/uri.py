@@ -58,7 +58,13 @@ def parse(value: str, base: str | None = None) -> Uri:
     if base is not None and not Path(value).expanduser().is_absolute():
         b = parse(base)
         if b.scheme != "file":
-            return Uri(b.scheme, b.bucket, posixpath.normpath(posixpath.join(b.key, value)))
+            key = posixpath.normpath(posixpath.join(b.key, value))
+            # '..' may move between folders of the bucket, never above its root (normpath would keep a
+            # literal '../x' key, which S3 and GCS store as is)
+            if key == ".." or key.startswith("../"):
+                raise InputError(f"{value!r} climbs above the root of bucket {b.scheme}://{b.bucket}/ "
+                                 f"(relative to {b}); write a path inside the bucket or a full URI")
+            return Uri(b.scheme, b.bucket, "" if key == "." else key)
         return Uri("file", "", str((Path(b.key) / value).resolve()))
     return Uri("file", "", str(Path(value).expanduser().resolve()))
 
