@@ -14,13 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from infra.storage import uri as uris
 from core.errors import ManifestError, Problem, ProblemList
+from orchestrator.delivery_fields import AUTO, DeliveryFields  # delivery: captions + renditions fields
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SIZE_RE = re.compile(r"^\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*$")
-LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir")
+LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir", "captions")
 
 
-class JobSpec(BaseModel):
+class JobSpec(DeliveryFields):
     """One row of a manifest: one output video. Frozen; locations are resolved URIs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -229,6 +230,9 @@ def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) 
         if not isinstance(v, str):
             problems.add(where, f, f"must be a path or URI, got {type(v).__name__}")
             ok = False
+            continue
+        if f == "captions" and v.strip().lower() == AUTO:  # delivery: speech recognition, not a file
+            row[f] = AUTO
             continue
         try:
             row[f] = str(uris.parse(v, base))

@@ -11,6 +11,7 @@ from pathlib import Path
 from infra.storage import Uri, parse, storage_for
 from orchestrator.checkpoints import WorkArea
 from orchestrator.planner import JobPlan, local_path
+from orchestrator.post import deliver
 from core.retry import retrying
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
@@ -99,9 +100,11 @@ def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -
     return src, False
 
 
-def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None) -> dict:
-    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish. Returns the sidecar.
-    audio_ready is prepare_audio's result, passed only so Ray runs this after it."""
+def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None,
+                       captions_ready=None) -> dict:
+    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, post step, publish. Returns the
+    sidecar. audio_ready is prepare_audio's result, passed only so Ray runs this after it; captions_ready is
+    post.prepare_captions' result (speech recognition for `captions: auto`)."""
     t0 = time.monotonic()
     wa = WorkArea.at(work, settings)
     uris = output_uris(plan)
@@ -127,8 +130,13 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         t_stitch = time.monotonic() - t0
         meta = sidecar(plan, res, {"stitch_s": round(t_stitch, 3)}, stats)
         meta["outputs"] = {k: str(u) for k, u in uris.items()}
+        # delivery: captions + renditions from the stitched master (orchestrator/post.py)
+        post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready)
+        meta.update(post.meta)
+        meta["outputs"].update(post.meta["delivered"])
         side = tmpd / f"{plan.job.id}.json"
         side.write_text(json.dumps(meta, indent=1, sort_keys=True))
         st = storage_for(uris["mp4"], settings)
-        retrying("storage")(st.publish, [(res.video, uris["mp4"]), (res.poster, uris["jpg"]), (side, uris["json"])])
+        retrying("storage")(st.publish, [(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files,
+                                         (side, uris["json"])])
     return meta
