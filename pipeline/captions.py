@@ -65,7 +65,7 @@ def parse_captions(data: bytes, name: str, audio_s: float | None = None) -> tupl
     if not is_vtt and name.lower().endswith(".vtt"):
         bad(first + 1, "a WebVTT file must start with a 'WEBVTT' line", "add 'WEBVTT' and a blank line at the top")
         return [], problems
-    if not is_vtt and not any(TIMING_RE.match(ln) for ln in lines[first:first + 3]):
+    if not is_vtt and not name.lower().endswith(".srt") and not any("-->" in ln for ln in lines[first:first + 3]):
         bad(first + 1, "neither SubRip (SRT) nor WebVTT: no timing line ('00:00:01,000 --> 00:00:03,000') "
             "at the start", "give an .srt or .vtt file")
         return [], problems
