@@ -110,7 +110,8 @@ def check_captions(job, audio_s: float, settings: Settings) -> list[Problem]:
                             + ", ".join(missing), "set S2V_ASR_MODEL_DIR (see docs/delivery.md)")]
         gen = json.loads((Path(settings.asr_model_dir).expanduser() / "generation_config.json").read_text())
         lang = whisper_language(job.caption_language)
-        if f"<|{lang}|>" not in (gen.get("lang_to_id") or {}):
+        known = (gen.get("lang_to_id") or {}) if gen.get("is_multilingual", True) else {"<|en|>": 0}  # *.en models
+        if f"<|{lang}|>" not in known:
             return [Problem(where, "caption_language", f"the Whisper model does not know '{job.caption_language}'",
                             "use a multilingual Whisper model, or give a caption file")]
         return []

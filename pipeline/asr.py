@@ -98,16 +98,19 @@ def transcribe(pcm: np.ndarray, model_dir: str | Path, language: str, threads: i
     torch.set_num_threads(max(1, threads))
     model, processor = _load(d)
     lang = whisper_language(language)
-    if f"<|{lang}|>" not in (getattr(model.generation_config, "lang_to_id", None) or {}):
+    multilingual = getattr(model.generation_config, "is_multilingual", True)
+    known = (getattr(model.generation_config, "lang_to_id", None) or {}) if multilingual else {"<|en|>": 0}
+    if f"<|{lang}|>" not in known:
         raise ConfigError(f"Whisper model {d} does not know language '{language}'")
+    task = {"language": lang, "task": "transcribe"} if multilingual else {}  # *.en models take neither
     long = len(pcm) > 30 * SAMPLE_RATE
     feats = processor.feature_extractor(pcm, sampling_rate=SAMPLE_RATE, return_tensors="pt",
                                         truncation=not long, padding="longest" if long else "max_length",
                                         return_attention_mask=True)
     try:
         with torch.inference_mode():
-            out = model.generate(feats.input_features, attention_mask=feats.attention_mask, language=lang,
-                                 task="transcribe", return_timestamps=True, return_token_timestamps=True,
+            out = model.generate(feats.input_features, attention_mask=feats.attention_mask, **task,
+                                 return_timestamps=True, return_token_timestamps=True,
                                  return_segments=True, return_dict_in_generate=True)
     except (RuntimeError, ValueError) as e:
         raise RenderError(f"speech recognition failed: {e}") from None
