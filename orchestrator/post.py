@@ -286,11 +286,16 @@ def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmp
 
 
 def _language_name(tag: str) -> str:
+    """The language's own name for the player's subtitle menu ('English (United States)', 'português (Brasil)')."""
+    import importlib.util
+
     import langcodes
 
+    if importlib.util.find_spec("language_data") is None:  # langcodes prints a warning before it raises
+        return tag
     try:
-        return langcodes.Language.get(tag).display_name(tag)
-    except Exception:  # noqa: BLE001 - names need the optional language_data package; the tag will do
+        return langcodes.Language.get(tag).display_name(tag).replace('"', "'")
+    except LookupError:
         return tag
 
 

@@ -111,7 +111,8 @@ def test_hls_master_playlist_plays_end_to_end_with_every_variant_and_subtitles(r
     master = run["out"] / "lesson.hls" / "master.m3u8"
     text = master.read_text()
     assert text.count("#EXT-X-STREAM-INF") == 2 and 'TYPE=SUBTITLES,GROUP-ID="subs"' in text
-    assert 'LANGUAGE="en-US"' in text and text.count('SUBTITLES="subs"') == 2
+    assert 'LANGUAGE="en-US"' in text and 'NAME="English (United States)"' in text  # the menu shows a name
+    assert text.count('SUBTITLES="subs"') == 2
     with av.open(str(master)) as c:
         heights = sorted(s.codec_context.height for s in c.streams.video)
         rates = sorted(float(s.average_rate) for s in c.streams.video)
