@@ -165,7 +165,8 @@ class Settings(BaseSettings):
     asr_cpus: float = Field(1.0, gt=0, description="CPUs of the speech-recognition Ray task (it never takes a GPU).")
     caption_font: str = Field("DejaVu Sans", description="Font family of burned-in captions (fontconfig name).")
     caption_fonts_dir: str | None = Field(None, description="Extra folder of font files for burn-in; None = system.")
-    rendition_preset: str = Field("medium", description="x264 preset of renditions and burned masters.")
+    rendition_preset: str = Field("medium", description="x264 preset of renditions and burned masters.",
+                                  pattern="^(ultrafast|superfast|veryfast|faster|fast|medium|slow|slower|veryslow)$")
     rendition_crf: int = Field(21, ge=0, le=51, description="CRF of renditions that give neither crf nor bitrate.")
     rendition_audio_bitrate: str = Field("128k", description="AAC bitrate of renditions (48 kHz stereo).")
     hls_segment_s: float = Field(6.0, ge=1, le=30, description="HLS segment length; every variant cuts there.")

@@ -291,7 +291,8 @@ def write_ass(cues: list[Cue], width: int, height: int, style: BurnStyle = BurnS
 
 # ---------- cues from word timestamps (captions: auto) ----------
 
-def layout(words: list[str], joiner: str = " ", max_chars: int = MAX_CHARS, max_lines: int = MAX_LINES) -> list[str] | None:
+def layout(words: list[str], joiner: str = " ", max_chars: int = MAX_CHARS,
+           max_lines: int = MAX_LINES) -> list[str] | None:
     """Lines for a cue's words, or None when they do not fit. Two lines break after punctuation where possible,
     else where the lines are most even (the bottom line the longer: a 'pyramid')."""
     text = joiner.join(words)

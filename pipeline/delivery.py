@@ -126,7 +126,8 @@ def encode_rendition(m: Master, r: rd.Rendition, audio: AudioTargets, tmpd: Path
         vtt.write_text(cap.write_vtt(cues), encoding="utf-8")
     dest = tmpd / f"{r.name}.mp4"
     job = rd.VideoJob(master=str(m.path), audio=str(sound), dest=str(dest), width=width, height=height, fps=fps,
-                      frames=frames, src_fps=m.fps, interpolate=r.interpolate, crf=r.crf if r.crf is not None else enc.crf,
+                      frames=frames, src_fps=m.fps, interpolate=r.interpolate,
+                      crf=r.crf if r.crf is not None else enc.crf,
                       kbps=r.kbps, preset=enc.preset, keyint_s=enc.segment_s if r.format == "hls" else 2.0,
                       burn_ass=str(ass) if ass else None, fonts_dir=enc.fonts_dir,
                       soft_vtt=str(vtt) if vtt else None, language3=language3)

@@ -27,7 +27,7 @@ class Rendition(BaseModel):
     name: str
     height: int | None = Field(None, ge=64, le=4320, description="Output height; width follows the aspect (even).")
     fps: int | None = Field(None, ge=1, le=60, description="Output frame rate; None keeps the master's.")
-    interpolate: bool = Field(False, description="Motion-interpolate to fps (minterpolate) instead of repeating frames.")
+    interpolate: bool = Field(False, description="Motion-interpolate to fps (minterpolate), not repeat frames.")
     crf: int | None = Field(None, ge=0, le=51)
     bitrate: str | None = Field(None, description="Video bitrate, e.g. 2500k or 2.5M (capped VBR); excludes crf.")
     format: Literal["mp4", "hls"] = "mp4"

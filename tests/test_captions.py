@@ -10,8 +10,10 @@ import media
 from pipeline.captions import (MAX_CHARS, Word, clean_words, cues_from_words, parse_captions, plain_text, write_ass,
                                write_vtt)
 
-GOOD_SRT = "1\n00:00:00,500 --> 00:00:02,000\nHello <i>world</i> & co\n\n2\n00:00:02,500 --> 00:00:03,900\n<font color=red>Bye</font>\n"
-GOOD_VTT = "WEBVTT - lesson\nKind: captions\n\nNOTE a note\n\nintro\n00:00.500 --> 00:00:02.000 line:80%\nHello\n\n00:00:02.500 --> 00:00:03.900\nBye\n"
+GOOD_SRT = ("1\n00:00:00,500 --> 00:00:02,000\nHello <i>world</i> & co\n\n"
+            "2\n00:00:02,500 --> 00:00:03,900\n<font color=red>Bye</font>\n")
+GOOD_VTT = ("WEBVTT - lesson\nKind: captions\n\nNOTE a note\n\nintro\n00:00.500 --> 00:00:02.000 line:80%\nHello\n\n"
+            "00:00:02.500 --> 00:00:03.900\nBye\n")
 
 BROKEN = {
     # name: (file name, bytes, audio seconds, expected words in the problem, expected line)
@@ -99,7 +101,8 @@ def test_cues_from_words_follow_the_style_guide(seed):
 
 def test_noise_words_still_make_valid_cues():
     """What tiny random Whisper weights produce: control characters, replacement characters, clustered times."""
-    words = [Word("\x00\ufffdab", 0.0, 0.0), Word("c\nd", 0.0, 0.02), Word("<b>&", 0.02, 0.02), Word("x" * 100, 0.5, 0.5),
+    words = [Word("\x00\ufffdab", 0.0, 0.0), Word("c\nd", 0.0, 0.02), Word("<b>&", 0.02, 0.02),
+             Word("x" * 100, 0.5, 0.5),
              Word("late", 9.0, 12.0)]
     cues = cues_from_words(words, 5.0)
     doc = write_vtt(cues)

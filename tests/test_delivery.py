@@ -20,7 +20,8 @@ from pipeline.captions import parse_captions, plain_text
 from pipeline.media import count_video_frames, ffmpeg_bin, run_ffmpeg
 from pipeline.renditions import loudness_measure_argv, parse_ebur128
 
-SRT = "1\n00:00:00,300 --> 00:00:01,800\nWelcome to <i>lesson one</i>\n\n2\n00:00:02,200 --> 00:00:03,900\nWater & clouds\n"
+SRT = ("1\n00:00:00,300 --> 00:00:01,800\nWelcome to <i>lesson one</i>\n\n"
+       "2\n00:00:02,200 --> 00:00:03,900\nWater & clouds\n")
 RENDITIONS = [{"name": "r144", "height": 144, "fps": 30},
               {"name": "h96", "height": 96, "fps": 24, "format": "hls"},
               {"name": "h64", "height": 64, "fps": 25, "interpolate": True, "format": "hls", "loudness": -20}]
