@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from orchestrator.planner import JobPlan, local_path, sha256_file
 from pipeline import captions as cap
 from pipeline import delivery as dv
 
-log = logging.getLogger("s2v.post")
 POST_VERSION = "1"  # bump when what the post step writes changes: every rendition key changes with it
 STATS_KEYS = ("gpu_s", "cost_usd", "clips_rendered", "retries", "preemptions", "attempts")
 

@@ -4,7 +4,6 @@ no clips), from the published master — or, when that master has captions burne
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,6 @@ from orchestrator.checkpoints import WorkArea
 from orchestrator.planner import JobPlan
 from orchestrator.post import STATS_KEYS, deliver, deliverables
 
-log = logging.getLogger("s2v.repost")
 
 
 def _clips_complete(plan: JobPlan, work: WorkArea) -> bool:
