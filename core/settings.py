@@ -207,6 +207,18 @@ class Settings(BaseSettings):
     webhook_url: str | None = Field(None, repr=False, description="http(s) URL to POST run events to; None = off.")
     webhook_secret: str | None = Field(None, repr=False, description="HMAC-SHA256 key for X-S2V-Signature.")
 
+    # delivery: captions + renditions, the post step of every job (issue 13: pipeline/captions.py, asr.py,
+    # renditions.py; orchestrator/post.py). None of these change a job key; they change rendition keys.
+    asr_model_dir: str | None = Field(None, description="Whisper folder (transformers layout) for `captions: auto`.")
+    asr_cpus: float = Field(1.0, gt=0, description="CPUs of the speech-recognition Ray task (it never takes a GPU).")
+    caption_font: str = Field("DejaVu Sans", description="Font family of burned-in captions (fontconfig name).")
+    caption_fonts_dir: str | None = Field(None, description="Extra folder of font files for burn-in; None = system.")
+    rendition_preset: str = Field("medium", description="x264 preset of renditions and burned masters.",
+                                  pattern="^(ultrafast|superfast|veryfast|faster|fast|medium|slow|slower|veryslow)$")
+    rendition_crf: int = Field(21, ge=0, le=51, description="CRF of renditions that give neither crf nor bitrate.")
+    rendition_audio_bitrate: str = Field("128k", description="AAC bitrate of renditions (48 kHz stereo).")
+    hls_segment_s: float = Field(6.0, ge=1, le=30, description="HLS segment length; every variant cuts there.")
+
     @field_validator("node_prices", mode="after")
     @classmethod
     def _over_default_prices(cls, v: dict[str, NodePrice]) -> dict[str, NodePrice]:

@@ -10,12 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from infra.storage import uri as uris
 from core.errors import InputError, ManifestError, Problem, ProblemList
 from orchestrator import safe_yaml
+from orchestrator.delivery_fields import AUTO, DeliveryFields  # delivery: captions + renditions fields
 from orchestrator.manifest_files import YAMLError, csv_rows, key_text, read_text, suggest, yaml_rows
 
 # validators use fullmatch: `$` also matches before a trailing newline, so "evil\n" passed a match() with `$`
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SIZE_RE = re.compile(r"\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*")
-LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir")
+LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir", "captions")
 ID_RULE = ("1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, with no '..' "
            "or '/'")
 
@@ -32,7 +33,7 @@ def check_run_id(value: str) -> str:
     return value
 
 
-class JobSpec(BaseModel):
+class JobSpec(DeliveryFields):
     """One row of a manifest: one output video. Frozen; locations are resolved URIs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -146,6 +147,9 @@ def _resolve_locations(row: dict, base: str, where: str, problems: ProblemList) 
         if not isinstance(v, str):
             problems.add(where, f, f"must be a path or URI, got {type(v).__name__}")
             ok = False
+            continue
+        if f == "captions" and v.strip().lower() == AUTO:  # delivery: speech recognition, not a file
+            row[f] = AUTO
             continue
         try:
             row[f] = str(uris.parse(v, base))

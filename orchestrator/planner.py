@@ -213,6 +213,12 @@ def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
         raise _bad(job, "audio", str(e)) from None
     if a.frames < 1:
         raise _bad(job, "audio", f"{job.audio} is shorter than one video frame")
+    if job.captions:  # delivery: a bad caption file (or a missing ASR model) is this row's problem, found now
+        from orchestrator.post import check_captions
+
+        caption_problems = check_captions(job, a.duration_s, settings)
+        if caption_problems:
+            raise MediaError(f"{job.source}: captions", caption_problems)
     cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s)
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(

@@ -13,6 +13,7 @@ from infra.storage import Uri, parse, storage_for
 from orchestrator.checkpoints import WorkArea
 from orchestrator.planner import JobPlan, local_path
 from core.errors import RenderError, S2VError
+from orchestrator.post import deliver
 from core.retry import retrying
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
@@ -155,10 +156,11 @@ def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -
 
 
 def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None,
-                       keep_checkpoints: bool = False) -> dict:
-    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, publish, then drop the job's
-    checkpoints (unless settings.keep_checkpoints, or keep_checkpoints: another job of the run shares the key).
-    Returns the sidecar. audio_ready is prepare_audio's result, passed only so Ray runs this after it."""
+                       keep_checkpoints: bool = False, captions_ready=None) -> dict:
+    """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, post step, publish, then drop the
+    job's checkpoints (unless settings.keep_checkpoints, or keep_checkpoints: another job of the run shares the
+    key). Returns the sidecar. audio_ready is prepare_audio's result, passed only so Ray runs this after it;
+    captions_ready is post.prepare_captions' result (speech recognition for `captions: auto`)."""
     t0 = time.monotonic()
     wa = WorkArea.at(work, settings)
     uris = output_uris(plan)
@@ -187,6 +189,10 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         t_stitch = time.monotonic() - t0
         meta = sidecar(plan, res, {"stitch_s": round(t_stitch, 3)}, stats)
         meta["outputs"] = {k: str(u) for k, u in uris.items()}
+        # delivery: captions + renditions from the stitched master (orchestrator/post.py)
+        post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready)
+        meta.update(post.meta)
+        meta["outputs"].update(post.meta["delivered"])
         side = tmpd / f"{plan.job.id}.json"
         side.write_text(json.dumps(meta, indent=1, sort_keys=True))
         refused = replace_problem(plan, settings, work)
@@ -196,9 +202,12 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         retrying("storage")(wa.storage.write_bytes, claim, json.dumps(
             {"id": plan.job.id, "key": plan.key, "outputs": {k: str(u) for k, u in uris.items()}}).encode())
         st = storage_for(uris["mp4"], settings)
-        retrying("storage")(st.publish, [(res.video, uris["mp4"]), (res.poster, uris["jpg"]), (side, uris["json"])])
+        retrying("storage")(st.publish, [(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files,
+                                         (side, uris["json"])])
         retrying("storage")(wa.storage.delete, claim)
-    if not (settings.keep_checkpoints or keep_checkpoints):
+    # A master with burned-in captions is not a clean master: a later post-step change re-stitches one from the
+    # clip videos (orchestrator/repost.py), so such a job keeps them (tails are gone already; `s2v gc` ages them).
+    if not (settings.keep_checkpoints or keep_checkpoints or plan.job.captions_burn):
         try:  # they have served; failing to remove them costs disk (`s2v gc` finds them later), never the job
             wa.remove_job(plan.key)
         except Exception as e:  # noqa: BLE001

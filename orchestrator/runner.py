@@ -16,7 +16,9 @@ from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_
 from orchestrator.leases import RunLeases
 from orchestrator.manifest import check_run_id, load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
+from orchestrator.post import captions_task, deliverables, post_current
 from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
+from orchestrator.repost import run_reposts
 from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from core.settings import Settings
@@ -38,6 +40,7 @@ class JobResult(BaseModel):
     gpu_s: float = 0.0
     cost_usd: float = 0.0
     duration_s: float = 0.0
+    deliverables: dict[str, str] = {}  # delivery: captions, renditions, HLS published by the post step
 
 
 class RunResult(BaseModel):
@@ -99,11 +102,15 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         results[jid] = JobResult(id=jid, status="invalid", reason=reason)
     work = WorkArea.at(settings.work, settings)
     todo: list[JobPlan] = []
+    repost: list[JobPlan] = []  # published, but captions or renditions changed: the post step alone reruns
     for p in planned.plans:
         base = JobResult(id=p.job.id, status="pending", key=p.key, scenes=len(p.scenes), clips=p.clips,
                          duration_s=p.duration_s, output=str(output_uris(p)["mp4"]))
         if not force and published_key(p, settings) == p.key:
-            base.status = "skipped"
+            if post_current(p, settings):
+                base.status = "skipped"
+            else:
+                repost.append(p)  # published and current, but its captions or renditions changed
         elif refused := replace_problem(p, settings, settings.work):  # never replace what s2v did not publish
             base.status, base.reason = "failed", refused
         else:
@@ -127,13 +134,15 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     interrupted = False
     how = "rerun without --force to resume" if force else "rerun the same command to resume"
     try:
-        if todo:
+        if todo or repost:
+            notify = lambda r: (leases.done(r.id), hook.job(r.model_dump(), run_id) if hook else None)  # noqa: E731
             done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
-            progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
+            progress.start(len(todo) + len(repost),
+                           sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
             with ray_session(settings):
-                actors_info, events = _schedule(
-                    todo, done, settings, work, results, state, progress,
-                    lambda r: (leases.done(r.id), hook.job(r.model_dump(), run_id) if hook else None))
+                if todo:
+                    actors_info, events = _schedule(todo, done, settings, work, results, state, progress, notify)
+                run_reposts(repost, settings, str(work.root), results, notify, progress)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: recording the run and writing its report (Ctrl-C again to stop at once)")
@@ -176,6 +185,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
     # identical rows share a job key and so its checkpoints: the first to publish must not remove them
     shared_keys = {k for k, n in Counter(p.key for p in todo).items() if n > 1}
+    asr_task = captions_task(settings)
+    asr_started: dict = {}  # job id → ref: `captions: auto` transcribes on a CPU while its clips render
     stitching: dict = {}  # ref → JobState
     price = settings.price()
 
@@ -187,6 +198,8 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     def on_clip(js: JobState, res: dict) -> None:
         if js.plan.job.id not in audio_started:
             audio_started[js.plan.job.id] = audio_task.remote(js.plan, settings, str(work.root))
+            if js.plan.job.captions_auto:
+                asr_started[js.plan.job.id] = asr_task.remote(js.plan, settings, str(work.root))
         r = results[js.plan.job.id]
         r.clips_rendered, r.gpu_s = js.clips_rendered, js.gpu_s
         progress.clip(js.plan.job.id)
@@ -196,8 +209,9 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
         results[js.plan.job.id].status = "stitching"
         # the audio task's ref as an argument: Ray starts the stitch after it, the driver never waits
         audio_ref = audio_started.get(js.plan.job.id)
+        asr_ref = asr_started.get(js.plan.job.id)
         stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref,
-                                     js.plan.key in shared_keys)] = js
+                                     js.plan.key in shared_keys, asr_ref)] = js
 
     def on_failed(js: JobState) -> None:
         _finish(results[js.plan.job.id], js, "failed", js.failed, price)
@@ -212,8 +226,9 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
         for ref in ready:
             js = stitching.pop(ref)
             try:
-                ray.get(ref, timeout=60)
+                meta = ray.get(ref, timeout=60)
                 _finish(results[js.plan.job.id], js, "published", None, price)
+                results[js.plan.job.id].deliverables = deliverables(meta)
             except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
                 cause = getattr(e, "cause", None) or e
                 _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}", price)

@@ -86,15 +86,16 @@ def poster_argv(video: str, at_s: float, dest: str) -> list[str]:
 # ---------- the one place ffmpeg runs ----------
 
 def run_ffmpeg(args: list[str], *, input_bytes: bytes | None = None, what: str = "ffmpeg",
-               timeout_s: float = 3600, media_error: bool = False) -> bytes:
+               timeout_s: float = 3600, media_error: bool = False, log: bool = False) -> bytes:
     """Run ffmpeg; raise with its stderr. media_error=True turns a failure into a user-facing MediaError.
-    Only transient failures (a hung or unstartable process) are retried, per the "ffmpeg" policy."""
+    Only transient failures (a hung or unstartable process) are retried, per the "ffmpeg" policy.
+    log=True returns ffmpeg's log (stderr) instead of stdout: measuring filters (loudnorm, ebur128) print there."""
     from core.retry import retrying
 
-    return retrying("ffmpeg")(_run_ffmpeg_once, args, input_bytes, what, timeout_s, media_error)
+    return retrying("ffmpeg")(_run_ffmpeg_once, args, input_bytes, what, timeout_s, media_error, log)
 
 
-def _run_ffmpeg_once(args, input_bytes, what, timeout_s, media_error) -> bytes:
+def _run_ffmpeg_once(args, input_bytes, what, timeout_s, media_error, log=False) -> bytes:
     argv = [ffmpeg_bin(), *args]
     try:
         proc = subprocess.run(argv, input=input_bytes, capture_output=True, timeout=timeout_s)
@@ -108,7 +109,7 @@ def _run_ffmpeg_once(args, input_bytes, what, timeout_s, media_error) -> bytes:
         err = proc.stderr.decode("utf-8", "replace").strip()[-2000:] or f"exit code {proc.returncode}"
         cls = MediaError if media_error else RenderError
         raise cls(f"{what}: {err}")
-    return proc.stdout
+    return proc.stderr if log else proc.stdout
 
 
 class FrameWriter:

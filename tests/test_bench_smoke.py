@@ -78,3 +78,12 @@ def test_gpu_bench_says_no_cuda_without_a_gpu(capsys):
     r = gpu.main([])
     assert r["skipped"].startswith("no CUDA")
     assert "no CUDA" in capsys.readouterr().err
+
+
+def test_post_bench_times_the_delivery_ladder():
+    from bench import post
+
+    r = post.main(["--seconds", "5", "--preset", "ultrafast"])
+    assert [x["name"] for x in r["ladder"]] == ["720p", "480p", "hls720", "hls480"]
+    assert r["ladder"][0]["size"].endswith("x720") and r["ladder"][1]["fps"] == 30
+    assert r["post_wall_s"] > 0 and r["wall_s_per_video_minute"] > 0 and r["files_published"] > 4

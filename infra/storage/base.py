@@ -68,6 +68,9 @@ _TYPES = {
     "png": "image/png", "json": "application/json", "html": "text/html; charset=utf-8",
     "txt": "text/plain; charset=utf-8", "csv": "text/csv; charset=utf-8", "yaml": "application/yaml",
     "yml": "application/yaml", "npy": "application/octet-stream",
+    # delivery (docs/delivery.md): captions and HLS playlists/segments, so players and CDNs take them as such
+    "vtt": "text/vtt; charset=utf-8", "srt": "application/x-subrip", "m3u8": "application/vnd.apple.mpegurl",
+    "m4s": "video/iso.segment", "ts": "video/mp2t",
 }
 
 

@@ -8,7 +8,7 @@ from infra.storage.base import storage_for
 from infra.storage.uri import Uri, parse
 from core.errors import InputError, Problem, S2VError, StorageError
 
-INPUT_FIELDS = ("audio", "image", "pose")
+INPUT_FIELDS = ("audio", "image", "pose", "captions")
 
 
 def _split(message: str) -> tuple[str, str | None]:
@@ -93,7 +93,7 @@ def check_inputs(jobs, settings) -> list[Problem]:
     for job in jobs:
         for field in INPUT_FIELDS:
             location = getattr(job, field, None)
-            if not location:
+            if not location or (field == "captions" and location == "auto"):  # auto: speech recognition
                 continue
             found = checker.object_problem(location)
             if found:
