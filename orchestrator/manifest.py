@@ -17,7 +17,11 @@ from core.errors import ManifestError, Problem, ProblemList
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SIZE_RE = re.compile(r"^\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*$")
-LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir")
+LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir", "lora")
+# A negative prompt of exactly this word (any case) means "none at all", as does "" in YAML; a missing field (or an
+# empty CSV cell: CSV cannot tell empty from missing, hence the word) means the backend's default, upstream's for
+# wan-s2v.
+NO_NEGATIVE_PROMPT = "none"
 
 
 class JobSpec(BaseModel):
@@ -29,7 +33,7 @@ class JobSpec(BaseModel):
     audio: str
     image: str
     prompt: str = ""
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None = the backend's default; "" = none (written `none`)
     pose: str | None = None
     seed: int = Field(0, ge=0, lt=2**31)
     backend: str = "draft"
@@ -44,6 +48,8 @@ class JobSpec(BaseModel):
     guidance: float | None = Field(None, ge=0, le=30)
     shift: float | None = Field(None, gt=0, le=30)
     model_dir: str | None = None
+    lora: str | None = None  # LoRA weights (.safetensors) applied to the model for this job (wan-s2v)
+    lora_scale: float = Field(1.0, ge=-4, le=4)
     # where the row came from, for error messages; not part of the job's identity
     source: str = Field("", exclude=True)
 
@@ -77,10 +83,17 @@ class JobSpec(BaseModel):
             return tuple(t.strip() for t in re.split(r"[;|]", v) if t.strip())
         return v
 
-    @field_validator("prompt", "negative_prompt", mode="before")
+    @field_validator("prompt", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
         return "" if v is None else v
+
+    @field_validator("negative_prompt", mode="before")
+    @classmethod
+    def _negative(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("", NO_NEGATIVE_PROMPT):
+            return ""
+        return v
 
     @property
     def area(self) -> tuple[int, int]:
@@ -316,7 +329,7 @@ def _hint_for(field: str | None, err: dict) -> str | None:
         return _suggest(field)
     if field in ("seed", "priority", "steps"):
         return "use a whole number"
-    if field in ("max_scene_s", "min_scene_s", "min_pause_s", "guidance", "shift"):
+    if field in ("max_scene_s", "min_scene_s", "min_pause_s", "guidance", "shift", "lora_scale"):
         return "use a number of seconds" if field.endswith("_s") else "use a number"
     return None
 
