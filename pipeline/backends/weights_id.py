@@ -41,7 +41,10 @@ def _load_cache(cache_file: Path | None) -> dict[str, str]:
 def _save_cache(cache_file: Path, entries: dict[str, str]) -> None:
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**_load_cache(cache_file), **entries}
+        fresh_paths = {k.rsplit("|", 3)[0] for k in entries}
+        # a file's older versions are dropped, so the cache holds one entry per file, not one per edit
+        merged = {k: v for k, v in _load_cache(cache_file).items() if k.rsplit("|", 3)[0] not in fresh_paths}
+        merged.update(entries)
         with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False, suffix=".tmp") as tmp:
             json.dump(merged, tmp, indent=0, sort_keys=True)
         os.replace(tmp.name, cache_file)  # atomic: a concurrent planner reads the old or the new cache, never half
