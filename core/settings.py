@@ -127,11 +127,15 @@ class Settings(BaseSettings):
     max_frozen_s: float = Field(0.0, ge=0, description="Fail a job with a frozen stretch longer than this (0 = off).")
     max_black_s: float = Field(0.0, ge=0, description="Fail a job with a black stretch longer than this (0 = off).")
 
-    # model stack (wan-s2v): weights folder, dtype (None = bf16 on GPU, fp32 on CPU), diffsynth offload
+    # model stack (wan-s2v): weights folder, dtype (None = bf16 on GPU, fp32 on CPU), diffsynth offload.
+    # docs/models.md "Trading speed for memory" says what each offload mode maps to in diffsynth's vram_config.
     model_dir: str | None = None
-    wan_dtype: str | None = Field(None, pattern="^(bf16|bfloat16|fp16|float16|fp32|float32)$")
-    wan_offload: str | None = Field(None, pattern="^(cpu|disk)$", description="Offload idle weights (CUDA only).")
-    wan_vram_limit: float | None = Field(None, gt=0, description="GiB of GPU memory diffsynth may keep resident.")
+    wan_dtype: str | None = Field(None, pattern="^(bf16|bfloat16|fp16|float16|fp32|float32)$",
+                                  description="Model dtype: bf16|bfloat16, fp16|float16, fp32|float32.")
+    wan_offload: str | None = Field(None, pattern="^(cpu|disk)$", description="cpu: idle models wait in RAM; disk: "
+                                    "DiT layers read from its safetensors when they run. Unset: all on the GPU.")
+    wan_vram_limit: float | None = Field(None, ge=0, description="GiB of GPU memory diffsynth may fill before it "
+                                         "streams layers in per use (needs wan_offload).")
 
     # checkpoints (orchestrator/checkpoints.py, orchestrator/gc.py): a chain keeps only its newest tail, and a job's
     # checkpoints (clip videos, tails, markers, pre-encoded audio) go once its outputs are published

@@ -27,6 +27,21 @@ def make_tiny_cmd(
     typer.echo(f"tiny Wan2.2-S2V weights in {out} ({size / 1e6:.1f} MB)")
 
 
+@app.command("make-tiny-lora")
+def make_tiny_lora_cmd(
+    directory: Path = typer.Argument(..., help="A weights folder (e.g. from make-tiny) whose DiT the LoRA targets."),
+    out: Path = typer.Option(None, help="LoRA file to write; default: DIRECTORY-lora.safetensors beside it."),
+    rank: int = typer.Option(4, min=1, help="LoRA rank."),
+    seed: int = typer.Option(0, help="Seed of the random LoRA weights."),
+) -> None:
+    """Build a random LoRA for a weights folder's DiT (tests and demos: point a job's `lora` at it)."""
+    from pipeline.backends.wan_tiny import make_tiny_lora
+
+    dest = out or directory.parent / f"{directory.name}-lora.safetensors"
+    path = make_tiny_lora(directory, dest, rank=rank, seed=seed)
+    typer.echo(f"LoRA for {directory} in {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
 @app.command("check")
 def check_cmd(directory: Path = typer.Argument(..., help="A Wan2.2-S2V-14B folder.")) -> None:
     """List the files the wan-s2v loader needs and cannot find (exit 2 when any is missing)."""

@@ -16,9 +16,13 @@ from orchestrator.manifest_files import YAMLError, csv_rows, key_text, read_text
 # validators use fullmatch: `$` also matches before a trailing newline, so "evil\n" passed a match() with `$`
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SIZE_RE = re.compile(r"\s*(\d{2,5})\s*[*xX×]\s*(\d{2,5})\s*")
-LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir", "captions")
+LOCATION_FIELDS = ("audio", "image", "pose", "output", "model_dir", "captions", "lora")
 ID_RULE = ("1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit, with no '..' "
            "or '/'")
+# A negative prompt of exactly this word (any case) means "none at all", as does "" in YAML; a missing field (or an
+# empty CSV cell: CSV cannot tell empty from missing, hence the word) means the backend's default, upstream's for
+# wan-s2v.
+NO_NEGATIVE_PROMPT = "none"
 
 
 def is_safe_name(value: object) -> bool:
@@ -42,7 +46,7 @@ class JobSpec(DeliveryFields):
     audio: str
     image: str
     prompt: str = ""
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None = the backend's default; "" = none (written `none`)
     pose: str | None = None
     seed: int = Field(0, ge=0, lt=2**31)
     backend: str = "draft"
@@ -57,6 +61,8 @@ class JobSpec(DeliveryFields):
     guidance: float | None = Field(None, ge=0, le=30)
     shift: float | None = Field(None, gt=0, le=30)
     model_dir: str | None = None
+    lora: str | None = None  # LoRA weights (.safetensors) applied to the model for this job (wan-s2v)
+    lora_scale: float = Field(1.0, ge=-4, le=4)
     # where the row came from, for error messages; not part of the job's identity
     source: str = Field("", exclude=True)
 
@@ -95,10 +101,17 @@ class JobSpec(DeliveryFields):
             raise ValueError("must be a number, got a YAML boolean (yes/no/on/off/true/false)")
         return v
 
-    @field_validator("prompt", "negative_prompt", mode="before")
+    @field_validator("prompt", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
         return "" if v is None else v
+
+    @field_validator("negative_prompt", mode="before")
+    @classmethod
+    def _negative(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("", NO_NEGATIVE_PROMPT):
+            return ""
+        return v
 
     @property
     def area(self) -> tuple[int, int]:
@@ -259,7 +272,7 @@ def _hint_for(field: str | None, err: dict) -> str | None:
         return _suggest(field)
     if field in ("seed", "priority", "steps"):
         return "use a whole number"
-    if field in ("max_scene_s", "min_scene_s", "min_pause_s", "guidance", "shift"):
+    if field in ("max_scene_s", "min_scene_s", "min_pause_s", "guidance", "shift", "lora_scale"):
         return "use a number of seconds" if field.endswith("_s") else "use a number"
     return None
 

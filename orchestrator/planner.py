@@ -12,12 +12,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from infra.storage import uri as uris
-from core.errors import InputError, MediaError, Problem, S2VError
+from core.errors import ConfigError, InputError, MediaError, Problem, S2VError
 from orchestrator.manifest import JobSpec
 from core.settings import Settings
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class
 from pipeline.backends.base import clip_frame_counts
+from pipeline.media import COLOUR
 
 PLAN_POLICY_VERSION = "1"  # bump when cutting rules change: it changes every job key
 MIN_IMAGE_SIDE = 64
@@ -123,16 +124,18 @@ def _image_size_cached(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
 
 
 def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None,
-            id_in_pixels: bool = False) -> str:
+            id_in_pixels: bool = False, weights_id: str | None = None, lora_sha: str | None = None) -> str:
     """Content hash of everything that changes the job's pixels (not output, priority or tags; the id only for
-    backends that draw it)."""
+    backends that draw it). The weights enter by content (weights_id), never by folder name; the negative prompt
+    as resolved against the backend's default."""
     ident = {
         "id": job.id if id_in_pixels else None,
         "audio": audio_sha, "image": image_sha, "pose": pose_sha,
         "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed, "size": job.size,
         "backend": job.backend, "backend_version": backend_version,
         "policy": [PLAN_POLICY_VERSION, job.max_scene_s, job.min_scene_s, job.min_pause_s],
-        "sampling": [job.steps, job.guidance, job.shift], "model": Path(job.model_dir).name if job.model_dir else None,
+        "sampling": [job.steps, job.guidance, job.shift], "model": weights_id,
+        "lora": [lora_sha, job.lora_scale] if lora_sha else None, "colour": COLOUR,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -192,13 +195,40 @@ def _pose_file(job: JobSpec, settings: Settings) -> Path:
     return path
 
 
-def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
+def _weights_id(job: JobSpec, settings: Settings, cls, memo: dict | None = None) -> str | None:
+    """The weights folder's content fingerprint (file digests cached per file version; `memo` keeps one answer per
+    folder for a whole plan_jobs call, so 10,000 rows stat the folder once). A folder this machine cannot see (a
+    remote URI, a path that exists only on the GPU nodes) is identified by its location instead."""
+    from pipeline.backends.weights_id import folder_fingerprint
+
+    location = job.model_dir or settings.model_dir
+    if not cls.spec.weights or not location:
+        return None
+    if memo is not None and (cls.spec.name, location) in memo:
+        return memo[(cls.spec.name, location)]
+    u = uris.parse(location)
+    if u.scheme == "file" and Path(u.key).is_dir():
+        root = Path(u.key)
+        out = folder_fingerprint(root, cls.weights_files(root), settings.cache_dir)
+    else:
+        out = f"location:{u}"
+    if memo is not None:
+        memo[(cls.spec.name, location)] = out
+    return out
+
+
+def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None) -> JobPlan:
     """Plan one job; raises MediaError whose Problem names the row and field on bad input."""
     try:
         cls = backend_class(job.backend)
     except InputError as e:
         raise _bad(job, "backend", str(e)) from None
     spec = cls.spec
+    if job.negative_prompt is None:  # resolved here, so the key, the sidecar and the actor all see the same text
+        job = job.model_copy(update={"negative_prompt": spec.default_negative_prompt})
+    if job.lora and not spec.lora:
+        raise _bad(job, "lora", f"backend {job.backend} does not apply LoRA weights", "use backend wan-s2v")
+    lora_sha = sha256_file(_input_file(job, "lora", settings)) if job.lora else None
     apath = _input_file(job, "audio", settings)
     ipath = _input_file(job, "image", settings)
     try:
@@ -222,7 +252,8 @@ def plan_job(job: JobSpec, settings: Settings) -> JobPlan:
     cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s)
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
-        job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels),
+        job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels,
+                             _weights_id(job, settings, cls, weights_memo), lora_sha),
         backend_version=spec.version, fps=spec.fps,
         duration_s=a.duration_s, frames=a.frames, width=w, height=h, audio_sha256=a_sha, image_sha256=i_sha,
         pose_sha256=pose_sha, scenes=chains_for(a.frames, cuts, spec, job.seed),
@@ -235,9 +266,19 @@ def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, wor
     problems: list[Problem] = []
     failed: list[str] = []
 
+    for name in sorted({j.backend for j in jobs}):  # settings problems are the run's, not each job's
+        try:
+            why = backend_class(name).check_settings(settings)
+        except InputError:
+            continue  # an unknown backend is reported per job below
+        if why:
+            raise ConfigError(f"backend {name}: {why}")
+
+    weights_memo: dict = {}
+
     def one(job: JobSpec):
         try:
-            return job, plan_job(job, settings), None
+            return job, plan_job(job, settings, weights_memo), None
         except InputError as e:
             return job, None, e
 

@@ -16,7 +16,8 @@ from core.retry import retrying
 from infra.storage import Uri, parse, storage_for
 
 CLOUD_SCHEMES = ("s3", "gs")
-STAGED_FIELDS = ("audio", "image", "pose")  # model_dir is a node path or a bucket: weights are never staged
+# model_dir is a node path or a bucket: weights are never staged; `captions: auto` names no file
+STAGED_FIELDS = ("audio", "image", "pose", "captions", "lora")
 _CHUNK = 1 << 20
 
 
@@ -89,7 +90,7 @@ def stage_inputs(jobs, work: Uri, settings) -> tuple[dict[str, Uri], list[str], 
     for job in jobs:
         for f in STAGED_FIELDS:
             v = getattr(job, f, None)
-            if v and parse(v).scheme == "file":
+            if v and not (f == "captions" and v == "auto") and parse(v).scheme == "file":
                 locals_.setdefault(v, Path(parse(v).key))
     staged, uploaded, reused = {}, [], []
     for location, path in locals_.items():

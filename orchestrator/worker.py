@@ -140,6 +140,8 @@ class RenderWorker:
             clip_frames=tuple(c.frames for c in scene.clips), audio=chunk,
             steps=plan.job.steps, guidance=plan.job.guidance, shift=plan.job.shift,
             model_dir=str(local_path(plan.job.model_dir, self.settings)) if plan.job.model_dir else None,
+            lora_path=str(local_path(plan.job.lora, self.settings)) if plan.job.lora else None,
+            lora_scale=plan.job.lora_scale,
         )
         ctx = backend.prepare_scene(inp)
         self.scenes.put(k, ctx)

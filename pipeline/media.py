@@ -14,6 +14,16 @@ from core.errors import MediaError, RenderError, TransientError
 
 # Identical encoder parameters for every clip are what make stream-copy concatenation valid.
 BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1"]
+# Colour: RGB → Y'CbCr with the BT.709 matrix in limited ("tv") range, and the stream tagged BT.709 everywhere
+# (H.264 VUI + the MP4 colr atom), which is what players assume for HD anyway and now also read. Without tags a
+# player guesses from the size (BT.601 below 720p in most), so untagged BT.601 looked right small and shifted
+# hues at 720p and above. Part of the job key: clips of one stitch must share it.
+COLOUR = "bt709-tv"
+COLOUR_TAGS = ["-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709", "-color_range", "tv"]
+# swscale does the conversion with these matrices; setparams stamps the frames, because ffmpeg ≥ 7 takes the
+# encoder's colour fields from the frames and the -color_* options alone would leave primaries/transfer unset.
+COLOUR_FILTER = ("scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int,format=yuv420p,"
+                 "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv")
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,10 +58,12 @@ class EncodeParams:
 
 
 def encode_clip_argv(p: EncodeParams, dest: str) -> list[str]:
-    """Raw RGB frames on stdin → H.264 clip. Fixed GOP and one thread: same input, same bytes."""
+    """Raw RGB frames on stdin → H.264 clip in BT.709 (converted and tagged). Fixed GOP and one thread: same
+    input, same bytes."""
     return ["-nostdin", "-v", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{p.width}x{p.height}", "-r", str(p.fps), "-i", "pipe:0",
-            "-an", "-c:v", "libx264", "-preset", p.preset, "-crf", str(p.crf), "-pix_fmt", "yuv420p",
+            "-an", "-vf", COLOUR_FILTER, "-c:v", "libx264", "-preset", p.preset, "-crf", str(p.crf),
+            "-pix_fmt", "yuv420p", *COLOUR_TAGS,
             "-g", "1000", "-keyint_min", "1000", "-sc_threshold", "0", "-bf", "0", "-threads", "1",
             "-x264-params", "threads=1:sliced-threads=0",
             "-video_track_timescale", str(p.fps * 1000), *BITEXACT, "-f", "mp4", dest]
@@ -78,9 +90,16 @@ def encode_audio_argv(src: str, dest: str, audio_bitrate: str = "192k") -> list[
             "-ac", "2", *BITEXACT, "-f", "mp4", dest]
 
 
+# A JPEG is BT.601 full range by definition (JFIF), and every viewer decodes it so: ffmpeg would only expand the
+# range and keep BT.709's matrix, turning pure green into (19, 255, 9). Convert the matrix explicitly.
+POSTER_FILTER = ("scale=in_color_matrix=bt709:in_range=tv:out_color_matrix=bt601:out_range=pc"
+                 ":flags=accurate_rnd+full_chroma_int,format=yuvj420p")
+
+
 def poster_argv(video: str, at_s: float, dest: str) -> list[str]:
+    """One frame of a stitched (BT.709) video as a JFIF JPEG."""
     return ["-nostdin", "-v", "error", "-y", "-ss", f"{at_s:.3f}", "-i", video, "-frames:v", "1",
-            "-q:v", "3", *BITEXACT, "-f", "image2", "-c:v", "mjpeg", dest]
+            "-vf", POSTER_FILTER, "-q:v", "3", *BITEXACT, "-f", "image2", "-c:v", "mjpeg", dest]
 
 
 # ---------- the one place ffmpeg runs ----------

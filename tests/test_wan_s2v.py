@@ -144,15 +144,22 @@ def test_pose_video_becomes_per_clip_latents_that_change_the_clip(backend, prese
     with av.open(str(pose), "w") as box:
         st = box.add_stream("mpeg4", rate=25)
         st.width, st.height, st.pix_fmt = 96, 64, "yuv420p"
-        for i in range(60):  # 2.4 s at 25 fps: shorter than the scene, so the last pose frame is held
+        for i in range(60):  # 2.4 s at 25 fps: shorter than the scene
             img = np.zeros((64, 96, 3), np.uint8)
             img[:, (i * 3) % 96:(i * 3) % 96 + 8] = 255
             for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 box.mux(pkt)
         for pkt in st.encode():
             box.mux(pkt)
-    ctx = backend.prepare_scene(scene_input(presenter, pose_path=str(pose)))
+    ctx = backend.prepare_scene(scene_input(presenter, pose_path=str(pose)))  # clip 1 lies past the pose's end
     assert len(ctx.pose_latents) == 2 and tuple(ctx.pose_latents[0].shape) == (1, 16, 20, H // 8, W // 8)
+    # past its end the pose is blank (-1, as upstream pads), not the last pose frame held
+    import torch
+    from diffsynth.pipelines.wan_video import WanVideoUnit_S2V
+
+    blank = WanVideoUnit_S2V().process_pose_cond(backend.pipe, [np.zeros((H, W, 3), np.uint8)] * 80, 81, H, W, True,
+                                                 (30, 52), (15, 26), num_repeats=1, return_all=True)[0]
+    assert torch.equal(ctx.pose_latents[1], blank) and not torch.equal(ctx.pose_latents[0], blank)
     posed = backend.render_clip(ctx, request(0, 77), None)
     assert np.abs(posed.frames.astype(int) - chain[1].frames[:77]).mean() > 0.5
 
@@ -201,12 +208,17 @@ def test_plan_of_a_chain_is_frame_exact_with_the_shorter_first_clip():
         assert sum(counts) == total and counts[0] <= 77 and all(c <= 80 for c in counts)
 
 
-def test_importing_the_backend_and_manifest_does_not_import_torch():
+def test_importing_the_backend_and_manifest_does_not_import_torch(tiny_dir):
+    """The planner's path, the weights fingerprint included, runs on a driver without torch."""
     code = ("import sys, json; import pipeline.backends.wan_s2v, pipeline.backends.wan_tiny, orchestrator.manifest, "
             "orchestrator.cli_models, orchestrator.cli, orchestrator.planner; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
+            "from pathlib import Path; from pipeline.backends.weights_id import folder_fingerprint; "
+            "from pipeline.backends.wan_s2v import WanS2VBackend as B; d = Path(sys.argv[1]); "
+            "assert len(folder_fingerprint(d, B.weights_files(d))) == 32;"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffsynth', "
             "'transformers', 'torchvision'))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
 
@@ -245,3 +257,193 @@ def test_two_scene_job_renders_end_to_end_through_the_scheduler(tiny_dir, ray_lo
     loads = [a["loads"].get("wan-s2v", 0) for a in res.actors]
     assert 1 <= sum(loads) and max(loads) == 1  # one model load per actor that rendered, never per scene/clip
     assert sum(a["clips"] for a in res.actors) == 3
+
+
+# ---- upstream-faithful defaults ----------------------------------------------------------------------------------
+def test_a_scene_without_a_negative_prompt_gets_upstreams_and_an_empty_one_stays_empty(backend, presenter):
+    from pipeline.backends.wan_s2v import UPSTREAM_NEGATIVE_PROMPT
+
+    assert "手快速抖动" in UPSTREAM_NEGATIVE_PROMPT  # S2V's own text (against fast shaking hands), not the generic one
+    assert backend.prepare_scene(scene_input(presenter, clips=(20,), negative_prompt=None)).negative_prompt \
+        == UPSTREAM_NEGATIVE_PROMPT
+    assert backend.prepare_scene(scene_input(presenter, clips=(20,), negative_prompt="")).negative_prompt == ""
+
+
+def _plan(job: dict, tmp_path, settings, name="j"):
+    import media
+
+    from orchestrator.manifest import JobSpec
+    from orchestrator.planner import plan_job
+
+    wav = tmp_path / "talk.wav"
+    if not wav.exists():
+        media.write_wav(wav, media.speech([(1.5, 0)], seed=2)[0])
+        media.presenter(tmp_path / "p.png")
+    return plan_job(JobSpec(**{"id": name, "audio": str(wav), "image": str(tmp_path / "p.png"),
+                               "backend": "wan-s2v", **job}), settings)
+
+
+def test_negative_prompt_default_is_resolved_in_the_plan_and_the_key(tiny_dir, tmp_path, settings):
+    from orchestrator.manifest import load_manifest
+    from pipeline.backends.wan_s2v import UPSTREAM_NEGATIVE_PROMPT
+
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("id,audio,image,negative_prompt\na,x.wav,x.png,\nb,x.wav,x.png,None\nc,x.wav,x.png,blurry\n")
+    a, b, c = load_manifest(str(csv)).jobs
+    assert (a.negative_prompt, b.negative_prompt, c.negative_prompt) == (None, "", "blurry")
+    base = {"model_dir": str(tiny_dir)}
+    default = _plan(base, tmp_path, settings)
+    assert default.job.negative_prompt == UPSTREAM_NEGATIVE_PROMPT  # what the actor and the sidecar see
+    assert _plan({**base, "negative_prompt": UPSTREAM_NEGATIVE_PROMPT}, tmp_path, settings).key == default.key
+    none = _plan({**base, "negative_prompt": "none"}, tmp_path, settings)
+    assert none.job.negative_prompt == "" and none.key != default.key
+
+
+# ---- memory settings ---------------------------------------------------------------------------------------------
+def test_every_dtype_name_settings_accept_loads_as_that_dtype():
+    import re
+
+    import torch
+
+    from core.settings import Settings
+    from pipeline.backends.wan_loader import torch_dtype
+
+    pattern = Settings.model_fields["wan_dtype"].metadata[0].pattern
+    names = re.fullmatch(r"\^\((.*)\)\$", pattern).group(1).split("|")
+    assert len(names) == 6
+    for name in names:
+        assert Settings(wan_dtype=name).wan_dtype == name
+        want = {"bf": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": torch.float32, "float32": torch.float32}[name if name != "bf16" else "bf"]
+        assert torch_dtype(name, "cuda:0") is want
+
+
+def test_offload_modes_are_diffsynths_documented_vram_configs():
+    import torch
+
+    from pipeline.backends.wan_loader import load_device, settings_problem, vram_configs
+
+    bf16, shards = torch.bfloat16, ["a-00001.safetensors", "a-00002.safetensors"]
+    disk = vram_configs("cuda:0", bf16, "disk", None, shards)
+    assert (disk["dit"]["offload_device"], disk["dit"]["onload_device"], disk["dit"]["computation_device"]) == \
+        ("disk", "disk", "cuda:0")
+    # diffsynth reads only .safetensors lazily; a .pth under a disk config is torch.load-ed whole onto the first
+    # non-disk device of its config. The T5 (11.4 GB) and the VAE must land in RAM, never on the GPU.
+    assert load_device(disk["text_encoder"]) == "cpu" and load_device(disk["vae"]) == "cpu"
+    cpu = vram_configs("cuda:0", bf16, "cpu", None, shards)
+    assert all(load_device(c) == "cpu" and c["onload_device"] == "cuda:0" for c in cpu.values())  # "CPU Offload"
+    limited = vram_configs("cuda:0", bf16, "cpu", 40.0, shards)
+    assert all(c["onload_device"] == "cpu" and c["preparing_device"] == "cuda:0" for c in limited.values())
+    resident = vram_configs("cuda:0", bf16, None, None, shards)
+    assert all(c["offload_device"] is None and load_device(c) == "cuda:0" for c in resident.values())
+    with pytest.raises(ConfigError, match="safetensors"):
+        vram_configs("cuda:0", bf16, "disk", None, ["dit.pth"])
+    assert "wan_offload" in settings_problem(None, 20.0) and "not one of" in settings_problem("gpu", None)
+    assert settings_problem("disk", 20.0) is None
+
+
+def test_disk_offload_reads_dit_layers_from_disk_and_renders_the_same_frames(tiny_dir, presenter, chain):
+    b = WanS2VBackend(model_dir=str(tiny_dir), offload="disk")
+    b.load("cpu")
+    out = b.render_clip(b.prepare_scene(scene_input(presenter)), request(0, 77), None)
+    assert np.array_equal(out.frames, chain[1].frames)
+    # between uses the DiT's block weights are not in memory at all: they live in the safetensors shards
+    assert all(p.is_meta for p in b.pipe.dit.blocks[0].parameters())
+
+
+def test_a_new_model_dir_frees_the_old_pipeline_before_loading(tiny_dir, presenter, tmp_path, monkeypatch):
+    import weakref
+
+    from pipeline.backends import wan_loader
+
+    other = tmp_path / "other" / tiny_dir.name
+    shutil.copytree(tiny_dir, other)
+    b = WanS2VBackend(model_dir=str(tiny_dir))
+    b.load("cpu")
+    old = weakref.ref(b.pipe)
+    real, seen = wan_loader.load_pipeline, []
+
+    def spy(*args, **kwargs):
+        seen.append(old() is None)  # is the previous pipeline already gone when this load starts?
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wan_loader, "load_pipeline", spy)
+    b.prepare_scene(scene_input(presenter, clips=(20,), model_dir=str(other)))
+    assert seen == [True] and b.loads == 2 and b.loaded_dir == str(other)
+
+
+def test_job_key_identifies_weights_by_content_not_folder_name(tiny_dir, tmp_path, settings):
+    from pipeline.backends import weights_id
+
+    a, b = tmp_path / "a" / "Wan2.2-S2V-14B", tmp_path / "b" / "Wan2.2-S2V-14B"
+    shutil.copytree(tiny_dir, a)
+    shutil.copytree(tiny_dir, b)
+    key = lambda d: _plan({"model_dir": str(d)}, tmp_path, settings).key  # noqa: E731
+    assert key(a) == key(b)  # same bytes under two paths: one identity, shared checkpoints
+    shard = b / "diffusion_pytorch_model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # one weight changes by one bit
+    shard.write_bytes(bytes(data))
+    assert key(a) != key(b)
+    # digests are cached by path, size, mtime and inode (memory, then the cache folder), never re-hashed per plan:
+    # rewritten in place with its size and mtime restored, the file keeps the digest computed before
+    st = shard.stat()
+    data[-1] ^= 0xFF
+    with open(shard, "r+b") as fh:
+        fh.write(bytes(data))
+    import os
+
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    weights_id._MEMO.clear()  # a new planner process: only the on-disk cache remembers
+    assert (settings.cache_dir / weights_id.CACHE_NAME).is_file()
+    assert key(a) != key(b)
+
+
+# ---- LoRA --------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_file(tiny_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "tiny-lora.safetensors"
+    res = CliRunner().invoke(models_app, ["make-tiny-lora", str(tiny_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_a_lora_changes_the_frames_resumes_exactly_and_leaves_no_trace(tiny_dir, backend, presenter, chain,
+                                                                        lora_file, tmp_path):
+    ctx, c0, _ = chain
+    lctx = backend.prepare_scene(scene_input(presenter, lora_path=str(lora_file), lora_scale=1.0))
+    l0 = backend.render_clip(lctx, request(0, 77), None)
+    assert np.abs(l0.frames.astype(int) - c0.frames).mean() > 0.5
+    l1 = backend.render_clip(lctx, request(1, 80), l0.tail)
+    # the next job on the same actor has no LoRA: it renders as if the actor had never seen one
+    assert np.array_equal(backend.render_clip(ctx, request(0, 77), None).frames, c0.frames)
+    np.save(tmp_path / "tail.npy", l0.tail)
+    fresh = WanS2VBackend(model_dir=str(tiny_dir))  # a restarted actor resumes the LoRA chain from its checkpoint
+    fresh.load("cpu")
+    resumed = fresh.render_clip(fresh.prepare_scene(scene_input(presenter, lora_path=str(lora_file))),
+                                request(1, 80), np.load(tmp_path / "tail.npy"))
+    assert np.array_equal(resumed.frames, l1.frames) and np.array_equal(resumed.tail, l1.tail)
+
+
+def test_a_lora_for_another_model_is_refused_by_name(backend, presenter, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "sdxl-lora.safetensors"
+    save_file({"unet.down.0.attn.to_q.lora_A.weight": torch.zeros(4, 8),
+               "unet.down.0.attn.to_q.lora_B.weight": torch.zeros(8, 4)}, str(bad))
+    ctx = backend.prepare_scene(scene_input(presenter, clips=(20,), lora_path=str(bad)))
+    with pytest.raises(ConfigError, match="matches no layer"):
+        backend.render_clip(ctx, request(0, 20), None)
+    assert backend.lora_active is None
+
+
+def test_lora_is_part_of_the_job_key_and_refused_by_backends_without_it(tiny_dir, lora_file, tmp_path, settings):
+    from core.errors import MediaError
+
+    base = {"model_dir": str(tiny_dir)}
+    keys = {_plan(j, tmp_path, settings).key for j in
+            (base, {**base, "lora": str(lora_file)}, {**base, "lora": str(lora_file), "lora_scale": 0.5})}
+    assert len(keys) == 3
+    with pytest.raises(MediaError, match="LoRA"):
+        _plan({"backend": "draft", "lora": str(lora_file)}, tmp_path, settings)

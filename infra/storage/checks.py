@@ -8,7 +8,7 @@ from infra.storage.base import storage_for
 from infra.storage.uri import Uri, parse
 from core.errors import InputError, Problem, S2VError, StorageError
 
-INPUT_FIELDS = ("audio", "image", "pose", "captions")
+INPUT_FIELDS = ("audio", "image", "pose", "captions", "lora")
 
 
 def _split(message: str) -> tuple[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,9 @@ class BackendSpec(BaseModel):
     sample_rate: int = 16000
     deterministic: bool = True
     id_in_pixels: bool = False  # the job id is drawn into the frames (draft): then it is part of the job key
+    default_negative_prompt: str = ""  # what a job without a negative prompt gets (part of the job key)
+    weights: bool = False  # reads a weights folder (model_dir): the job key then holds the folder's fingerprint
+    lora: bool = False  # can apply a job's LoRA file (manifest `lora`, `lora_scale`)
 
 
 class SceneInput(BaseModel):
@@ -38,7 +42,7 @@ class SceneInput(BaseModel):
     image_path: str  # local file
     pose_path: str | None = None  # local file
     prompt: str = ""
-    negative_prompt: str = ""
+    negative_prompt: str | None = None  # None = the backend's spec.default_negative_prompt; "" = none at all
     seed: int = 0
     width: int
     height: int
@@ -50,6 +54,8 @@ class SceneInput(BaseModel):
     guidance: float | None = None
     shift: float | None = None
     model_dir: str | None = None  # local weights folder for this job (manifest model_dir); None = settings
+    lora_path: str | None = None  # local LoRA file for this job (manifest lora), for backends with spec.lora
+    lora_scale: float = 1.0
 
 
 class ClipRequest(BaseModel):
@@ -97,6 +103,16 @@ class Backend(ABC):
 
     def unload(self) -> None:
         self.loaded = False
+
+    @classmethod
+    def check_settings(cls, settings) -> str | None:
+        """Why this backend cannot run with these settings (checked once per run before planning; no torch)."""
+        return None
+
+    @classmethod
+    def weights_files(cls, root: Path) -> list[str]:
+        """The files of a weights folder that decide its pixels, relative to it (for spec.weights backends)."""
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     @classmethod
     def output_size(cls, image_wh: tuple[int, int], area_wh: tuple[int, int]) -> tuple[int, int]:

@@ -63,3 +63,17 @@ def ensure_torchvision() -> list[str]:
             pass
         _DONE = True
         return defined
+
+
+def ensure_cpu_empty_cache() -> bool:
+    """Give `torch.cpu` a no-op `empty_cache` when it has none; returns True when it had to.
+
+    diffsynth's VRAM management calls `getattr(torch, device_type).empty_cache()` whenever it moves models, and
+    torch has that function for CUDA, MPS, XPU and NPU but not for the CPU (there is no caching allocator to empty).
+    Without it an offloaded pipeline cannot run on a CPU at all, so its disk-offload path could not be tested there."""
+    import torch
+
+    if hasattr(torch.cpu, "empty_cache"):
+        return False
+    torch.cpu.empty_cache = lambda: None
+    return True

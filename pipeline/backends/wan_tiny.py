@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 from pathlib import Path
 
@@ -103,4 +104,40 @@ def make_tiny(out_dir: str | Path, seed: int = 0) -> Path:
                              return_attention_mask=True).save_pretrained(str(wdir))
     (out / "configuration.json").write_text(json.dumps({"framework": "Pytorch", "task": "speech-to-video",
                                                         "note": "tiny random weights for tests (s2v models make-tiny)"}))
+    return out
+
+
+LORA_TARGET = re.compile(r"^blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)\.weight$|^blocks\.\d+\.ffn\.(0|2)\.weight$")
+
+
+def make_tiny_lora(weights_dir: str | Path, out_file: str | Path, rank: int = 4, seed: int = 0,
+                   strength: float = 0.5) -> Path:
+    """Write a random LoRA for the DiT in weights_dir (its attention and FFN layers, shapes read from the shards)
+    in the layout distillation LoRAs for Wan ship in: `diffusion_model.<layer>.lora_A/lora_B.weight`.
+    `strength` sets the update's size relative to each layer's weights, so the frames visibly change."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pipeline.backends.wan_loader import dit_shards
+
+    root = Path(weights_dir)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for shard in dit_shards(root):
+        with safe_open(str(root / shard), framework="pt", device="cpu") as f:
+            for key in sorted(k for k in f.keys() if LORA_TARGET.match(k)):
+                w = f.get_tensor(key).float()
+                out_dim, in_dim = w.shape
+                # entries of up @ down then have std = strength × the layer's weight std
+                down = torch.randn(rank, in_dim, generator=gen)
+                up = torch.randn(out_dim, rank, generator=gen) * (strength * float(w.std()) / rank ** 0.5)
+                name = key[: -len(".weight")]
+                state[f"diffusion_model.{name}.lora_A.weight"] = down.contiguous()
+                state[f"diffusion_model.{name}.lora_B.weight"] = up.contiguous()
+    if not state:
+        raise ValueError(f"{root}: no DiT attention/FFN layers found to build a LoRA for")
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out))
     return out
