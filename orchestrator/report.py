@@ -7,6 +7,7 @@ import json
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -54,16 +55,23 @@ def problems_table(problems, title: str = "Problems") -> Table:
 
 
 def plan_table(est: dict) -> Table:
-    t = Table(title="Plan")
-    for col in ("job", "scenes", "clips", "frames", "audio s", "GPU-s", "USD"):
+    tot = est["total"]
+    t = Table(title="Plan", caption=(
+        "trimmed: frames rendered, then cut off at scene ends; s/clip: measured on this GPU type (* = the "
+        f"settings default, nothing measured yet); silence: stretches of ≥ {tot.get('long_silence_s', 0):g} s "
+        "without speech (each 5 s costs a clip of a silent presenter)"))
+    for col in ("job", "scenes", "clips", "frames", "audio s", "trimmed", "s/clip", "GPU-s", "USD", "silence s"):
         t.add_column(col, justify="right" if col != "job" else "left")
     for r in est["jobs"]:
-        t.add_row(r["id"], str(r["scenes"]), str(r["clips"]), str(r["frames"]), f"{r['duration_s']:.1f}",
-                  f"{r['gpu_s']:.0f}", f"{r['cost_usd']:.2f}")
-    tot = est["total"]
+        star = "" if r["clip_s_source"] == "measured" else "*"
+        t.add_row(escape(r["id"]), str(r["scenes"]), str(r["clips"]), str(r["frames"]), f"{r['duration_s']:.1f}",
+                  f"{r['trimmed_frames']} ({r['trimmed_share']:.1%})", f"{r['clip_s']:.0f}{star}",
+                  f"{r['gpu_s']:.0f}", f"{r['cost_usd']:.2f}",
+                  f"[yellow]{r['silence_s']:.0f}" if r["silence_s"] else "")
     t.add_section()
     t.add_row(f"total ({tot['jobs']} jobs)", str(tot["scenes"]), str(tot["clips"]), str(tot["frames"]), "",
-              f"{tot['gpu_s']:.0f}", f"{tot['cost_usd']:.2f}")
+              f"{tot['trimmed_frames']} ({tot['trimmed_share']:.1%})", "", f"{tot['gpu_s']:.0f}",
+              f"{tot['cost_usd']:.2f}", f"{tot['silence_s']:.0f}" if tot.get("silence_s") else "")
     return t
 
 
