@@ -119,6 +119,10 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
             actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
                                             lambda r: hook.job(r.model_dump(), run_id) if hook else None)
         progress.stop()
+        # learned estimates: this run's seconds per clip feed the next plan and budget (orchestrator/estimates.py)
+        from orchestrator import estimates
+
+        estimates.record_run(settings, todo, results, run_id)
     state.finish()
     if hook:
         counts = {st: sum(1 for r in results.values() if r.status == st)
