@@ -150,8 +150,8 @@ def analyse_file(src: str, fps: int, min_pause_s: float, max_duration_s: float |
             except MediaError as e:
                 raise MediaError(f"{src}: {e}") from None
             if limit is not None and an.samples > limit:
-                raise MediaError(f"{src}: the audio is longer than the limit of {max_duration_s:.0f}s "
-                                 "(setting max_duration_s)")
+                raise MediaError(f"{src}: the audio exceeds the limit of {max_duration_s:.0f}s (setting "
+                                 "max_duration_s); split it into parts or raise the limit")
     finally:
         chunks.close()  # stops ffmpeg at once when the limit was hit
     if an.samples == 0:
