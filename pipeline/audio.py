@@ -186,15 +186,15 @@ def long_silences(a: AudioAnalysis, min_s: float) -> tuple[tuple[float, float], 
     return tuple((s, e) for s, e in a.pauses if e - s >= min_s)
 
 
-def _candidates(a: AudioAnalysis, lo: int, hi: int) -> np.ndarray:
-    """Every frame in [lo, hi] lying inside a pause, kept CUT_MARGIN_S (at most a quarter of the pause) away
-    from its edges wherever the pause leaves room."""
+def _candidates(a: AudioAnalysis, lo: int, hi: int, margin_s: float = CUT_MARGIN_S) -> np.ndarray:
+    """Every frame in [lo, hi] lying inside a pause, kept margin_s (at most a quarter of the pause) away from its
+    edges wherever the pause leaves room."""
     fps, out = a.fps, []
     for ps, pe in a.pauses:
         full = (max(lo, int(np.ceil(ps * fps))), min(hi, int(np.floor(pe * fps))))
         if full[0] > full[1]:
             continue
-        m = min(CUT_MARGIN_S, (pe - ps) / 4)
+        m = min(margin_s, (pe - ps) / 4)
         inner = (max(lo, int(np.ceil((ps + m) * fps))), min(hi, int(np.floor((pe - m) * fps))))
         a_, b_ = inner if inner[0] <= inner[1] else full
         out.append(np.arange(a_, b_ + 1, dtype=np.int64))
@@ -294,7 +294,11 @@ def _segment(a: AudioAnalysis, start: int, end: int, cands: np.ndarray, min_f: i
         hi = min(start + max_f, end - min_f)
         if hi < lo:  # the remainder cannot honour min_scene_s: a plain max-length scene
             lo = hi = start + max_f
-        window = a.frame_energy[lo : hi + 1]
-        start = lo + int(len(window) - 1 - np.argmin(window[::-1]))  # quietest, latest on ties
+        edge = _candidates(a, lo, hi, margin_s=0.0)  # a pause reaching into the window only by its margin
+        if edge.size:
+            start = int(edge[-1])
+        else:
+            window = a.frame_energy[lo : hi + 1]
+            start = lo + int(len(window) - 1 - np.argmin(window[::-1]))  # quietest, latest on ties
         cuts.append(start)
     return cuts

@@ -27,7 +27,7 @@ def test_frames_are_exact_for_any_length(samples, max_scene, min_scene, spec, se
     pcm[samples // 3 : samples // 3 + 8000] = 0  # one half-second pause
     a = audio.analyse(pcm, spec.fps, 0.3)
     assert a.frames == round(samples / 16000 * spec.fps)
-    cuts = audio.cut_points(a, max_scene, min_scene)
+    cuts = audio.cut_points(a, max_scene, min_scene, spec)
     scenes = chains_for(a.frames, cuts, spec, seed)
     assert sum(s.frames for s in scenes) == a.frames
     assert all(s.frames <= int(max_scene * spec.fps) for s in scenes)
@@ -40,6 +40,30 @@ def test_frames_are_exact_for_any_length(samples, max_scene, min_scene, spec, se
     assert starts == sorted(starts) and starts[0] == 0
     seeds = [c.seed for s in scenes for c in s.clips]
     assert len(set(seeds)) == len(seeds)  # seed + clip index: unique per clip
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(minutes=st.floats(0.5, 12), max_scene=st.floats(4, 60), min_scene=st.floats(0, 3), seed=st.integers(0, 10**6),
+       long_pauses=st.integers(0, 3), spec=st.sampled_from([None, DRAFT, WAN_LIKE]))
+def test_cuts_stay_in_pauses_and_within_scene_limits(minutes, max_scene, min_scene, seed, long_pauses, spec):
+    rng = np.random.default_rng(seed)
+    dur, pauses, t = minutes * 60, [], 0.0
+    while t < dur:  # speech with short pauses, sometimes long silences, sometimes stretches with no pause at all
+        t += rng.uniform(1, 90 if rng.uniform() < 0.1 else 10)
+        p = rng.uniform(40, 400) if long_pauses and rng.uniform() < 0.1 * long_pauses else rng.uniform(0.2, 1.5)
+        if t + p < dur:
+            pauses.append((t, t + p))
+        t += p
+    a = _analysis_with(pauses, max(1, round(dur * 16)), seed=seed % 1000)
+    cuts = audio.cut_points(a, max_scene, min_scene, spec)
+    max_f, min_f = max(1, int(max_scene * 16)), max(1, int(np.ceil(min_scene * 16)))
+    bounds = [0, *cuts, a.frames]
+    assert all(b > a_ for a_, b in zip(bounds, bounds[1:]))
+    assert all(b - a_ <= max_f for a_, b in zip(bounds, bounds[1:]))
+    for prev, c in zip(bounds, cuts):
+        if not any(ps <= c / 16 <= pe for ps, pe in pauses):  # invariant 2: only when its window had no pause
+            lo, hi = prev + min_f, min(prev + max_f, a.frames - min_f)
+            assert not any(ps * 16 <= hi and pe * 16 >= lo for ps, pe in pauses), (prev, c)
 
 
 def test_every_cut_lies_in_a_true_pause():
