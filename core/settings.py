@@ -78,8 +78,9 @@ class Settings(BaseSettings):
     # (orchestrator/estimates.py) replace seconds_per_clip per backend, GPU type, size and steps once measured
     long_silence_s: float = Field(10.0, gt=0, description="`plan` reports stretches without speech this long or "
                                   "longer: each costs a clip per 5 s of a silent presenter.")
-    max_image_pixels: int = Field(100_000_000, ge=4096, description="Refuse presenter images with more pixels "
-                                  "(the model uses ~0.4 MP; a 20000×20000 PNG would take 1.2 GB to decode).")
+    max_image_pixels: int = Field(89_478_485, ge=4096, description="Refuse presenter images with more pixels: "
+                                  "Pillow's own default, ≈ 89 MP (a 20000×20000 PNG would take 1.2 GB to decode; "
+                                  "the model uses ~0.4 MP). Pillow refuses over twice that whatever this says.")
     plan_memory_mb: int = Field(2048, ge=64, description="Memory the planner may hold in decodes at once; jobs "
                                 "wait for room beyond it (audio is streamed; images are decoded whole).")
 

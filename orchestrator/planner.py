@@ -128,7 +128,7 @@ class MemoryBudget:
                 self.cond.notify_all()
 
 
-def image_size(path: Path, where: str, max_pixels: int = 100_000_000, budget: MemoryBudget | None = None
+def image_size(path: Path, where: str, max_pixels: int = 89_478_485, budget: MemoryBudget | None = None
                ) -> tuple[int, int]:
     """Width and height of a fully decodable image of usable size; decoded once per file version."""
     st = os.stat(path)
@@ -170,8 +170,6 @@ def _header(path: str) -> tuple[tuple[int, int], str]:
 @lru_cache(maxsize=4096)
 def _image_size_cached(path: str, size: int, mtime_ns: int, max_pixels: int) -> tuple[int, int]:
     # a catalog names the same presenter photo on thousands of rows: decode it once, not per row
-    import warnings
-
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -179,17 +177,15 @@ def _image_size_cached(path: str, size: int, mtime_ns: int, max_pixels: int) -> 
         if w * h > max_pixels:
             raise MediaError(f"is {w}×{h} px ({w * h / 1e6:.0f} MP), more than the limit of "
                              f"{max_pixels / 1e6:.0f} MP (setting max_image_pixels)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit above decides
-            with Image.open(path) as im:
-                im.verify()
-            with Image.open(path) as im:
-                # JPEG decodes at 1/8 scale: the whole file is still read (truncation shows), at 1/64 of the memory
-                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
-                im.load()  # verify() reads headers only: a truncated JPEG fails here, not mid-render
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            # JPEG decodes at 1/8 scale: the whole file is still read (truncation shows), at 1/64 of the memory
+            im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+            im.load()  # verify() reads headers only: a truncated JPEG fails here, not mid-render
     except UnidentifiedImageError:
         raise MediaError("is not an image (no known image format in it)") from None
-    except Image.DecompressionBombError as e:  # Pillow's own ceiling, for formats that declare sizes late
+    except Image.DecompressionBombError as e:  # Pillow's ceiling (2 × its default), when max_image_pixels is above it
         raise MediaError(f"is too large to decode safely ({str(e).split(' could')[0]})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # e.g. "image file is truncated (50 bytes not processed)"
         raise MediaError(f"is not a readable image ({str(e).split(' (')[0] or type(e).__name__})") from None
