@@ -238,7 +238,7 @@ def test_plan_reports_trimmed_frames_and_long_silences(assets, tmp_path, run_cli
     assert rows["talk"]["long_silences"] == [] and rows["talk"]["silence_s"] == 0
     assert run_cli("plan", loc) == 0
     table = capsys.readouterr().err
-    assert "trimmed" in table and "silence" in table
+    assert "trimmed" in table and "silent" in table
 
 
 # ---------- one bad row never kills the plan (issue 12 item 1) ----------
