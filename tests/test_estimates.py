@@ -54,7 +54,7 @@ def test_a_damaged_table_falls_back_to_defaults_and_is_replaced(settings, tmp_pa
     assert estimates.load(settings).estimate("k", 1.0).seconds == 2.0
 
 
-def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_cli, capsys, monkeypatch):
+def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_cli, capsys):
     from orchestrator.scheduler import Chain, Scheduler
 
     m = load_manifest(str(_manifest(tmp_path, assets)))
@@ -64,8 +64,7 @@ def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_
     plan, = plan_jobs(m.jobs, settings).plans
     assert (plan.expected_clip_s, plan.expected_clip_source) == (42.0, "measured")
 
-    monkeypatch.setenv("S2V_WORK", settings.work)
-    assert run_cli("plan", tmp_path / "m.yaml", "--json", "--price", "3.6") == 0
+    assert run_cli("plan", tmp_path / "m.yaml", "--json", "--price", "3.6", "--work", settings.work) == 0
     row, = json.loads(capsys.readouterr().out)["jobs"]
     assert row["clip_s"] == 42.0 and row["clip_s_source"] == "measured"
     assert abs(row["gpu_s"] - 42.0 * row["clips"]) < 1e-9
