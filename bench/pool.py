@@ -19,14 +19,27 @@ REAL = {"clip_40_steps_s": 360.0,  # Wan 2.2 S2V 14B, 832×480, 40 steps with CF
 CATALOG_S = [120, 300, 180, 480, 240, 600, 150, 360, 210, 900, 270, 420, 135, 330, 195, 720]
 
 
-def _worker_class(settings):
+def _actors(settings, n: int, kind: str) -> list:
+    """n started actors: "real" = the RenderWorker with the timed backend (real encode and checkpoint per clip),
+    "sleep" = bench.sleepers.SleepWorker (the same clip sleeps, no CPU work: the orchestration alone)."""
     import ray
 
+    cls = _worker_class(kind)
+    actors = [cls.remote(settings, ("timed",)) if kind == "real" else cls.remote(settings.seconds_per_clip["timed"])
+              for _ in range(n)]
+    ray.get([a.ping.remote() for a in actors], timeout=300)  # process start-up: not part of any figure
+    return actors
+
+
+def _worker_class(kind: str):
+    import ray
+
+    from bench.sleepers import SleepWorker
     from orchestrator.worker import RenderWorker
 
-    class LoadingWorker(RenderWorker):
-        """The real actor; `load()` holds the GPU for the scaled fixed cost of a fresh process (start, imports,
-        weights) without starting one: a Ray process start on this box is seconds, unscaled, and would drown
+    class LoadingWorker(RenderWorker if kind == "real" else SleepWorker):
+        """The actor, plus `load()`: it holds the GPU for the scaled fixed cost of a fresh process (start, imports,
+        weights) without starting one — a Ray process start on this box is seconds, unscaled, and would drown
         the scaled figures."""
 
         def load(self, seconds: float) -> None:
@@ -60,15 +73,13 @@ def plan_catalog(folder: Path, lengths_s: list[float], settings, size: str = "64
     return list(res.plans)
 
 
-def pool_run(plans, settings, gpus: int, load_s: float) -> dict:
+def pool_run(plans, settings, gpus: int, load_s: float, kind: str = "real") -> dict:
     """N actors load once, in parallel, then the real Scheduler spreads every chain over them."""
     import ray
 
     from orchestrator.scheduler import Scheduler
 
-    cls = _worker_class(settings)
-    actors = [cls.remote(settings, ("timed",)) for _ in range(gpus)]
-    ray.get([a.ping.remote() for a in actors], timeout=300)  # process start-up: not part of any figure
+    actors = _actors(settings, gpus, kind)
     t0 = time.monotonic()
     for a in actors:
         a.load.remote(load_s)
@@ -82,14 +93,12 @@ def pool_run(plans, settings, gpus: int, load_s: float) -> dict:
     return {"wall_s": wall, "loads": loads, "clips": sum(1 for e in sched.events if e[1] == "done")}
 
 
-def per_job_run(plans, settings, gpus: int, load_s: float) -> dict:
+def per_job_run(plans, settings, gpus: int, load_s: float, kind: str = "real") -> dict:
     """Like looping the official generate.py on each GPU: per job, a fresh load, then the job's clips in order on
     that one GPU; up to `gpus` jobs at once, in manifest order. One job on one GPU = "rendering it alone"."""
     import ray
 
-    cls = _worker_class(settings)
-    actors = [cls.remote(settings, ("timed",)) for _ in range(gpus)]
-    ray.get([a.ping.remote() for a in actors], timeout=300)
+    actors = _actors(settings, gpus, kind)
     queue, running, loads, clips = list(plans), {}, 0, 0  # ref of a job's last clip → actor
     t0 = time.monotonic()
     while queue or running:
@@ -126,15 +135,16 @@ def _bound(plans, gpus: int, other_gpus: int, clip_s: float, load_s: float) -> d
             "pool_lower_bound_s": load_s + max(sum(chains) / gpus, chains[0])}
 
 
-def scenario(name: str, plans, settings, gpus: int, clip_s: float, real_clip_s: float, tmp: Path, alone: bool):
+def scenario(name: str, plans, settings, gpus: int, clip_s: float, real_clip_s: float, tmp: Path, alone: bool,
+             kind: str = "real"):
     """One scaled scenario: real clip `real_clip_s` → clip_s, the fixed cost scaled by the same factor."""
     scale = clip_s / real_clip_s
     load_s = REAL["job_fixed_s"] * scale
     s = settings.model_copy(update={"seconds_per_clip": {"timed": clip_s}})
-    pool = pool_run(plans, s.model_copy(update={"work": str(tmp / f"{name}-pool")}), gpus, load_s)
+    pool = pool_run(plans, s.model_copy(update={"work": str(tmp / f"{name}-pool")}), gpus, load_s, kind)
     # a fresh work area: the per-job run must not find the pool's checkpoints
-    other = per_job_run(plans, s.model_copy(update={"work": str(tmp / f"{name}-alone")}), 1 if alone else gpus,
-                        load_s)
+    other = per_job_run(plans, s.model_copy(update={"work": str(tmp / f"{name}-other")}), 1 if alone else gpus,
+                        load_s, kind)
     clips = sum(p.clips for p in plans)
     return {"real_clip_s": real_clip_s, "clip_s_scaled": clip_s, "scale": scale,
             "job_fixed_s_real": REAL["job_fixed_s"], "job_fixed_s_scaled": load_s,
@@ -154,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lecture-min", type=float, default=30.0, help="minutes of the one long lecture (a)")
     ap.add_argument("--lengths", default=",".join(map(str, CATALOG_S)), help="seconds of audio per catalog job (b)")
     ap.add_argument("--steps", default="40,4", help="which clip kinds to run: 40 and/or 4")
+    ap.add_argument("--actors", default="real", choices=["real", "sleep"],
+                    help="real: RenderWorker + timed backend (encode, checkpoint); sleep: the orchestration alone")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import ray
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     from core.settings import Settings
 
     kinds = {"40": REAL["clip_40_steps_s"], "4": REAL["clip_4_steps_s"]}
-    res: dict = {"gpus": a.gpus, "real": REAL, "lecture": {}, "catalog": {}}
+    res: dict = {"gpus": a.gpus, "actors": a.actors, "real": REAL, "lecture": {}, "catalog": {}}
     with tempfile.TemporaryDirectory(prefix="s2v-bench-pool-") as t:
         tmp = Path(t)
         settings = Settings(gpus=a.gpus, work=str(tmp / "work"), cache_dir=tmp / "cache")
@@ -171,9 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             for k in a.steps.split(","):
                 res["lecture"][f"{k}_steps"] = scenario(f"lecture{k}", lecture, settings, a.gpus, a.clip_s,
-                                                         kinds[k], tmp, alone=True)
+                                                         kinds[k], tmp, alone=True, kind=a.actors)
                 res["catalog"][f"{k}_steps"] = scenario(f"catalog{k}", catalog, settings, a.gpus, a.clip_s,
-                                                         kinds[k], tmp, alone=False)
+                                                         kinds[k], tmp, alone=False, kind=a.actors)
         finally:
             ray.shutdown()
     return emit("pool", res, a.out)
