@@ -237,6 +237,12 @@ def _analysis(audio_path: str, audio_sha: str, fps: int, min_pause_s: float, max
     return a
 
 
+@lru_cache(maxsize=4096)
+def _cuts(a: audio_mod.AudioAnalysis, max_scene_s: float, min_scene_s: float, spec) -> tuple[int, ...]:
+    # rows sharing an audio file and a policy share their cuts: the optimisation runs once, not once per row
+    return tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec))
+
+
 def _bad(job: JobSpec, field: str | None, reason: str, hint: str | None = None) -> MediaError:
     return MediaError(f"{job.source}: {reason}", [Problem(job.source, field, reason, hint)])
 
@@ -293,7 +299,7 @@ def plan_job(job: JobSpec, settings: Settings, budget: MemoryBudget | None = Non
         raise _bad(job, "audio", str(e)) from None
     if a.frames < 1:
         raise _bad(job, "audio", f"{job.audio} is shorter than one video frame")
-    cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s, spec)
+    cuts = list(_cuts(a, job.max_scene_s, job.min_scene_s, spec))
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
         job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels),

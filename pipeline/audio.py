@@ -44,7 +44,7 @@ def _decode_failure(src: str, err: str) -> MediaError:
     return MediaError(f"{src}: not a readable audio file ({detail[:200]})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: the planner caches one per file version
 class AudioAnalysis:
     duration_s: float
     samples: int
