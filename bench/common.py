@@ -94,7 +94,7 @@ def catalog(n_jobs: int = 1000, seed: int = 7, min_s: float = 30.0, max_s: float
         a = synthetic_analysis(dur, rng, spec.fps)
         job = JobSpec(id=f"job-{i:04d}", audio=f"file:///bench/a{i}.wav", image="file:///bench/p.png",
                       backend="timed", seed=i, size="64*64", max_scene_s=max_scene_s)
-        cuts = cut_points(a, job.max_scene_s, job.min_scene_s)
+        cuts = cut_points(a, job.max_scene_s, job.min_scene_s, spec)
         key = hashlib.sha256(f"{job.id}/{seed}".encode()).hexdigest()[:24]
         plans.append(JobPlan(job=job, key=key, backend_version=spec.version, fps=spec.fps, duration_s=dur,
                              frames=a.frames, width=64, height=64, audio_sha256="0" * 64, image_sha256="0" * 64,

@@ -88,7 +88,8 @@ def bench_rerun(tmp: Path, rows: int, audios: list[Path], image: Path) -> dict:
     """Rerun of a finished manifest: every job already published with its current key → skipped, no Ray."""
     from orchestrator.manifest import load_manifest
     from orchestrator.planner import plan_jobs
-    from orchestrator.publish import output_uris
+    from orchestrator.post import post_key
+    from orchestrator.publish import SIDECAR_SCHEMA, output_uris
     from orchestrator.runner import render
     from core.settings import Settings
 
@@ -98,10 +99,11 @@ def bench_rerun(tmp: Path, rows: int, audios: list[Path], image: Path) -> dict:
     t0 = time.monotonic()
     plans = plan_jobs(load_manifest(str(m), None, settings).jobs, settings).plans
     out.mkdir()
-    for p in plans:  # the cheap publish: what the skip check reads (the sidecar's key, the MP4's existence)
+    for p in plans:  # the cheap publish: what the skip check reads (our sidecar's job and post keys, the MP4)
         u = output_uris(p)
         Path(u["mp4"].key).write_bytes(b"\0")
-        Path(u["json"].key).write_text(json.dumps({"job_key": p.key}))
+        Path(u["json"].key).write_text(json.dumps({"schema": SIDECAR_SCHEMA, "id": p.job.id, "job_key": p.key,
+                                                   "post": {"key": post_key(p, settings)}}))
     prep = time.monotonic() - t0
     t0 = time.monotonic()
     res = render(str(m), settings)

@@ -106,8 +106,9 @@ class Settings(BaseSettings):
 
     # cost model
     seconds_per_clip: dict[str, float] = Field(
-        default_factory=lambda: {"draft": 0.6, "wan-s2v": 240.0, "faults": 0.6},
-        description="Expected GPU-seconds per clip, per backend (for plan estimates and the watchdog).",
+        default_factory=lambda: {"draft": 0.6, "wan-s2v": 360.0, "faults": 0.6},
+        description="Expected GPU-seconds per clip, per backend, until clips were measured (orchestrator/estimates.py); "
+        "wan-s2v: 40 steps at 832×480 on an H100, from a FLOP count (docs/benchmarks.md).",
     )
     gpu_type: str = "local"
     spot: bool = False
@@ -141,6 +142,16 @@ class Settings(BaseSettings):
     # checkpoints (clip videos, tails, markers, pre-encoded audio) go once its outputs are published
     keep_checkpoints: bool = Field(False, description="Keep a job's checkpoints after it is published (re-stitch "
                                    "without re-rendering); `s2v gc` still removes them once abandoned.")
+
+    # planning: long silences, image and memory limits (orchestrator/planner.py); learned clip times
+    # (orchestrator/estimates.py) replace seconds_per_clip per backend, GPU type, size and steps once measured
+    long_silence_s: float = Field(10.0, gt=0, description="`plan` reports stretches without speech this long or "
+                                  "longer: each costs a clip per 5 s of a silent presenter.")
+    max_image_pixels: int = Field(89_478_485, ge=4096, description="Refuse presenter images with more pixels: "
+                                  "Pillow's own default, ≈ 89 MP (a 20000×20000 PNG would take 1.2 GB to decode; "
+                                  "the model uses ~0.4 MP). Pillow refuses over twice that whatever this says.")
+    plan_memory_mb: int = Field(2048, ge=64, description="Memory the planner may hold in decodes at once; jobs "
+                                "wait for room beyond it (audio is streamed; images are decoded whole).")
 
     # fault drills (the `faults` backend): see pipeline/backends/drills/faults.py
     faults: list[dict] = Field(default_factory=list)

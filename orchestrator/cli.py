@@ -99,13 +99,14 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
          price: Optional[float] = typer.Option(None, help="USD per GPU-hour (overrides the price table)."),
          gpu_type: Optional[str] = typer.Option(None, help="Key of the price table in settings."),
          spot: Optional[bool] = typer.Option(None, help="Use spot prices."),
+         work: Optional[str] = typer.Option(None, help="Work area whose measured clip times the estimate uses."),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout.")) -> int:
     """Scenes, clips, frames, GPU-seconds and cost per job and in total — without rendering."""
     from orchestrator.manifest import load_manifest
     from orchestrator.planner import estimate
     from orchestrator.report import plan_table, print_problems
 
-    settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot)
+    settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot, work=work)
     m = load_manifest(manifest, _defaults(defaults, set_), settings)
     problems, plans = _check(m, settings, deep=True)
     est = estimate(plans, settings)

@@ -54,7 +54,7 @@ class JobSpec(DeliveryFields):
     output: str = "out"
     max_scene_s: float = Field(60.0, gt=0, le=600)
     min_scene_s: float = Field(2.0, ge=0)
-    min_pause_s: float = Field(0.3, gt=0, le=10)
+    min_pause_s: float = Field(0.2, gt=0, le=10)
     priority: int = 0
     tags: tuple[str, ...] = ()
     steps: int | None = Field(None, ge=1, le=200)

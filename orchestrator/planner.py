@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,12 +19,14 @@ from core.errors import ConfigError, InputError, MediaError, Problem, S2VError
 from orchestrator.manifest import JobSpec
 from core.settings import Settings
 from pipeline import audio as audio_mod
-from pipeline.backends import backend_class
+from pipeline.backends import backend_class, backend_spec
 from pipeline.backends.base import clip_frame_counts
 from pipeline.media import COLOUR
 
-PLAN_POLICY_VERSION = "1"  # bump when cutting rules change: it changes every job key
+log = logging.getLogger("s2v.planner")
+PLAN_POLICY_VERSION = "2"  # bump when cutting rules change: it changes every job key (2: cuts chosen for least waste)
 MIN_IMAGE_SIDE = 64
+AUDIO_ANALYSIS_BYTES = audio_mod.CHUNK_S * audio_mod.SR * 4 * 6  # a chunk, its float64 squares and VAD copies
 
 
 class ClipPlan(BaseModel):
@@ -57,10 +62,18 @@ class JobPlan(BaseModel):
     image_sha256: str
     pose_sha256: str | None
     scenes: tuple[ScenePlan, ...]
+    silences: tuple[tuple[float, float], ...] = ()  # stretches without speech ≥ settings.long_silence_s (report)
+    expected_clip_s: float | None = None  # learned GPU-seconds per clip (estimates.py); None = settings default
+    expected_clip_source: str = "default"
 
     @property
     def clips(self) -> int:
         return sum(len(s.clips) for s in self.scenes)
+
+
+def expected_clip_s(plan: JobPlan, settings: Settings) -> float:
+    """GPU-seconds one clip of this plan is expected to take: learned when measured, else the settings default."""
+    return plan.expected_clip_s or settings.expected_clip_s(plan.job.backend)
 
 
 class PlanResult(BaseModel):
@@ -94,33 +107,97 @@ def sha256_file(path: Path) -> str:
     return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 
 
-def image_size(path: Path, where: str) -> tuple[int, int]:
+class MemoryBudget:
+    """Bytes the planner's threads may hold in decodes at once: a job waits for room instead of every thread
+    decoding a large file together. One request larger than the budget runs alone."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit, self.used = limit_bytes, 0
+        self.cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, n: int):
+        n = min(n, self.limit)
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= n
+                self.cond.notify_all()
+
+
+def image_size(path: Path, where: str, max_pixels: int = 89_478_485, budget: MemoryBudget | None = None
+               ) -> tuple[int, int]:
     """Width and height of a fully decodable image of usable size; decoded once per file version."""
     st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns, max_pixels)
     try:
-        return _image_size_cached(str(path), st.st_size, st.st_mtime_ns)
+        with budget.hold(_decode_bytes(*key)) if budget else _nothing():
+            return _image_size_cached(*key)
     except MediaError as e:
         raise MediaError(f"{where} {e}") from None
 
 
 @lru_cache(maxsize=4096)
-def _image_size_cached(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+def _decode_bytes(path: str, size: int, mtime_ns: int, max_pixels: int) -> int:
+    """Memory the check below decodes into, from the header alone (0 when unreadable: the check says why)."""
+    try:
+        (w, h), fmt = _header(path)
+        return 0 if w * h > max_pixels else w * h * 4 // (64 if fmt == "JPEG" else 1)
+    except Exception:  # noqa: BLE001 - any failure here is reported by _image_size_cached
+        return 0
+
+
+_PIL_GUARD = threading.Lock()
+
+
+def _header(path: str) -> tuple[tuple[int, int], str]:
+    """Size and format from the header alone. Pillow's own bomb guard refuses to even open an image over ~179 MP,
+    which would hide its size from the message: it is lifted for this header read only (nothing is decoded)."""
+    from PIL import Image
+
+    with _PIL_GUARD:
+        guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as im:
+                return im.size, im.format
+        finally:
+            Image.MAX_IMAGE_PIXELS = guard
+
+
+@lru_cache(maxsize=4096)
+def _image_size_cached(path: str, size: int, mtime_ns: int, max_pixels: int) -> tuple[int, int]:
     # a catalog names the same presenter photo on thousands of rows: decode it once, not per row
     from PIL import Image, UnidentifiedImageError
 
     try:
+        (w, h), _ = _header(path)
+        if w * h > max_pixels:
+            raise MediaError(f"is {w}×{h} px ({w * h / 1e6:.0f} MP), more than the limit of "
+                             f"{max_pixels / 1e6:.0f} MP (setting max_image_pixels)")
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
-            w, h = im.size
+            # JPEG decodes at 1/8 scale: the whole file is still read (truncation shows), at 1/64 of the memory
+            im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
             im.load()  # verify() reads headers only: a truncated JPEG fails here, not mid-render
     except UnidentifiedImageError:
         raise MediaError("is not an image (no known image format in it)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # e.g. "image file is truncated (50 bytes not processed)"
+    except Image.DecompressionBombError as e:  # Pillow's ceiling (2 × its default), when max_image_pixels is above it
+        raise MediaError(f"is too large to decode safely ({str(e).split(' could')[0]})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # e.g. "image file is truncated (50 bytes not processed)"
         raise MediaError(f"is not a readable image ({str(e).split(' (')[0] or type(e).__name__})") from None
     if min(w, h) < MIN_IMAGE_SIDE:
         raise MediaError(f"is {w}×{h} px; the presenter image needs at least {MIN_IMAGE_SIDE} px on each side")
     return w, h
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None,
@@ -157,10 +234,16 @@ def chains_for(total_frames: int, cuts: list[int], spec, seed: int) -> tuple[Sce
 
 @lru_cache(maxsize=1024)
 def _analysis(audio_path: str, audio_sha: str, fps: int, min_pause_s: float, max_duration_s: float):
-    pcm = audio_mod.decode(audio_path, max_duration_s=max_duration_s)
-    if float(abs(pcm).max()) < audio_mod.SILENT_PEAK:
+    a = audio_mod.analyse_file(audio_path, fps, min_pause_s, max_duration_s=max_duration_s)
+    if a.peak < audio_mod.SILENT_PEAK:
         raise MediaError(f"{audio_path}: the audio is silent; nothing to lip-sync")
-    return audio_mod.analyse(pcm, fps, min_pause_s)
+    return a
+
+
+@lru_cache(maxsize=4096)
+def _cuts(a: audio_mod.AudioAnalysis, max_scene_s: float, min_scene_s: float, spec) -> tuple[int, ...]:
+    # rows sharing an audio file and a policy share their cuts: the optimisation runs once, not once per row
+    return tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec))
 
 
 def _bad(job: JobSpec, field: str | None, reason: str, hint: str | None = None) -> MediaError:
@@ -217,7 +300,8 @@ def _weights_id(job: JobSpec, settings: Settings, cls, memo: dict | None = None)
     return out
 
 
-def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None) -> JobPlan:
+def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None,
+             budget: MemoryBudget | None = None) -> JobPlan:
     """Plan one job; raises MediaError whose Problem names the row and field on bad input."""
     try:
         cls = backend_class(job.backend)
@@ -232,13 +316,16 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None)
     apath = _input_file(job, "audio", settings)
     ipath = _input_file(job, "image", settings)
     try:
-        iw, ih = image_size(ipath, job.image)
+        iw, ih = image_size(ipath, job.image, settings.max_image_pixels, budget)
     except MediaError as e:
-        raise _bad(job, "image", str(e), "use a JPEG/PNG/WebP photo of the presenter") from None
+        hint = ("downscale it (the model renders about 0.4 MP), or raise max_image_pixels"
+                if "MP" in str(e) or "too large" in str(e) else "use a JPEG/PNG/WebP photo of the presenter")
+        raise _bad(job, "image", str(e), hint) from None
     pose_sha = sha256_file(_pose_file(job, settings)) if job.pose else None
     a_sha, i_sha = sha256_file(apath), sha256_file(ipath)
     try:
-        a = _analysis(str(apath), a_sha, spec.fps, job.min_pause_s, settings.max_duration_s)
+        with budget.hold(AUDIO_ANALYSIS_BYTES) if budget else _nothing():
+            a = _analysis(str(apath), a_sha, spec.fps, job.min_pause_s, settings.max_duration_s)
     except MediaError as e:
         raise _bad(job, "audio", str(e)) from None
     if a.frames < 1:
@@ -249,7 +336,7 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None)
         caption_problems = check_captions(job, a.duration_s, settings)
         if caption_problems:
             raise MediaError(f"{job.source}: captions", caption_problems)
-    cuts = audio_mod.cut_points(a, job.max_scene_s, job.min_scene_s)
+    cuts = list(_cuts(a, job.max_scene_s, job.min_scene_s, spec))
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
         job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels,
@@ -257,14 +344,20 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None)
         backend_version=spec.version, fps=spec.fps,
         duration_s=a.duration_s, frames=a.frames, width=w, height=h, audio_sha256=a_sha, image_sha256=i_sha,
         pose_sha256=pose_sha, scenes=chains_for(a.frames, cuts, spec, job.seed),
+        silences=audio_mod.long_silences(a, settings.long_silence_s),
     )
 
 
 def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, workers: int | None = None) -> PlanResult:
-    """Plan every job (ffmpeg decodes run in threads); a bad job is reported, the others are planned."""
+    """Plan every job (ffmpeg decodes run in threads, within settings.plan_memory_mb); a bad job is reported, the
+    others are planned — whatever goes wrong with one job, even an error nobody foresaw."""
+    from orchestrator import estimates
+
     plans: dict[str, JobPlan] = {}
     problems: list[Problem] = []
     failed: list[str] = []
+    budget = MemoryBudget(settings.plan_memory_mb << 20)
+    table = estimates.load(settings)
 
     for name in sorted({j.backend for j in jobs}):  # settings problems are the run's, not each job's
         try:
@@ -278,9 +371,17 @@ def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, wor
 
     def one(job: JobSpec):
         try:
-            return job, plan_job(job, settings, weights_memo), None
+            p = plan_job(job, settings, weights_memo, budget)
+            e = table.for_plan(p, settings)
+            return job, p.model_copy(update={"expected_clip_s": e.seconds, "expected_clip_source": e.source}), None
         except InputError as e:
             return job, None, e
+        except Exception as e:  # noqa: BLE001 - one job's surprise is that row's problem, never the run's crash
+            log.exception("planning %s failed unexpectedly", job.id)
+            reason = f"could not be planned: {type(e).__name__}: {str(e)[:300]}"
+            return job, None, MediaError(reason, [Problem(job.source, None, reason,
+                                                          "check this row's input files; if they are fine, report "
+                                                          "this as a bug with the file that triggers it")])
 
     with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as ex:
         for job, plan, err in ex.map(one, jobs):
@@ -293,15 +394,37 @@ def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, wor
     return PlanResult(plans=ordered, problems=tuple(problems), failed=tuple(failed))
 
 
+def waste(plan: JobPlan) -> dict:
+    """Frames the GPU renders for this plan and how many of them are thrown away: `trimmed` at scene ends (the
+    last clip of a scene is rendered whole), `lead_in` at scene starts (Wan drops 3 frames of each first clip)."""
+    spec = backend_spec(plan.job.backend)
+    rendered = plan.clips * spec.clip_frames
+    lead_in = len(plan.scenes) * (spec.clip_frames - spec.first_clip_frames)
+    trimmed = sum(audio_mod.trimmed_frames(s.frames, spec.first_clip_frames, spec.clip_frames) for s in plan.scenes)
+    return {"rendered_frames": rendered, "trimmed_frames": trimmed, "lead_in_frames": lead_in,
+            "trimmed_share": round(trimmed / rendered, 5) if rendered else 0.0}
+
+
 def estimate(plans, settings: Settings) -> dict:
-    """GPU-seconds and cost per job and in total, from the backend's expected seconds per clip."""
+    """GPU-seconds and cost per job and in total (learned seconds per clip where measured), frames thrown away,
+    and long silences."""
     rows, total_s = [], 0.0
     for p in plans:
-        s = p.clips * settings.expected_clip_s(p.job.backend)
+        clip_s = expected_clip_s(p, settings)
+        s = p.clips * clip_s
         total_s += s
         rows.append({"id": p.job.id, "scenes": len(p.scenes), "clips": p.clips, "frames": p.frames,
-                     "duration_s": round(p.duration_s, 3), "gpu_s": s, "cost_usd": s / 3600 * settings.price()})
-    return {"jobs": rows, "total": {"jobs": len(rows), "scenes": sum(r["scenes"] for r in rows),
-                                    "clips": sum(r["clips"] for r in rows), "frames": sum(r["frames"] for r in rows),
+                     "duration_s": round(p.duration_s, 3), **waste(p),
+                     "clip_s": round(clip_s, 3), "clip_s_source": p.expected_clip_source if p.expected_clip_s else "default",
+                     "gpu_s": s, "cost_usd": s / 3600 * settings.price(),
+                     "silence_s": round(sum(e - a for a, e in p.silences), 3),
+                     "long_silences": [[round(a, 3), round(e, 3)] for a, e in p.silences]})
+    tot = {k: sum(r[k] for r in rows) for k in ("scenes", "clips", "frames", "rendered_frames", "trimmed_frames",
+                                                "lead_in_frames")}
+    return {"jobs": rows, "total": {"jobs": len(rows), **tot,
+                                    "trimmed_share": round(tot["trimmed_frames"] / tot["rendered_frames"], 5)
+                                    if tot["rendered_frames"] else 0.0,
                                     "gpu_s": total_s, "cost_usd": total_s / 3600 * settings.price(),
-                                    "price_per_gpu_hour": settings.price()}}
+                                    "price_per_gpu_hour": settings.price(),
+                                    "silence_s": round(sum(r["silence_s"] for r in rows), 3),
+                                    "long_silence_s": settings.long_silence_s}}

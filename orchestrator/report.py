@@ -9,6 +9,7 @@ import posixpath
 import time
 from urllib.parse import quote
 
+from rich import box
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -141,16 +142,33 @@ def print_problems(problems, title: str, ids: dict[str, str] | None = None, base
 
 
 def plan_table(est: dict) -> Table:
-    t = Table(title="Plan")
-    for col in ("job", "scenes", "clips", "frames", "audio s", "GPU-s", "USD"):
-        t.add_column(col, justify="right" if col != "job" else "left")
-    for r in est["jobs"]:
-        t.add_row(Text(safe(r["id"])), str(r["scenes"]), str(r["clips"]), str(r["frames"]), f"{r['duration_s']:.1f}",
-                  f"{r['gpu_s']:.0f}", f"{r['cost_usd']:.2f}")
     tot = est["total"]
+    silence = any(r["silence_s"] for r in est["jobs"])
+    t = Table(title="Plan", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, caption=(
+        "trimmed: share of the rendered frames cut off at scene ends; s/clip: measured on this GPU type (* = the "
+        f"settings default, nothing measured yet); silent: time in stretches of ≥ {tot.get('long_silence_s', 0):g} s "
+        "without speech (each 5 s costs a clip of a silent presenter). --json has every figure."))
+    t.add_column("job", overflow="fold", min_width=8)
+    for col in ("scenes", "clips", "audio", "trimmed", "s/clip", "GPU-h", "USD") + (("silent",) if silence else ()):
+        t.add_column(col, justify="right")
+
+    def secs(x: float) -> str:
+        return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+    def clock(x: float) -> str:
+        h, m, sec = int(x // 3600), int(x % 3600 // 60), int(round(x % 60))
+        return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+    for r in est["jobs"]:
+        star = "" if r["clip_s_source"] == "measured" else "*"
+        t.add_row(Text(safe(r["id"])), str(r["scenes"]), str(r["clips"]), clock(r["duration_s"]),
+                  f"{r['trimmed_share']:.1%}", f"{secs(r['clip_s'])}{star}",
+                  f"{r['gpu_s'] / 3600:.1f}", f"{r['cost_usd']:.2f}",
+                  *([Text(clock(r["silence_s"]), style="yellow") if r["silence_s"] else ""] if silence else []))
     t.add_section()
-    t.add_row(f"total ({tot['jobs']} jobs)", str(tot["scenes"]), str(tot["clips"]), str(tot["frames"]), "",
-              f"{tot['gpu_s']:.0f}", f"{tot['cost_usd']:.2f}")
+    t.add_row(f"total, {tot['jobs']} jobs", str(tot["scenes"]), str(tot["clips"]), "",
+              f"{tot['trimmed_share']:.1%}", "", f"{tot['gpu_s'] / 3600:.1f}",
+              f"{tot['cost_usd']:.2f}", *([clock(tot["silence_s"])] if silence else []))
     return t
 
 

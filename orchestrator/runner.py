@@ -152,6 +152,10 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     finally:
         progress.stop()
         leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
+        # learned estimates: this run's seconds per clip feed the next plan and budget (orchestrator/estimates.py)
+        from orchestrator import estimates
+
+        estimates.record_run(settings, todo, results, run_id)
     state.finish("interrupted" if interrupted else "finished")
     result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
                        events=events, wall_s=time.monotonic() - t_start)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from orchestrator.checkpoints import WorkArea, first_missing
-from orchestrator.planner import JobPlan, ScenePlan
+from orchestrator.planner import JobPlan, ScenePlan, expected_clip_s
 from core.errors import ChainBroken, Preempted
 from core.settings import Settings
 
@@ -105,8 +105,7 @@ class Scheduler:
                 if k < len(s.clips):
                     chains.append(Chain(p, s, next_done=k, next_submit=k))
                     js.scenes_left += 1
-        expected = self.settings.expected_clip_s
-        chains.sort(key=lambda c: (-c.plan.job.priority, -c.remaining * expected(c.plan.job.backend)))
+        chains.sort(key=lambda c: (-c.plan.job.priority, -c.remaining * expected_clip_s(c.plan, self.settings)))
         self.queue.extend(chains)
 
     # ---------- main loop ----------
@@ -348,7 +347,7 @@ class Scheduler:
             if not slot.inflight or slot.watchdog_fired or slot.chain is None:
                 continue
             limit = max(self.settings.clip_timeout_min_s,
-                        self.settings.clip_timeout_factor * self.settings.expected_clip_s(slot.chain.plan.job.backend))
+                        self.settings.clip_timeout_factor * expected_clip_s(slot.chain.plan, self.settings))
             if now - slot.clip_started > limit:
                 log.warning("watchdog: %s clip %d ran %.0fs (limit %.0fs); restarting its actor",
                             slot.chain.plan.job.id, slot.chain.next_done, now - slot.clip_started, limit)
@@ -389,10 +388,10 @@ class Scheduler:
         if budget is None:
             return None
         per_s = self.settings.price() / 3600
-        exp = self.settings.expected_clip_s
+        exp = lambda p: expected_clip_s(p, self.settings)  # noqa: E731 - learned per plan (estimates.py)
         spent = sum(js.gpu_s for js in self.jobs.values()) * per_s
-        running = sum(s.chain.remaining * exp(s.chain.plan.job.backend) for s in self.slots if s.chain) * per_s
-        this = chain.remaining * exp(chain.plan.job.backend) * per_s
+        running = sum(s.chain.remaining * exp(s.chain.plan) for s in self.slots if s.chain) * per_s
+        this = chain.remaining * exp(chain.plan) * per_s
         if spent + running + this > budget:
             return (f"budget ${budget:.2f} reached: spent ${spent:.2f} + committed ${running:.2f} + next chain "
                     f"${this:.2f}; no new chains started")

@@ -6,9 +6,11 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from core.errors import MediaError, RenderError, TransientError
 
@@ -129,6 +131,38 @@ def _run_ffmpeg_once(args, input_bytes, what, timeout_s, media_error, log=False)
         cls = MediaError if media_error else RenderError
         raise cls(f"{what}: {err}")
     return proc.stderr if log else proc.stdout
+
+
+def ffmpeg_chunks(args: list[str], chunk_bytes: int, *, what: str = "ffmpeg", timeout_s: float = 3600,
+                  media_error: bool = False) -> Iterator[bytes]:
+    """Run ffmpeg and yield its stdout in pieces of chunk_bytes (the last may be shorter), so a long decode never
+    sits in memory whole. Raises like run_ffmpeg once the output ends; closing the generator early kills ffmpeg."""
+    argv = [ffmpeg_bin(), *args]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg can never block on a full stderr pipe
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except FileNotFoundError as e:
+            raise RenderError(f"{what}: ffmpeg not found at {argv[0]}: {e}") from None
+        except OSError as e:
+            raise TransientError(f"{what}: cannot start ffmpeg at {argv[0]}: {e}") from None
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            while buf := proc.stdout.read(chunk_bytes):
+                yield buf
+            rc = proc.wait()
+            if timer.finished.is_set() and rc != 0:
+                raise TransientError(f"{what}: ffmpeg timed out after {timeout_s:.0f}s")
+            if rc != 0:
+                err.seek(0)
+                msg = err.read().decode("utf-8", "replace").strip()[-2000:] or f"exit code {rc}"
+                raise (MediaError if media_error else RenderError)(f"{what}: {msg}")
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
 class FrameWriter:

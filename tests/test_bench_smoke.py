@@ -45,9 +45,12 @@ def test_faults_bench_counts_kills_and_redone_clips(ray_local):
 def test_pool_bench_loads_once_per_actor_against_once_per_job(ray_local):
     from bench import pool
 
-    r = pool.main(["--gpus", "2", "--clip-s", "0.05", "--load-s", "0.1", "--lengths", "5,9,3"])
-    assert r["pool"]["loads"] == 2 and r["per_job_process"]["loads"] == 3
-    assert r["pool"]["clips"] == r["clips"] and r["throughput_ratio"] > 0
+    r = pool.main(["--gpus", "2", "--clip-s", "0.03", "--lecture-min", "0.4", "--lengths", "5,9,3", "--steps", "4"])
+    lec, cat = r["lecture"]["4_steps"], r["catalog"]["4_steps"]
+    assert lec["pool"]["loads"] == 2 and lec["one_process_alone"]["loads"] == 1
+    assert cat["pool"]["loads"] == 2 and cat["one_process_per_job"]["loads"] == 3
+    assert cat["pool"]["clips"] == cat["clips"] == cat["one_process_per_job"]["clips"] and cat["speedup"] > 0
+    assert abs(lec["job_fixed_s_scaled"] / lec["clip_s_scaled"] - 6.0) < 1e-9  # 120 s load ÷ 20 s clip
 
 
 def test_overheads_bench_measures_a_steady_chain(ray_local):

@@ -45,6 +45,9 @@ class _Checker:
             if uri.scheme != "file":
                 self.buckets[bucket] = found
             return self._remember(location, found)
+        except Exception as e:  # noqa: BLE001 - e.g. a NUL byte or a 300-character name: this row's problem only
+            return self._remember(location, (f"{uri}: cannot be checked ({type(e).__name__}: {str(e)[:200]})",
+                                             "check the path or URI for stray characters and its length"))
         if ok:
             return self._remember(location, None)
         if uri.scheme == "file" and Path(uri.key).is_dir():  # exists() is False for folders: say why
@@ -67,6 +70,9 @@ class _Checker:
         except S2VError as e:
             reason, hint = _split(str(e))
             return f"output {prefix} is not writable: {reason}", hint or "check the bucket/folder exists and the write permission"
+        except Exception as e:  # noqa: BLE001 - as for inputs: the rows using this output, not the run
+            return (f"output {prefix} cannot be checked ({type(e).__name__}: {str(e)[:200]})",
+                    "check the path or URI for stray characters and its length")
         return None
 
 
