@@ -14,8 +14,9 @@ SECRETS_ROOT = "~/.s2v/secrets"  # on the head; one folder per run, removed once
 # or credentials file mean nothing on a node (the nodes' own credentials and the job's flags take their place).
 LOCAL_ONLY = frozenset({"address", "work", "cache_dir", "gcs_credentials_file", "s3_profile", "preemption_sources",
                         "gpus", "budget_usd"})
-# What every cluster driver gets: join the cluster it runs on, watch the cloud's preemption notices.
-CLUSTER_ENV = {"S2V_ADDRESS": "auto", "S2V_PREEMPTION_SOURCES": "auto"}
+# What every cluster driver gets: join the cluster it runs on. (Which spot notices its actors watch comes from the
+# cluster config: infra.clusters.launch.run_settings_env.)
+CLUSTER_ENV = {"S2V_ADDRESS": "auto"}
 
 
 def _fields() -> dict:

@@ -126,6 +126,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
 
     Returns the exit code: the driver's when followed, 2 when rows were left out, 130 when interrupted."""
     from infra.clusters.config import load_config
+    from infra.clusters.launch import run_settings_env
     from orchestrator import stage
 
     run_id = check_run_id(run_id) if run_id else new_run_id()
@@ -144,7 +145,9 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     argv = [*(command or COMMAND), str(staged.manifest), "--work", str(work_uri), "--run-id", run_id,
             "--gpus", str(gpus), *(["--budget", str(budget)] if budget is not None else []),
             *(["--force"] if force else []), "--no-progress"]
-    env = forward.forwarded_env()
+    # what the cluster's config says every run there needs (its weights, its node prices with metadata.s2v.prices
+    # laid over the table), then the user's own S2V_* settings over that
+    env = {**run_settings_env(head.config), **forward.forwarded_env()}
     secrets = forward.secret_values(settings)
     if secrets:
         env[forward.SECRETS_ENV] = forward.secrets_dir(run_id)  # the folder's path only, never a value

@@ -522,3 +522,32 @@ def test_drain_only_for_interruptions_on_a_real_cluster(meta_server, monkeypatch
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_auto_on_a_machine_that_names_no_cloud_probes_nothing(monkeypatch):
+    """`auto` with the real metadata addresses: where DMI does not name AWS or GCP (this sandbox has no DMI at
+    all, like many containers) no request may leave for 169.254.169.254 or metadata.google.internal."""
+    import socket
+    import urllib.request
+
+    import infra.preemption.watcher as w
+
+    tried: list = []
+    monkeypatch.setattr(w, "_dmi_names", lambda vendor: False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(OSError))
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(OSError))
+    assert watcher_from_settings(Settings(preemption_sources="auto")) is None
+    assert tried == []
+
+
+def test_a_cluster_names_its_notice_source_by_provider():
+    from infra.clusters.launch import run_settings_env
+
+    def env(provider: dict, **meta) -> str:
+        cfg = {"provider": provider, "metadata": {"s2v": {"work": "s3://b/w", **meta}}}
+        return run_settings_env(cfg)["S2V_PREEMPTION_SOURCES"]
+
+    assert env({"type": "aws"}) == "aws" and env({"type": "gcp"}) == "gcp"
+    assert env({"type": "external", "module": "infra.runpod_provider.RunPodNodeProvider"}) == "sigterm"
+    assert env({"type": "external", "module": "loopback_cluster.LocalNodeProvider"}) == "none"
+    assert env({"type": "aws"}, preemption_sources="none") == "none"

@@ -35,7 +35,11 @@ META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "node_cache_dirs": (list, None, "local NVMe/SSD mount points to cache weights on, first usable wins"),
     "prices": (dict, None, "USD per node-hour overrides {type: {on_demand, spot}} for runs on this cluster"),
     "image_source": (str, None, "where the image ids came from (informational)"),
+    "preemption_sources": (str, None, "notices the nodes watch (aws, gcp, sigterm, none; default: the provider's)"),
 }
+# What a cluster's render actors watch for spot notices, by provider: named, never probed for (`auto` on an unknown
+# machine probes nothing, and a probe of a metadata address from the wrong place is traffic nobody asked for).
+PREEMPTION_SOURCES = {"aws": "aws", "gcp": "gcp", "runpod": "sigterm"}
 
 # node_config keys each provider accepts (Ray passes node_config through untouched, so typos surface only as
 # cloud API errors minutes into `up` — or, worse, are silently ignored).
@@ -301,6 +305,13 @@ def _check_metadata(probs: ProblemList, cfg: dict) -> None:
     for k in ("zones", "node_cache_dirs"):
         if isinstance(meta.get(k), list) and not all(isinstance(z, str) and z for z in meta[k]):
             probs.add(where, k, "must be a list of non-empty strings")
+    ps = meta.get("preemption_sources")
+    if isinstance(ps, str):
+        names = [n.strip() for n in ps.split(",") if n.strip()]
+        bad = [n for n in names if n not in ("aws", "gcp", "sigterm", "none")] or (["(empty)"] if not names else [])
+        if bad:
+            probs.add(where, "preemption_sources", f"unknown source {bad[0]!r}",
+                      "a comma list of aws, gcp, sigterm, or none (auto is for a machine that names its cloud)")
     if isinstance(meta.get("prices"), dict):
         from core.settings import NodePrice
 

@@ -112,12 +112,16 @@ def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[
 
 def run_settings_env(cfg: dict[str, Any]) -> dict[str, str]:
     """S2V_* variables a run submitted to this cluster needs from its config (the submit side merges the user's
-    own S2V_* settings over them): the work area, the weights and the node prices (the table with the config's
-    metadata.s2v.prices laid over it)."""
+    own S2V_* settings over them): the work area, the weights, the spot notices its nodes get (by provider, or
+    metadata.s2v.preemption_sources) and the node prices (the table with the config's metadata.s2v.prices laid
+    over it)."""
     from core.settings import Settings
 
+    from infra.clusters.config import PREEMPTION_SOURCES, provider_of
+
     meta = s2v_meta(cfg)
-    env = {"S2V_WORK": str(meta["work"])}
+    env = {"S2V_WORK": str(meta["work"]),
+           "S2V_PREEMPTION_SOURCES": meta.get("preemption_sources") or PREEMPTION_SOURCES.get(provider_of(cfg), "none")}
     if meta.get("model_dir"):
         env["S2V_MODEL_DIR"] = str(meta["model_dir"])
     prices = {k: v.model_dump() for k, v in Settings().node_prices.items()}

@@ -158,15 +158,17 @@ def _split(spec: str) -> list[str]:
     return [s.strip().lower() for s in (spec or "").split(",") if s.strip()]
 
 
-def _dmi_rules_out(vendor: str) -> bool:
-    """True when DMI data is readable and names another vendor: skip a network probe (slow DNS, no route)."""
+def _dmi_names(vendor: str) -> bool:
+    """True only when the machine's DMI data names the vendor ("Amazon EC2", "Google Compute Engine"). Unreadable
+    DMI (a container without /sys/class/dmi, a sandbox) is no evidence: `auto` then probes nothing, so a laptop or CI
+    runner never sends a request to a metadata address; a cluster names its source explicitly instead."""
     texts = []
     for f in ("sys_vendor", "product_name", "bios_vendor"):
         try:
             texts.append(Path("/sys/class/dmi/id", f).read_text())
         except OSError:
             pass
-    return bool(texts) and vendor.lower() not in " ".join(texts).lower()
+    return vendor.lower() in " ".join(texts).lower()
 
 
 def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None = None,
@@ -190,10 +192,10 @@ def watcher_from_settings(settings, on_notice: Callable[[Notice], None] | None =
         else:
             aws = AwsImdsSource(aws_url, timeout=0.3, warning_expiry_s=expiry)
             gcp = GcpMetadataSource(gcp_url, timeout=0.3)
-            # Probes of the real endpoints only where the machine's DMI data allows the cloud; custom URLs
+            # Probes of the real endpoints only where the machine's DMI data names the cloud; custom URLs
             # (loopback in tests) are always probed.
-            try_aws = aws_url != AWS_IMDS_URL or not _dmi_rules_out("amazon")
-            try_gcp = gcp_url != GCP_METADATA_URL or not _dmi_rules_out("google")
+            try_aws = aws_url != AWS_IMDS_URL or _dmi_names("amazon")
+            try_gcp = gcp_url != GCP_METADATA_URL or _dmi_names("google")
             if try_aws and aws.detect():
                 aws.timeout = 1.0
                 sources.append(aws)
