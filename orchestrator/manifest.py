@@ -33,7 +33,7 @@ def is_safe_name(value: object) -> bool:
 def check_run_id(value: str) -> str:
     """A run id names a folder of the work area: the same rule as job ids (no '../../' out of it)."""
     if not is_safe_name(value):
-        raise InputError(f"run id {value!r} is not allowed: use {ID_RULE}")
+        raise InputError(f"run id (--run-id) {value!r} is not allowed: use {ID_RULE}")
     return value
 
 

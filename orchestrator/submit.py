@@ -18,22 +18,14 @@ from typing import Callable, Iterator
 
 from core.errors import ClusterError, ConfigError, Problem
 from orchestrator import forward, tunnel
+from orchestrator.manifest import check_run_id  # run ids also name secrets folders on the head and Ray jobs
 
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 COMMAND = ["python", "-m", "orchestrator.cli", "render"]  # the wheel installed on every node provides it
 _JOBS_FILE = Path.home() / ".s2v" / "runs.json"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 Echo = Callable[[str], None]
 Confirm = Callable[[str], "bool | None"]  # None: nobody to ask (not a terminal)
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids name folders in the work area, secrets folders on the head and Ray jobs: a plain name only."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
-        raise ConfigError(f"--run-id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
-                          "letter or digit, without '..' (it names a folder in the work area)")
-    return run_id
 
 
 def new_run_id() -> str:

@@ -260,7 +260,7 @@ def test_refused_before_the_cluster_is_touched(tmp_path, env, run_cli, capsys):
     assert "--run-id" in _text(capsys)
     for name in ("../../esc", "x; rm -rf ~"):  # it would land in a path and a shell command on the head
         assert run_cli("cluster", "stop", name, "-c", valid) == 2
-        assert "use 1-128 letters" in _text(capsys)
+        assert "is not allowed: use 1-128 characters" in _text(capsys)
     # row a's output resolves to a local folder: named with file, row and field; row b is left to a check that
     # cannot pass offline (no bucket 'somewhere'), so nothing is left to submit
     assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
