@@ -15,7 +15,8 @@ from core.errors import Problem, S2VError, TransientError, exit_code_for
 from orchestrator.manifest import load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
 from orchestrator.publish import output_uris, prepare_audio, published_key, stitch_and_publish
-from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
+from orchestrator.pool import Pool
+from orchestrator.ray_session import ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from core.settings import Settings
 
@@ -46,6 +47,8 @@ class RunResult(BaseModel):
     actors: list[dict] = []
     events: list[tuple] = []
     wall_s: float = 0.0
+    cost: dict = {}  # orchestrator/costs.py summary: node-hours and their cost on a cluster, else the source
+    capacity: dict = {}  # the pool: target, peak workers, on-demand fallback and why
 
     @property
     def exit_code(self) -> int:
@@ -112,12 +115,15 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
     actors_info: list[dict] = []
     events: list[tuple] = []
+    cost: dict = {}
+    capacity: dict = {}
     if todo:
         done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
         progress.start(len(todo), sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
         with ray_session(settings):
-            actors_info, events = _schedule(todo, done, settings, work, results, state, progress,
-                                            lambda r: hook.job(r.model_dump(), run_id) if hook else None)
+            actors_info, events, cost, capacity = _schedule(
+                todo, done, settings, work, results, state, progress,
+                lambda r: hook.job(r.model_dump(), run_id) if hook else None)
         progress.stop()
     state.finish()
     if hook:
@@ -125,10 +131,17 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                   for st in ("published", "skipped", "failed", "invalid")}
         hook.run_finished({"run_id": run_id, "manifest": location, **counts,
                            "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
-                           "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
+                           "cost_usd": round(run_cost(results, cost), 6)})
         hook.close(timeout_s=30)
     return RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                     events=events, wall_s=time.monotonic() - t_start)
+                     events=events, wall_s=time.monotonic() - t_start, cost=cost, capacity=capacity)
+
+
+def run_cost(results: dict, cost: dict) -> float:
+    """The run's spend: node-hours on a cluster (when every node had a price), else the jobs' GPU-seconds."""
+    if cost.get("source") == "node-hours" and cost.get("priced"):
+        return float(cost["cost_usd"])
+    return sum(r.cost_usd for r in results.values())
 
 
 def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
@@ -138,14 +151,13 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
                                                        retry_exceptions=[TransientError])
     backends = tuple(sorted({p.job.backend for p in todo}))
-    actors = make_actors(settings, actor_count(settings), backends)
+    pool = Pool(settings, backends)
     audio_task = ray.remote(prepare_audio).options(num_cpus=settings.stitch_cpus)
     audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
     stitching: dict = {}  # ref → JobState
-    price = settings.price()
 
     def stats(js: JobState) -> dict:
-        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.gpu_s / 3600 * price, 6),
+        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.cost_usd, 6),
                 "clips_rendered": js.clips_rendered, "retries": js.attempts + js.infra_retries,
                 "preemptions": js.preemptions, "attempts": js.attempts}
 
@@ -164,7 +176,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
         stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref)] = js
 
     def on_failed(js: JobState) -> None:
-        _finish(results[js.plan.job.id], js, "failed", js.failed, price)
+        _finish(results[js.plan.job.id], js, "failed", js.failed)
         notify(results[js.plan.job.id])
         progress.job(js.plan.job.id, "failed")
         state.write(force=True)
@@ -177,43 +189,43 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
             js = stitching.pop(ref)
             try:
                 ray.get(ref, timeout=60)
-                _finish(results[js.plan.job.id], js, "published", None, price)
+                _finish(results[js.plan.job.id], js, "published", None)
             except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
                 cause = getattr(e, "cause", None) or e
-                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}", price)
+                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}")
             notify(results[js.plan.job.id])
             progress.job(js.plan.job.id, results[js.plan.job.id].status)
             state.write(force=True)
 
-    sched = Scheduler(settings, str(work.root), actors, on_clip=on_clip, on_job_ready=on_ready,
-                      on_job_failed=on_failed, on_tick=lambda: collect(0),
-                      make_fallback_actor=fallback_factory(settings, backends))
+    sched = Scheduler(settings, str(work.root), pool, on_clip=on_clip, on_job_ready=on_ready,
+                      on_job_failed=on_failed, on_tick=lambda: collect(0))
     sched.add_jobs(todo, done)
-    sched.run()
+    try:
+        sched.run()
+    finally:
+        # the actors go and the autoscaler request is dropped before stitching ends: the GPUs can scale down
+        infos = pool.close()
     deadline = time.monotonic() + 3600
     while stitching and time.monotonic() < deadline:
         collect(1.0)
     for ref, js in stitching.items():
-        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour", price)
+        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour")
     for js in sched.jobs.values():
         r = results[js.plan.job.id]
         if r.status in ("pending", "stitching"):
-            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)",
-                    price)
-    infos = []
-    for a in [slot.handle for slot in sched.slots]:  # fallback replacements included
-        try:
-            infos.append(ray.get(a.info.remote(), timeout=15))
-        except Exception:  # noqa: BLE001 - a dead actor has no info to give
-            infos.append({"dead": True})
-    return infos, sched.events
+            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)")
+    pool.ledger.finish()  # head and stitching time count too
+    capacity = {"target": pool.target, "target_source": pool.target_source, "elastic": pool.elastic,
+                "peak_workers": pool.peak_workers, "actors_started": len(pool.slots),
+                "ondemand": pool.ondemand_reason, "notices": pool.preemptions}
+    return infos, sched.events, pool.ledger.summary(), capacity
 
 
-def _finish(r: JobResult, js: JobState, status: str, reason: str | None, price: float) -> None:
+def _finish(r: JobResult, js: JobState, status: str, reason: str | None) -> None:
     r.status, r.reason = status, reason
     r.clips_rendered, r.gpu_s = js.clips_rendered, round(js.gpu_s, 3)
     r.retries, r.preemptions = js.attempts + js.infra_retries, js.preemptions
-    r.cost_usd = round(js.gpu_s / 3600 * price, 6)
+    r.cost_usd = round(js.cost_usd, 6)
 
 
 class _State:

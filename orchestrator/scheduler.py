@@ -1,4 +1,4 @@
-"""Schedule clip chains on Ray GPU actors: longest first, clip by clip, bounded in flight, faults isolated."""
+"""Schedule clip chains on the pool's actors: longest first, clip by clip, bounded in flight, faults isolated."""
 
 from __future__ import annotations
 
@@ -8,23 +8,28 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from core.errors import ChainBroken, CudaUnavailable, Preempted, Warned
+from core.settings import Settings
 from orchestrator.checkpoints import WorkArea, first_missing
 from orchestrator.planner import JobPlan, ScenePlan
-from core.errors import ChainBroken, Preempted
-from core.settings import Settings
+from orchestrator.pool import Pool
+from orchestrator.slots import WAITING, Slot, SlotState
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
 RETRY_ELSEWHERE_S = 60.0  # a chain that failed on an actor waits this long for another before going back
+NOTICE_PROBE_S = 1.0  # how often a warned or draining actor is asked whether its notice passed
+S = SlotState
 
 
 @dataclass
 class Chain:
     plan: JobPlan
     scene: ScenePlan
-    next_done: int = 0  # first clip not yet checkpointed
+    next_done: int = 0  # first clip whose checkpoint marker is not known to exist
     next_submit: int = 0
-    failed_on: dict = field(default_factory=dict)  # slot id → when its actor raised on this chain
+    fresh: bool = False  # its next call is the first on a newly assigned actor (a warned actor refuses it)
+    failed_on: dict = field(default_factory=dict)  # id(slot) → when its actor raised on this chain
 
     @property
     def n(self) -> int:
@@ -43,54 +48,38 @@ class JobState:
     clips_rendered: int = 0
     clips_redone: int = 0
     gpu_s: float = 0.0
+    cost_usd: float = 0.0  # its GPU-seconds at the price of the nodes that rendered them
     infra_retries: int = 0
     preemptions: int = 0
     failed: str | None = None
     workers: set = field(default_factory=set)
 
 
-@dataclass
-class Slot:
-    """One actor and what it is doing."""
-
-    handle: object
-    chain: Chain | None = None
-    inflight: list = field(default_factory=list)  # object refs, in submission order
-    clip_started: float = 0.0
-    healthy: bool = True
-    probe: object = None
-    failures: dict = field(default_factory=dict)  # job id → application failures on this actor
-    watchdog_fired: bool = False
-    blocked: bool = False  # taken out of rotation (fails many different jobs)
-    avoid_node: str | None = None  # preempted there: usable again once restarted on another node
-    retry_at: float = 0.0
-    fallback: bool = False  # created on the on-demand fallback node type
-
-
 class Scheduler:
-    """Drives actors until every chain is checkpointed or its job has failed.
+    """Drives the pool's actors until every chain is checkpointed or its job has failed.
 
     on_clip(job_state, result) after each clip; on_job_ready(job_state) when a job's scenes are all done
-    (the caller stitches it); on_job_failed(job_state)."""
+    (the caller stitches it); on_job_failed(job_state). `pool` is a Pool or a plain list of actors (static)."""
 
-    def __init__(self, settings: Settings, work: str, actors: list, *,
+    def __init__(self, settings: Settings, work: str, pool, *,
                  on_clip: Callable = lambda js, r: None, on_job_ready: Callable = lambda js: None,
-                 on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None,
-                 make_fallback_actor: Callable[[], object] | None = None):
+                 on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None):
         self.settings, self.work = settings, work
-        # an actor is usable once its first ping answers, i.e. after __init__ loaded the model: start-up and
-        # model load never count against the watchdog's per-clip clock
-        self.slots = [Slot(a, healthy=False, probe=a.ping.remote()) for a in actors]
+        self.events: list[tuple] = []  # (t, kind, job | slot, scene | node, clip | reason) for tests and the report
+        self.pool = pool if isinstance(pool, Pool) else Pool(settings, actors=list(pool), elastic=False)
+        self.pool.note = lambda kind, detail: self.events.append((time.monotonic(), kind, None, None, detail))
         self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
-        self.make_fallback_actor = make_fallback_actor
-        self.preempt_times: list[float] = []
-        self.fallback_active = False
         self.stop_reason: str | None = None
         self.jobs: dict[str, JobState] = {}
+        self.chains: dict[tuple[str, int], Chain] = {}
         self.plan_refs: dict[tuple[str, str], list] = {}
         self.queue: deque[Chain] = deque()
-        self.events: list[tuple] = []  # (t, kind, job, scene, clip) for tests and the report
+        self.background: list = []  # fire-and-forget calls (release), drained so their errors never echo
         self.stopped_starting = False
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.pool.slots
 
     # ---------- setup ----------
     def add_jobs(self, plans: list[JobPlan], done: dict[str, dict[int, set[int]]]) -> None:
@@ -103,11 +92,24 @@ class Scheduler:
             for s in p.scenes:
                 k = first_missing(d.get(s.index, set()), len(s.clips))
                 if k < len(s.clips):
-                    chains.append(Chain(p, s, next_done=k, next_submit=k))
+                    c = Chain(p, s, next_done=k, next_submit=k)
+                    chains.append(c)
+                    self.chains[(p.job.id, s.index)] = c
                     js.scenes_left += 1
         expected = self.settings.expected_clip_s
         chains.sort(key=lambda c: (-c.plan.job.priority, -c.remaining * expected(c.plan.job.backend)))
         self.queue.extend(chains)
+
+    def _chains_left(self) -> int:
+        """Chains that could run at once now: running ones, plus queued ones unless the run stopped starting."""
+        running = sum(1 for s in self.slots if s.chain is not None)
+        if self.stopped_starting:
+            return running
+        return running + sum(1 for c in self.queue if self.jobs[c.plan.job.id].failed is None)
+
+    def _work_left(self) -> bool:
+        return any(s.chain is not None or s.inflight for s in self.slots) or (
+            bool(self.queue) and not self.stopped_starting)
 
     # ---------- main loop ----------
     def run(self) -> None:
@@ -116,45 +118,42 @@ class Scheduler:
         for js in list(self.jobs.values()):
             if js.scenes_left == 0:
                 self.on_job_ready(js)
-        last_healthy = time.monotonic()
-        while self.queue or any(s.chain or s.inflight for s in self.slots):
-            if any(s.healthy for s in self.slots):
-                last_healthy = time.monotonic()
-            elif time.monotonic() - last_healthy > self.settings.no_worker_timeout_s:
+        self.pool.start(self._chains_left())
+        last_worker = time.monotonic()
+        while self._work_left():
+            self.pool.tick(self._chains_left())
+            if self.pool.workers():
+                last_worker = time.monotonic()
+            elif time.monotonic() - last_worker > self.settings.no_worker_timeout_s:
                 self._fail_queued(f"no GPU worker came back within {self.settings.no_worker_timeout_s:.0f}s")
+                break
+            if self.queue and not any(s.in_rotation for s in self.slots):
+                self._fail_queued(self._out_of_rotation())
                 break
             self._assign()
             refs = [r for s in self.slots for r in s.inflight] + [s.probe for s in self.slots if s.probe is not None]
+            refs += self.background
             if not refs:
-                if self.queue and all(s.blocked for s in self.slots):
-                    self._fail_queued("no healthy worker left (all taken out of rotation)")
-                    break
-                if not self.queue or self.stopped_starting:
-                    break
-                # work is queued but nothing is in flight (actors restarting, or a chain waiting for another
-                # actor than the one that failed it): wait a tick, never spin
+                # work is queued but nothing is in flight (a chain waiting for another actor than the one that
+                # failed it, probes not due yet): wait a tick, never spin
                 time.sleep(WAIT_S)
-                self._probe_all()
-                self.on_tick()
-                continue
-            ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
-            for ref in ready:
-                self._handle(ref)
+            else:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
+                for ref in ready:
+                    self._handle(ref)
             self._probe_all()
             self._watchdog()
             self.on_tick()
 
+    def _out_of_rotation(self) -> str:
+        broken = [s.reason for s in self.slots if s.state is S.BROKEN and s.reason]
+        if broken:
+            return f"no GPU worker could start: {broken[0]}"
+        return "no healthy worker left (all taken out of rotation)"
+
     def _assign(self) -> None:
         for slot in self.slots:
-            if (self.fallback_active and slot.avoid_node and slot.chain is None and not slot.inflight
-                    and self.make_fallback_actor is not None):
-                self._replace_with_fallback(slot)  # its node is going away: an on-demand actor takes its place
-            if not slot.healthy or slot.blocked:
-                continue
-            if slot.chain is None and self.queue and not self.stopped_starting:
-                if self.fallback_active and not slot.fallback and self.make_fallback_actor is not None:
-                    self._replace_with_fallback(slot)
-                    continue
+            if slot.takes_chains and self.queue and not self.stopped_starting:
                 chain = self._next_chain(slot)
                 if chain is None:
                     continue
@@ -165,24 +164,32 @@ class Scheduler:
                     self.stop_reason = over
                     log.warning("%s", over)
                     break
-                slot.chain = chain
-                chain.next_submit = chain.next_done
-                slot.clip_started = time.monotonic()
-                slot.watchdog_fired = False
-            chain = slot.chain
-            while chain and chain.next_submit < chain.n and len(slot.inflight) < self.settings.clips_in_flight_per_actor:
-                ref = slot.handle.render_clip.remote(self._plan_handle(chain.plan), chain.scene.index,
-                                                     chain.next_submit, self.work)
-                slot.inflight.append(ref)
-                self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, chain.next_submit))
-                chain.next_submit += 1
+                slot.assign(chain)
+                chain.next_submit, chain.fresh = chain.next_done, True
+                self.events.append((time.monotonic(), "assign", chain.plan.job.id, chain.scene.index,
+                                    self.slots.index(slot)))
+            self._submit(slot)
+
+    def _submit(self, slot: Slot) -> None:
+        chain = slot.chain
+        if chain is None or slot.state not in (S.BUSY, S.WARNED):
+            return
+        while chain.next_submit < chain.n and len(slot.inflight) < self.settings.clips_in_flight_per_actor:
+            ci = chain.next_submit
+            # more: clip ci+1 follows on this actor, so ci's checkpoint may be written while it renders
+            ref = slot.handle.render_clip.remote(self._plan_handle(chain.plan), chain.scene.index, ci, self.work,
+                                                 more=ci + 1 < chain.n, starts_chain=chain.fresh)
+            chain.fresh = False
+            slot.inflight.append(ref)
+            self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, ci))
+            chain.next_submit += 1
 
     def _next_chain(self, slot: Slot) -> Chain | None:
         """The first live chain this slot has not failed. One it failed goes to another actor first (even one
         still starting); it comes back here only when no other actor exists or none took it within a minute.
         Chains of failed jobs are dropped as they come up (rebuilding the queue per start is quadratic)."""
         me, now = id(slot), time.monotonic()
-        others = any(not s.blocked and id(s) != me for s in self.slots)
+        others = any(s.in_rotation and s is not slot for s in self.slots)
         skipped: list[Chain] = []
         found = None
         while self.queue:
@@ -206,37 +213,29 @@ class Scheduler:
             self.plan_refs[k] = [ray.put(plan)]
         return self.plan_refs[k]
 
-    def _slot_of(self, ref):
-        for s in self.slots:
-            if ref in s.inflight or ref is s.probe:
-                return s
-        return None
-
     # ---------- outcomes ----------
     def _handle(self, ref) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-        slot = self._slot_of(ref)
+        if ref in self.background:
+            self.background.remove(ref)
+            try:
+                ray.get(ref, timeout=1)
+            except Exception:  # noqa: BLE001 - a release to an actor that died meanwhile: nothing to do
+                pass
+            return
+        slot = next((s for s in self.slots if ref in s.inflight or ref is s.probe), None)
         if slot is None:
             return
         if ref is slot.probe:
-            slot.probe = None
-            try:
-                answer = ray.get(ref, timeout=10)
-            except (RayActorError, GetTimeoutError):
-                slot.retry_at = time.monotonic() + 1.0
-                return
-            if slot.avoid_node and isinstance(answer, dict) and answer.get("node") == slot.avoid_node:
-                slot.retry_at = time.monotonic() + 2.0  # still on the node under notice
-                return
-            slot.healthy, slot.avoid_node = True, None
+            self._probed(slot, ref)
             return
         chain = slot.chain
         try:
             res = ray.get(ref, timeout=60)
         except RayActorError as e:  # the actor (or its node) died: infrastructure, not the job's fault
-            self._lost_actor(slot, chain, watchdog=slot.watchdog_fired, err=e)
+            self._lost(slot, chain, e)
             return
         except RayTaskError as e:
             self._app_error(slot, chain, e)
@@ -247,56 +246,127 @@ class Scheduler:
         js = self.jobs[chain.plan.job.id]
         js.clips_rendered += 1
         js.gpu_s += res["render_s"]
+        js.cost_usd += res["render_s"] * self.pool.ledger.gpu_price_per_s(res.get("node"))
         js.workers.add(res["node"])
-        chain.next_done = res["clip"] + 1
+        slot.node = res["node"]
         slot.clip_started = time.monotonic()
-        self.events.append((time.monotonic(), "done", chain.plan.job.id, res["scene"], res["clip"]))
+        # a chain advances on checkpointed clips only (a result without "saved" was checkpointed before returning)
+        for job_id, si, ci in res.get("saved", [[res["job"], res["scene"], res["clip"]]]):
+            self._saved(job_id, si, ci)
         self.on_clip(js, res)
+        if res.get("warning") and slot.state is S.BUSY:
+            slot.to(S.WARNED)
+            self._note_slot(slot, "warned", "early spot warning: finishes this chain, starts no new one")
+        elif not res.get("warning") and slot.state is S.WARNED:
+            slot.to(S.BUSY)
+            self._note_slot(slot, "cleared", "early warning passed")
         if chain.next_done >= chain.n and not slot.inflight:
-            slot.chain = None
+            slot.release()
             js.scenes_left -= 1
             if js.scenes_left == 0 and js.failed is None:
                 self.on_job_ready(js)
 
+    def _saved(self, job_id: str, si: int, ci: int) -> None:
+        chain = self.chains.get((job_id, si))
+        if chain is not None and ci == chain.next_done:
+            chain.next_done += 1
+            self.events.append((time.monotonic(), "done", job_id, si, ci))
+
+    def _probed(self, slot: Slot, ref) -> None:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        slot.probe = None
+        now = time.monotonic()
+        try:
+            answer = ray.get(ref, timeout=10)
+        except RayTaskError as e:  # ping raised: the actor could not set itself up (no CUDA, no weights…)
+            self._broken(slot, e.cause if getattr(e, "cause", None) is not None else e)
+            return
+        except RayActorError as e:
+            if getattr(e, "actor_init_failed", False):
+                self._broken(slot, e)
+            elif slot.state is S.DRAINING:
+                self.pool.retire(slot, "died under notice (its replacement was asked for at the notice)")
+            else:
+                slot.retry_at = now + 1.0  # restarting: ask again
+            return
+        except GetTimeoutError:
+            slot.retry_at = now + 1.0
+            return
+        if slot.state in WAITING:
+            slot.to(S.IDLE)
+            self._note_slot(slot, "ready", "answered")
+            return
+        slot.node = answer.get("node", slot.node)
+        slot.retry_at = now + NOTICE_PROBE_S
+        if answer.get("interruption"):
+            if slot.state is S.WARNED and slot.chain is None:
+                self._draining(slot, answer["interruption"])
+        elif slot.state is S.DRAINING:
+            slot.to(S.IDLE)
+            self._note_slot(slot, "cleared", "interruption notice passed; the node survived")
+        elif slot.state is S.WARNED and not answer.get("warning"):
+            slot.to(S.BUSY if slot.chain is not None else S.IDLE)
+            self._note_slot(slot, "cleared", "early warning passed")
+
+    def _broken(self, slot: Slot, err) -> None:
+        reason = f"{type(err).__name__}: {err}"
+        log.error("a render actor could not start: %s", reason)
+        slot.to(S.BROKEN, reason)
+        self._note_slot(slot, "broken", reason)
+        self.pool._kill(slot)
+
+    def _note_slot(self, slot: Slot, kind: str, detail: str) -> None:
+        self.events.append((time.monotonic(), kind, self.slots.index(slot), slot.node, detail))
+
     def _requeue(self, slot: Slot, chain: Chain | None) -> None:
+        import ray
+
         for r in slot.inflight:
             try:
-                import ray
-
                 ray.cancel(r)
             except Exception:  # noqa: BLE001 - cancelling a finished or lost ref is harmless
                 pass
-        slot.inflight.clear()
-        slot.chain = None
-        if chain is not None and self.jobs[chain.plan.job.id].failed is None:
-            # the checkpoints are the truth: a success may still sit unread behind the failure that got here first
-            try:
-                done = WorkArea.at(self.work, self.settings).done_clips(chain.plan.key).get(chain.scene.index, set())
-                chain.next_done = max(chain.next_done, first_missing(done, chain.n))
-            except Exception as e:  # noqa: BLE001 - an unreadable listing only costs a re-render
-                log.warning("could not list checkpoints of %s: %s", chain.plan.job.id, e)
-            if chain.next_done >= chain.n:  # everything is checkpointed after all
-                js = self.jobs[chain.plan.job.id]
-                js.scenes_left -= 1
-                if js.scenes_left == 0:
-                    self.on_job_ready(js)
-                return
-            chain.next_submit = chain.next_done
-            self.queue.appendleft(chain)  # resume first: it is already partly paid for
+        slot.release()
+        if chain is None or self.jobs[chain.plan.job.id].failed is not None:
+            return
+        # the checkpoints are the truth: a success may still sit unread behind the failure that got here first
+        try:
+            done = WorkArea.at(self.work, self.settings).done_clips(chain.plan.key).get(chain.scene.index, set())
+            chain.next_done = max(chain.next_done, first_missing(done, chain.n))
+        except Exception as e:  # noqa: BLE001 - an unreadable listing only costs a re-render
+            log.warning("could not list checkpoints of %s: %s", chain.plan.job.id, e)
+        if chain.next_done >= chain.n:  # everything is checkpointed after all
+            js = self.jobs[chain.plan.job.id]
+            js.scenes_left -= 1
+            if js.scenes_left == 0:
+                self.on_job_ready(js)
+            return
+        chain.next_submit = chain.next_done
+        self.queue.appendleft(chain)  # resume first: it is already partly paid for
 
-    def _lost_actor(self, slot: Slot, chain: Chain | None, watchdog: bool, err) -> None:
+    def _lost(self, slot: Slot, chain: Chain | None, err) -> None:
         if chain is not None:
             js = self.jobs[chain.plan.job.id]
             js.infra_retries += 1
             if getattr(err, "preempted", False):
                 js.preemptions += 1
-                self._preempted()
+                self.pool.preempted()
             self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
-            if watchdog:
-                self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
         self._requeue(slot, chain)
-        slot.healthy = False
+        if slot.state is S.DRAINING:
+            self.pool.retire(slot, "died under notice")
+            return
+        slot.to(S.LOST)
         slot.probe = slot.handle.ping.remote()
+
+    def _draining(self, slot: Slot, why: str) -> None:
+        slot.to(S.DRAINING, why)
+        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+        self._note_slot(slot, "draining", why)
+        self.pool.preempted()  # first: after too many, the replacement already goes on-demand
+        self.pool.on_draining(slot)
 
     def _app_error(self, slot: Slot, chain: Chain, e) -> None:
         cause = e.cause if getattr(e, "cause", None) is not None else e
@@ -304,14 +374,24 @@ class Scheduler:
         if isinstance(cause, ChainBroken):
             self._requeue(slot, chain)
             return
+        if isinstance(cause, Warned):  # nothing was rendered: the chain goes elsewhere, the actor waits
+            self._requeue(slot, chain)
+            if slot.state is S.IDLE:
+                slot.to(S.WARNED)
+                slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+                self._note_slot(slot, "warned", str(cause))
+            return
         if isinstance(cause, Preempted):
             js.preemptions += 1
             self.events.append((time.monotonic(), "preempted", chain.plan.job.id, chain.scene.index, chain.next_done))
             self._requeue(slot, chain)
-            slot.healthy = False  # a node under notice takes no new chain
-            slot.avoid_node = cause.node or None
-            slot.probe = slot.handle.info.remote()
-            self._preempted()
+            slot.node = cause.node or slot.node
+            if slot.state in (S.IDLE, S.WARNED):
+                self._draining(slot, str(cause))
+            return
+        if isinstance(cause, CudaUnavailable):
+            self._requeue(slot, chain)
+            self._broken(slot, cause)
             return
         reason = f"{type(cause).__name__}: {cause}"
         self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
@@ -319,9 +399,10 @@ class Scheduler:
         chain.failed_on[id(slot)] = time.monotonic()
         self._requeue(slot, chain)
         self._count_failure(js, reason)
-        if len(slot.failures) >= self.settings.blocklist_after_jobs:  # it fails many different jobs: a bad worker
+        if len(slot.failures) >= self.settings.blocklist_after_jobs and slot.state in (S.IDLE, S.WARNED):
             log.warning("taking an actor out of rotation after failures in jobs %s", sorted(slot.failures))
-            slot.blocked = True
+            slot.to(S.BLOCKED, f"failed clips of jobs {sorted(slot.failures)}")
+            self._note_slot(slot, "blocked", slot.reason)
 
     def _fail_queued(self, reason: str) -> None:
         for js in {c.plan.job.id: self.jobs[c.plan.job.id] for c in self.queue}.values():
@@ -337,6 +418,8 @@ class Scheduler:
             self.queue = deque(c for c in self.queue if c.plan.job.id != js.plan.job.id)
             for s in self.slots:
                 if s.chain is not None and s.chain.plan.job.id == js.plan.job.id:
+                    if s.state in (S.BUSY, S.WARNED):  # healthy: it lands its checkpoint and frees the tail
+                        self.background.append(s.handle.release.remote())
                     self._requeue(s, None)
             self.on_job_failed(js)
 
@@ -345,55 +428,50 @@ class Scheduler:
 
         now = time.monotonic()
         for slot in self.slots:
-            if not slot.inflight or slot.watchdog_fired or slot.chain is None:
+            if not slot.inflight or slot.chain is None or slot.state not in (S.BUSY, S.WARNED):
                 continue
+            chain = slot.chain
             limit = max(self.settings.clip_timeout_min_s,
-                        self.settings.clip_timeout_factor * self.settings.expected_clip_s(slot.chain.plan.job.backend))
-            if now - slot.clip_started > limit:
-                log.warning("watchdog: %s clip %d ran %.0fs (limit %.0fs); restarting its actor",
-                            slot.chain.plan.job.id, slot.chain.next_done, now - slot.clip_started, limit)
-                slot.watchdog_fired = True
-                ray.kill(slot.handle, no_restart=False)
+                        self.settings.clip_timeout_factor * self.settings.expected_clip_s(chain.plan.job.backend))
+            if now - slot.clip_started <= limit:
+                continue
+            log.warning("watchdog: %s clip %d ran %.0fs (limit %.0fs); restarting its actor",
+                        chain.plan.job.id, chain.next_done, now - slot.clip_started, limit)
+            ray.kill(slot.handle, no_restart=False)
+            js = self.jobs[chain.plan.job.id]
+            js.infra_retries += 1
+            self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
+            self._requeue(slot, chain)
+            slot.to(S.LOST, "watchdog")
+            slot.probe = slot.handle.ping.remote()
+            self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
 
     def _probe_all(self) -> None:
         now = time.monotonic()
         for s in self.slots:
-            if not s.healthy and not s.blocked and s.probe is None and now >= s.retry_at:
-                s.probe = s.handle.info.remote() if s.avoid_node else s.handle.ping.remote()
+            if s.probe is not None or now < s.retry_at:
+                continue
+            if s.state in WAITING:
+                s.probe = s.handle.ping.remote()
+            elif s.state is S.DRAINING or (s.state is S.WARNED and not s.inflight):
+                s.probe = s.handle.notices.remote()
 
-    # ---------- preemption fallback and budget ----------
-    def _preempted(self) -> None:
-        now = time.monotonic()
-        window = self.settings.fallback_window_min * 60
-        self.preempt_times = [t for t in self.preempt_times if now - t <= window] + [now]
-        if (not self.fallback_active and self.make_fallback_actor is not None
-                and len(self.preempt_times) >= self.settings.fallback_after_preemptions):
-            log.warning("%d preemptions in %.0f min: new work goes to the on-demand node type",
-                        len(self.preempt_times), self.settings.fallback_window_min)
-            self.fallback_active = True
-
-    def _replace_with_fallback(self, slot: Slot) -> None:
-        import ray
-
-        try:
-            ray.kill(slot.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
-        slot.handle = self.make_fallback_actor()
-        slot.fallback, slot.healthy, slot.avoid_node = True, False, None
-        slot.probe = slot.handle.ping.remote()
-
+    # ---------- budget ----------
     def _over_budget(self, chain: Chain) -> str | None:
-        """A reason to start no more chains, or None: spend so far + work already committed + this chain."""
+        """A reason to start no more chains, or None: spend so far + work already committed + this chain. Spend is
+        the cluster's node-hours where every node has a price, else GPU-seconds at the GPU price."""
         budget = self.settings.budget_usd
         if budget is None:
             return None
-        per_s = self.settings.price() / 3600
+        ledger = self.pool.ledger
+        per_s = ledger.mean_gpu_price_per_s()
         exp = self.settings.expected_clip_s
-        spent = sum(js.gpu_s for js in self.jobs.values()) * per_s
+        real = ledger.spent()
+        spent = real if real is not None else sum(js.cost_usd for js in self.jobs.values())
         running = sum(s.chain.remaining * exp(s.chain.plan.job.backend) for s in self.slots if s.chain) * per_s
         this = chain.remaining * exp(chain.plan.job.backend) * per_s
         if spent + running + this > budget:
-            return (f"budget ${budget:.2f} reached: spent ${spent:.2f} + committed ${running:.2f} + next chain "
-                    f"${this:.2f}; no new chains started")
+            what = "node-hours" if real is not None else "GPU-seconds"
+            return (f"budget ${budget:.2f} reached: spent ${spent:.2f} ({what}) + committed ${running:.2f} + next "
+                    f"chain ${this:.2f}; no new chains started")
         return None

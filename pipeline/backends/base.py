@@ -25,6 +25,7 @@ class BackendSpec(BaseModel):
     sample_rate: int = 16000
     deterministic: bool = True
     id_in_pixels: bool = False  # the job id is drawn into the frames (draft): then it is part of the job key
+    needs_cuda: bool = False  # rendering on a CPU where a GPU was billed is never acceptable (settings.cuda)
 
 
 class SceneInput(BaseModel):
@@ -94,6 +95,9 @@ class Backend(ABC):
     @abstractmethod
     def render_clip(self, ctx: Any, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
         """Render one clip conditioned on the previous clip's tail (None for clip 0)."""
+
+    def checkpointing(self, ctx: Any, clip: "ClipRequest") -> None:
+        """Called just before a rendered clip's checkpoint is written (the fault drills inject faults here)."""
 
     def unload(self) -> None:
         self.loaded = False

@@ -4,7 +4,9 @@ Rules come from settings.faults, e.g.
   [{"action": "fail", "job": "lesson-2", "times": 0},              # always fail that job's clips
    {"action": "kill", "job": "*", "scene": 0, "clip": 2, "times": 1},  # kill the actor process once
    {"action": "slow", "seconds": 0.5},                              # every clip takes ≥ 0.5 s
-  {"action": "fail", "gpu": 1}]                                     # a bad card: fails whatever it renders
+   {"action": "fail", "gpu": 1},                                    # a bad card: fails whatever it renders
+   {"action": "kill", "clip": 2, "at": "save", "times": 1}]         # die after rendering clip 2, before its marker
+"at": "render" (default) fires when a clip starts rendering, "save" just before its checkpoint is written.
 times = how often the rule fires across all processes and runs (0 = every time); the count lives in
 settings.faults_dir (files created with O_EXCL), so "once" means once even after the actor restarts."""
 
@@ -44,8 +46,8 @@ class FaultBackend(DraftBackend):
         if delay:  # a realistic model-load cost for benchmarks
             time.sleep(float(delay))
 
-    def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int) -> bool:
-        if rule.get("job", "*") not in ("*", job):
+    def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int, at: str = "render") -> bool:
+        if rule.get("at", "render") != at or rule.get("job", "*") not in ("*", job):
             return False
         if rule.get("gpu") is not None:  # a bad card: only the actor holding this (logical) GPU id
             import ray
@@ -68,12 +70,26 @@ class FaultBackend(DraftBackend):
                 continue
         return False
 
+    def _record(self, what: str, job: str, scene: int, clip: int) -> None:
+        """Every render start and finish is recorded, so drills count redone clips instead of guessing."""
+        d = self.state / what
+        d.mkdir(exist_ok=True)
+        (d / f"{job}.s{scene}.c{clip}.{os.getpid()}.{time.monotonic_ns()}").touch()
+
+    def checkpointing(self, ctx, clip: ClipRequest) -> None:
+        job, scene = ctx.inp.job_id, ctx.inp.scene_index
+        for i, rule in enumerate(self.rules):
+            if self._fires(i, rule, job, scene, clip.index, at="save"):
+                if rule["action"] == "kill":
+                    os._exit(137)
+                if rule["action"] == "fail":
+                    raise InjectedFault(f"injected checkpoint failure in {job} scene {scene} clip {clip.index}")
+                if rule["action"] in ("slow", "hang"):
+                    time.sleep(float(rule.get("seconds", 1.0)))
+
     def render_clip(self, ctx, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
         job, scene = ctx.inp.job_id, ctx.inp.scene_index
-        # every render start is recorded, so drills count redone clips instead of guessing
-        starts = self.state / "starts"
-        starts.mkdir(exist_ok=True)
-        (starts / f"{job}.s{scene}.c{clip.index}.{os.getpid()}.{time.monotonic_ns()}").touch()
+        self._record("starts", job, scene, clip.index)
         nan = black = False
         for i, rule in enumerate(self.rules):
             if not self._fires(i, rule, job, scene, clip.index):
@@ -97,4 +113,5 @@ class FaultBackend(DraftBackend):
             frames = np.zeros_like(frames)
         if nan:
             t = np.full_like(t, np.nan)
+        self._record("finished", job, scene, clip.index)
         return ClipOutput(frames=frames, tail=t, info=out.info)
