@@ -78,6 +78,7 @@ class FaultBackend(DraftBackend):
 
     def checkpointing(self, ctx, clip: ClipRequest) -> None:
         job, scene = ctx.inp.job_id, ctx.inp.scene_index
+        self._record("saving", job, scene, clip.index)
         for i, rule in enumerate(self.rules):
             if self._fires(i, rule, job, scene, clip.index, at="save"):
                 if rule["action"] == "kill":
