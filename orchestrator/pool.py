@@ -32,12 +32,12 @@ def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = (), reso
     return [cls.remote(settings, backends) for _ in range(n)]
 
 
-def config_gpu_limit(gpus_per_actor: int, path: str = BOOTSTRAP_CONFIG) -> int | None:
+def config_gpu_limit(gpus_per_actor: int, path: str | None = None) -> int | None:
     """Most actors the launcher's cluster config allows (head GPUs + GPU worker types within max_workers); None
     when this machine holds no such config (a fixed cluster, or a driver outside the head)."""
     import yaml
 
-    p = Path(os.path.expanduser(path))
+    p = Path(os.path.expanduser(path or BOOTSTRAP_CONFIG))
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
     except (OSError, yaml.YAMLError):

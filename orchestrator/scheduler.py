@@ -295,6 +295,7 @@ class Scheduler:
             slot.retry_at = now + 1.0
             return
         if slot.state in WAITING:
+            slot.node = answer.get("node") if isinstance(answer, dict) else slot.node
             slot.to(S.IDLE)
             self._note_slot(slot, "ready", "answered")
             return

@@ -179,10 +179,11 @@ class RenderWorker:
         drain_this_node(notice.deadline, f"s2v: {notice.source}: {notice.reason}")
 
     # ---------- calls the scheduler makes ----------
-    def ping(self) -> bool:
+    def ping(self) -> dict:
+        """Answers once the model is loaded (or raises why it could not be); says where the actor runs."""
         if self.broken is not None:
             raise self.broken
-        return True
+        return {"node": self.node, "pid": os.getpid()}
 
     def info(self) -> dict:
         import ray
