@@ -81,15 +81,27 @@ def results_table(jobs: dict) -> Table:
 
 
 def report_doc(result) -> dict:
+    from orchestrator.runner import run_cost
+
     jobs = {k: v.model_dump() for k, v in result.jobs.items()}
+    cost = getattr(result, "cost", {}) or {}
+    totals = {"jobs": len(jobs), **{s: sum(1 for j in jobs.values() if j["status"] == s)
+                                    for s in ("published", "skipped", "failed", "invalid")},
+              "gpu_s": round(sum(j["gpu_s"] for j in jobs.values()), 3),
+              # a cluster's spend is its node-hours (head and idle included); the jobs' share is GPU-seconds
+              "cost_usd": round(run_cost(result.jobs, cost), 6),
+              "jobs_cost_usd": round(sum(j["cost_usd"] for j in jobs.values()), 6),
+              "cost_source": cost.get("source", "gpu-seconds"),
+              "clips_rendered": sum(j["clips_rendered"] for j in jobs.values()),
+              "preemptions": sum(j["preemptions"] for j in jobs.values())}
+    if "node_hours" in cost:
+        totals["node_hours"] = cost["node_hours"]
+        totals["node_cost_usd"] = cost["cost_usd"]
+    if cost.get("note"):
+        totals["cost_note"] = cost["note"]
     return {"run_id": result.run_id, "manifest": result.manifest, "wall_s": round(result.wall_s, 3),
             "exit_code": result.exit_code, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "totals": {"jobs": len(jobs), **{s: sum(1 for j in jobs.values() if j["status"] == s)
-                                             for s in ("published", "skipped", "failed", "invalid")},
-                       "gpu_s": round(sum(j["gpu_s"] for j in jobs.values()), 3),
-                       "cost_usd": round(sum(j["cost_usd"] for j in jobs.values()), 6),
-                       "clips_rendered": sum(j["clips_rendered"] for j in jobs.values()),
-                       "preemptions": sum(j["preemptions"] for j in jobs.values())},
+            "totals": totals, "cost": cost, "capacity": getattr(result, "capacity", {}) or {},
             "jobs": jobs, "problems": [p.__dict__ for p in result.problems]}
 
 
@@ -110,7 +122,9 @@ def report_html(doc: dict) -> str:
 padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background:#efe}}</style></head><body>
 <h1>Run {html.escape(doc['run_id'])}</h1><p>{html.escape(doc['manifest'])} — {t['published']} published,
 {t['skipped']} skipped, {t['failed']} failed, {t['invalid']} invalid; {t['clips_rendered']} clips,
-{t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f}, {t['preemptions']} preemptions; wall {doc['wall_s']:.1f}s</p>
+{t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f} ({html.escape(t.get('cost_source', 'gpu-seconds'))}{
+f", {t['node_hours']:.3f} node-hours" if 'node_hours' in t else ''}), {t['preemptions']} preemptions; wall
+{doc['wall_s']:.1f}s</p>{f"<p>{html.escape(t['cost_note'])}</p>" if t.get('cost_note') else ''}
 <table><tr><th>poster</th><th>job</th><th>status</th><th>audio s</th><th>scenes</th><th>clips</th><th>retries</th>
 <th>preemptions</th><th>GPU-s</th><th>USD</th><th>failure</th></tr>{''.join(rows)}</table></body></html>"""
 

@@ -5,7 +5,8 @@ Rules come from settings.faults, e.g.
    {"action": "kill", "job": "*", "scene": 0, "clip": 2, "times": 1},  # kill the actor process once
    {"action": "slow", "seconds": 0.5},                              # every clip takes ≥ 0.5 s
    {"action": "fail", "gpu": 1},                                    # a bad card: fails whatever it renders
-   {"action": "kill", "clip": 2, "at": "save", "times": 1}]         # die after rendering clip 2, before its marker
+   {"action": "kill", "clip": 2, "at": "save", "times": 1},         # die after rendering clip 2, before its marker
+   {"action": "wait", "clip": 4, "file": "/tmp/go"}]                # hold clip 4 until a drill creates that file
 "at": "render" (default) fires when a clip starts rendering, "save" just before its checkpoint is written.
 times = how often the rule fires across all processes and runs (0 = every time); the count lives in
 settings.faults_dir (files created with O_EXCL), so "once" means once even after the actor restarts."""
@@ -22,7 +23,7 @@ from core.errors import RenderError
 from pipeline.backends.base import BackendSpec, ClipOutput, ClipRequest
 from pipeline.backends.draft import DraftBackend
 
-ACTIONS = ("fail", "hang", "kill", "nan", "slow", "black")
+ACTIONS = ("fail", "hang", "kill", "nan", "slow", "black", "wait")
 
 
 class InjectedFault(RenderError):
@@ -104,6 +105,10 @@ class FaultBackend(DraftBackend):
                 os._exit(137)  # like the OOM killer: no cleanup, no exception
             elif action == "slow":
                 time.sleep(float(rule.get("seconds", 1.0)))
+            elif action == "wait":  # a drill orders events across nodes without guessing at timings
+                deadline = time.monotonic() + float(rule.get("seconds", 600))
+                while not os.path.exists(rule["file"]) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             elif action == "nan":
                 nan = True
             elif action == "black":
