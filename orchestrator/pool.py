@@ -126,6 +126,7 @@ class Pool:
         """Out of the run: ask what it did (for the report), then kill it for good."""
         answered = slot.state not in WAITING and slot.state is not SlotState.BROKEN
         slot.to(SlotState.RETIRED, reason)
+        self.note("retired", reason, slot)
         slot.inflight.clear()
         slot.probe = None
         if answered:
@@ -252,7 +253,7 @@ class Pool:
             ready, _ = ray.wait([ref], timeout=INFO_WAIT_S if wait else 0)
             if ready or now - since > INFO_WAIT_S or wait:
                 try:
-                    self.infos.append(ray.get(ref, timeout=1))
+                    self.infos.append({**ray.get(ref, timeout=1), "retired": slot.reason})
                 except Exception:  # noqa: BLE001 - an actor that cannot answer has nothing to report
                     pass
                 self._kill(slot)

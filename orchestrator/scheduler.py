@@ -67,7 +67,9 @@ class Scheduler:
         self.settings, self.work = settings, work
         self.events: list[tuple] = []  # (t, kind, job | slot, scene | node, clip | reason) for tests and the report
         self.pool = pool if isinstance(pool, Pool) else Pool(settings, actors=list(pool), elastic=False)
-        self.pool.note = lambda kind, detail: self.events.append((time.monotonic(), kind, None, None, detail))
+        self.pool.note = lambda kind, detail, slot=None: self.events.append(
+            (time.monotonic(), kind, None if slot is None else self.slots.index(slot),
+             None if slot is None else slot.node, detail))
         self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
         self.stop_reason: str | None = None
         self.jobs: dict[str, JobState] = {}

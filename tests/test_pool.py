@@ -7,7 +7,6 @@ nodes; spot capacity that never comes turns into on-demand actors. There is no a
 from __future__ import annotations
 
 import collections
-import json
 import os
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import media
+from autoscaler import requested, wait_for
 from core.settings import NodePrice, Settings
 from orchestrator.runner import render
 
@@ -33,34 +33,6 @@ def manifest(tmp_path_factory, assets):
     return media.write_manifest(d / "m.yaml", [{"id": f"j{i}", "audio": str(wav), "seed": i} for i in range(4)],
                                 {"image": str(assets["image"]), "size": "64*64", "backend": "faults",
                                  "max_scene_s": 60})
-
-
-def requested() -> list[dict]:
-    """The run's standing request, read where the autoscaler reads it (GCS KV in v1, cluster constraints in v2)."""
-    import ray
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-    if is_autoscaler_v2():
-        from ray.autoscaler.v2.sdk import get_cluster_status
-
-        st = get_cluster_status(ray.get_runtime_context().gcs_address)
-        return [dict(b.bundle) for d in st.resource_demands.cluster_constraint_demand for b in d.bundles_by_count
-                for _ in range(b.count)]
-    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
-    return json.loads(raw) if raw else []
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _outputs(out: Path) -> dict[str, bytes]:

@@ -43,6 +43,11 @@ class FaultBackend(DraftBackend):
         self.rules = rules
         self.state = Path(getattr(self.settings, "faults_dir", None) or "/tmp/s2v-faults")
         self.state.mkdir(parents=True, exist_ok=True)
+        import ray
+
+        if ray.is_initialized():  # which Ray node each rendering process is on (records name processes)
+            (self.state / "nodes").mkdir(exist_ok=True)
+            (self.state / "nodes" / str(os.getpid())).write_text(ray.get_runtime_context().get_node_id())
         delay = next((r.get("load_s", 0) for r in rules if r.get("load_s")), 0)
         if delay:  # a realistic model-load cost for benchmarks
             time.sleep(float(delay))
