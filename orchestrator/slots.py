@@ -74,6 +74,8 @@ class Slot:
 
     # the chain: BUSY while it holds one; a warned slot keeps its chain to the end
     def assign(self, chain) -> None:
+        if not self.takes_chains:
+            raise IllegalTransition(f"a {self.state.value} slot takes no new chain")
         self.to(SlotState.BUSY)
         self.chain = chain
         self.clip_started = time.monotonic()
