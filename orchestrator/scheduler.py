@@ -29,6 +29,7 @@ class Chain:
     next_done: int = 0  # first clip whose checkpoint marker is not known to exist
     next_submit: int = 0
     fresh: bool = False  # its next call is the first on a newly assigned actor (a warned actor refuses it)
+    saved_ahead: set = field(default_factory=set)  # saved clips reported before an earlier one
     failed_on: dict = field(default_factory=dict)  # id(slot) → when its actor raised on this chain
 
     @property
@@ -269,10 +270,16 @@ class Scheduler:
                 self.on_job_ready(js)
 
     def _saved(self, job_id: str, si: int, ci: int) -> None:
+        """A clip's marker exists. Reports may arrive out of order (ray.wait hands back whichever result is ready):
+        the chain advances over contiguous saved clips only, and never skips one whose marker is missing."""
         chain = self.chains.get((job_id, si))
-        if chain is not None and ci == chain.next_done:
+        if chain is None or ci < chain.next_done:
+            return
+        chain.saved_ahead.add(ci)
+        while chain.next_done in chain.saved_ahead:
+            chain.saved_ahead.discard(chain.next_done)
+            self.events.append((time.monotonic(), "done", job_id, si, chain.next_done))
             chain.next_done += 1
-            self.events.append((time.monotonic(), "done", job_id, si, ci))
 
     def _probed(self, slot: Slot, ref) -> None:
         import ray

@@ -98,3 +98,22 @@ def test_budget_uses_the_clusters_real_spend(tmp_path):
     assert why is not None and "(node-hours)" in why and "budget $400.00 reached" in why
     led.nodes["g1"].start = now - 60  # a minute of the GPU node: well within budget
     assert sched._over_budget(chain) is None
+
+
+def test_a_chain_advances_over_saved_clips_in_any_report_order(tmp_path):
+    """ray.wait hands back whichever result is ready: clip 1's report may be read before clip 0's. The chain
+    advances only over contiguous markers, and reaches the end once both are known (it once stalled there)."""
+    from types import SimpleNamespace
+
+    from orchestrator.scheduler import Chain, Scheduler
+
+    sched = Scheduler(Settings(), str(tmp_path), [])
+    chain = sched.chains[("j", 0)] = Chain(plan=SimpleNamespace(job=SimpleNamespace(id="j", backend="draft")),
+                                           scene=SimpleNamespace(index=0, clips=[0, 0, 0]))
+    sched._saved("j", 0, 1)
+    assert chain.next_done == 0  # clip 0's marker is not known yet: never skipped
+    sched._saved("j", 0, 0)
+    sched._saved("j", 0, 0)  # a repeated report changes nothing
+    assert chain.next_done == 2
+    sched._saved("j", 0, 2)
+    assert chain.next_done == 3 and [e[4] for e in sched.events if e[1] == "done"] == [0, 1, 2]
