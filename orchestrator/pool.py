@@ -14,6 +14,9 @@ from core.settings import Settings
 from orchestrator.costs import NodeLedger
 from orchestrator.slots import COUNTED, WAITING, Slot, SlotState
 
+S = SlotState
+NOTICE_PROBE_S = 1.0  # how often a warned or draining actor is asked whether its notice passed
+
 log = logging.getLogger("s2v.pool")
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where Ray's launcher leaves the cluster config on the head
 NODES_EVERY_S = 1.0
@@ -225,11 +228,20 @@ class Pool:
         return node in self._alive
 
     # ---------- preemption ----------
-    def on_draining(self, slot: Slot) -> None:
-        """An interruption notice: a replacement actor now, so the autoscaler starts a node before this one dies
-        (a draining slot is not counted; should the notice clear, the surplus goes again)."""
+    def draining(self, slot: Slot, why: str) -> None:
+        """An interruption notice on its node: it refuses clips; a replacement is asked for at once."""
+        slot.to(S.DRAINING, why)
+        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+        self.note("draining", why, slot)
+        self.preempted()  # first: after too many, the replacement goes on-demand
         self.add()
         self._request()
+
+    def warned(self, slot: Slot, why: str) -> None:
+        """An early warning on its node: it finishes its chain (if any) and starts no new one until it passes."""
+        slot.to(S.WARNED)
+        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+        self.note("warned", why, slot)
 
     def preempted(self) -> None:
         now = time.monotonic()
@@ -243,6 +255,64 @@ class Pool:
                                     " min: new work goes to the on-demand node type")
             log.warning("%s", self.ondemand_reason)
             self.note("ondemand", self.ondemand_reason)
+
+    # ---------- the actors' health: probes, notices ----------
+    def probed(self, slot: Slot, ref) -> None:
+        """A ping (starting, lost) or notices call (warned, draining) answered."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        slot.probe = None
+        now = time.monotonic()
+        try:
+            answer = ray.get(ref, timeout=10)
+        except RayTaskError as e:  # ping raised: the actor could not set itself up (no CUDA, no weights…)
+            self.broken(slot, e.cause if getattr(e, "cause", None) is not None else e)
+            return
+        except RayActorError as e:
+            if getattr(e, "actor_init_failed", False):
+                self.broken(slot, e)
+            elif slot.state is S.DRAINING:
+                self.retire(slot, "died under notice (its replacement was asked for at the notice)")
+            else:
+                slot.retry_at = now + 1.0  # restarting: ask again
+            return
+        except GetTimeoutError:
+            slot.retry_at = now + 1.0
+            return
+        if slot.state in WAITING:
+            slot.node = answer.get("node") if isinstance(answer, dict) else slot.node
+            slot.to(S.IDLE)
+            self.note("ready", "answered", slot)
+            return
+        slot.node = answer.get("node", slot.node)
+        slot.retry_at = now + NOTICE_PROBE_S
+        if answer.get("interruption"):
+            if slot.state is S.WARNED and slot.chain is None:
+                self.draining(slot, answer["interruption"])
+        elif slot.state is S.DRAINING:
+            slot.to(S.IDLE)
+            self.note("cleared", "interruption notice passed; the node survived", slot)
+        elif slot.state is S.WARNED and not answer.get("warning"):
+            slot.to(S.BUSY if slot.chain is not None else S.IDLE)
+            self.note("cleared", "early warning passed", slot)
+
+    def broken(self, slot: Slot, err) -> None:
+        reason = f"{type(err).__name__}: {err}"
+        log.error("a render actor could not start: %s", reason)
+        slot.to(S.BROKEN, reason)
+        self.note("broken", reason, slot)
+        self._kill(slot)
+
+    def probe_all(self) -> None:
+        now = time.monotonic()
+        for s in self.slots:
+            if s.probe is not None or now < s.retry_at:
+                continue
+            if s.state in WAITING:
+                s.probe = s.handle.ping.remote()
+            elif s.state is S.DRAINING or (s.state is S.WARNED and not s.inflight):
+                s.probe = s.handle.notices.remote()
 
     # ---------- end ----------
     def _reap(self, now: float, wait: bool = False) -> None:

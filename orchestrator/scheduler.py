@@ -5,55 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 from core.errors import ChainBroken, CudaUnavailable, Preempted, Warned
 from core.settings import Settings
+from orchestrator.chains import Chain, JobState, over_budget, queue_chains
 from orchestrator.checkpoints import WorkArea, first_missing
-from orchestrator.planner import JobPlan, ScenePlan
+from orchestrator.planner import JobPlan
 from orchestrator.pool import Pool
-from orchestrator.slots import WAITING, Slot, SlotState
+from orchestrator.slots import Slot, SlotState
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
 RETRY_ELSEWHERE_S = 60.0  # a chain that failed on an actor waits this long for another before going back
-NOTICE_PROBE_S = 1.0  # how often a warned or draining actor is asked whether its notice passed
 S = SlotState
-
-
-@dataclass
-class Chain:
-    plan: JobPlan
-    scene: ScenePlan
-    next_done: int = 0  # first clip whose checkpoint marker is not known to exist
-    next_submit: int = 0
-    fresh: bool = False  # its next call is the first on a newly assigned actor (a warned actor refuses it)
-    saved_ahead: set = field(default_factory=set)  # saved clips reported before an earlier one
-    failed_on: dict = field(default_factory=dict)  # id(slot) → when its actor raised on this chain
-
-    @property
-    def n(self) -> int:
-        return len(self.scene.clips)
-
-    @property
-    def remaining(self) -> int:
-        return self.n - self.next_done
-
-
-@dataclass
-class JobState:
-    plan: JobPlan
-    scenes_left: int
-    attempts: int = 0  # application errors (lost nodes and preemptions never count)
-    clips_rendered: int = 0
-    clips_redone: int = 0
-    gpu_s: float = 0.0
-    cost_usd: float = 0.0  # its GPU-seconds at the price of the nodes that rendered them
-    infra_retries: int = 0
-    preemptions: int = 0
-    failed: str | None = None
-    workers: set = field(default_factory=set)
 
 
 class Scheduler:
@@ -87,20 +52,9 @@ class Scheduler:
     # ---------- setup ----------
     def add_jobs(self, plans: list[JobPlan], done: dict[str, dict[int, set[int]]]) -> None:
         """Queue every unfinished chain, longest first (priority first); finished jobs go straight to stitching."""
-        chains = []
-        for p in plans:
-            d = done.get(p.key, {})
-            js = JobState(plan=p, scenes_left=0)
-            self.jobs[p.job.id] = js
-            for s in p.scenes:
-                k = first_missing(d.get(s.index, set()), len(s.clips))
-                if k < len(s.clips):
-                    c = Chain(p, s, next_done=k, next_submit=k)
-                    chains.append(c)
-                    self.chains[(p.job.id, s.index)] = c
-                    js.scenes_left += 1
-        expected = self.settings.expected_clip_s
-        chains.sort(key=lambda c: (-c.plan.job.priority, -c.remaining * expected(c.plan.job.backend)))
+        jobs, chains = queue_chains(plans, done, self.settings)
+        self.jobs.update(jobs)
+        self.chains.update({(c.plan.job.id, c.scene.index): c for c in chains})
         self.queue.extend(chains)
 
     def _chains_left(self) -> int:
@@ -144,7 +98,7 @@ class Scheduler:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
                 for ref in ready:
                     self._handle(ref)
-            self._probe_all()
+            self.pool.probe_all()
             self._watchdog()
             self.on_tick()
 
@@ -232,7 +186,7 @@ class Scheduler:
         if slot is None:
             return
         if ref is slot.probe:
-            self._probed(slot, ref)
+            self.pool.probed(slot, ref)
             return
         chain = slot.chain
         try:
@@ -258,11 +212,10 @@ class Scheduler:
             self._saved(job_id, si, ci)
         self.on_clip(js, res)
         if res.get("warning") and slot.state is S.BUSY:
-            slot.to(S.WARNED)
-            self._note_slot(slot, "warned", "early spot warning: finishes this chain, starts no new one")
+            self.pool.warned(slot, "early spot warning: finishes this chain, starts no new one")
         elif not res.get("warning") and slot.state is S.WARNED:
             slot.to(S.BUSY)
-            self._note_slot(slot, "cleared", "early warning passed")
+            self.pool.note("cleared", "early warning passed", slot)
         if chain.next_done >= chain.n and not slot.inflight:
             slot.release()
             js.scenes_left -= 1
@@ -270,65 +223,9 @@ class Scheduler:
                 self.on_job_ready(js)
 
     def _saved(self, job_id: str, si: int, ci: int) -> None:
-        """A clip's marker exists. Reports may arrive out of order (ray.wait hands back whichever result is ready):
-        the chain advances over contiguous saved clips only, and never skips one whose marker is missing."""
         chain = self.chains.get((job_id, si))
-        if chain is None or ci < chain.next_done:
-            return
-        chain.saved_ahead.add(ci)
-        while chain.next_done in chain.saved_ahead:
-            chain.saved_ahead.discard(chain.next_done)
-            self.events.append((time.monotonic(), "done", job_id, si, chain.next_done))
-            chain.next_done += 1
-
-    def _probed(self, slot: Slot, ref) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-        slot.probe = None
-        now = time.monotonic()
-        try:
-            answer = ray.get(ref, timeout=10)
-        except RayTaskError as e:  # ping raised: the actor could not set itself up (no CUDA, no weights…)
-            self._broken(slot, e.cause if getattr(e, "cause", None) is not None else e)
-            return
-        except RayActorError as e:
-            if getattr(e, "actor_init_failed", False):
-                self._broken(slot, e)
-            elif slot.state is S.DRAINING:
-                self.pool.retire(slot, "died under notice (its replacement was asked for at the notice)")
-            else:
-                slot.retry_at = now + 1.0  # restarting: ask again
-            return
-        except GetTimeoutError:
-            slot.retry_at = now + 1.0
-            return
-        if slot.state in WAITING:
-            slot.node = answer.get("node") if isinstance(answer, dict) else slot.node
-            slot.to(S.IDLE)
-            self._note_slot(slot, "ready", "answered")
-            return
-        slot.node = answer.get("node", slot.node)
-        slot.retry_at = now + NOTICE_PROBE_S
-        if answer.get("interruption"):
-            if slot.state is S.WARNED and slot.chain is None:
-                self._draining(slot, answer["interruption"])
-        elif slot.state is S.DRAINING:
-            slot.to(S.IDLE)
-            self._note_slot(slot, "cleared", "interruption notice passed; the node survived")
-        elif slot.state is S.WARNED and not answer.get("warning"):
-            slot.to(S.BUSY if slot.chain is not None else S.IDLE)
-            self._note_slot(slot, "cleared", "early warning passed")
-
-    def _broken(self, slot: Slot, err) -> None:
-        reason = f"{type(err).__name__}: {err}"
-        log.error("a render actor could not start: %s", reason)
-        slot.to(S.BROKEN, reason)
-        self._note_slot(slot, "broken", reason)
-        self.pool._kill(slot)
-
-    def _note_slot(self, slot: Slot, kind: str, detail: str) -> None:
-        self.events.append((time.monotonic(), kind, self.slots.index(slot), slot.node, detail))
+        for k in chain.mark_saved(ci) if chain is not None else ():
+            self.events.append((time.monotonic(), "done", job_id, si, k))
 
     def _requeue(self, slot: Slot, chain: Chain | None) -> None:
         import ray
@@ -371,13 +268,6 @@ class Scheduler:
         slot.to(S.LOST)
         slot.probe = slot.handle.ping.remote()
 
-    def _draining(self, slot: Slot, why: str) -> None:
-        slot.to(S.DRAINING, why)
-        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
-        self._note_slot(slot, "draining", why)
-        self.pool.preempted()  # first: after too many, the replacement already goes on-demand
-        self.pool.on_draining(slot)
-
     def _app_error(self, slot: Slot, chain: Chain, e) -> None:
         cause = e.cause if getattr(e, "cause", None) is not None else e
         js = self.jobs[chain.plan.job.id]
@@ -387,9 +277,7 @@ class Scheduler:
         if isinstance(cause, Warned):  # nothing was rendered: the chain goes elsewhere, the actor waits
             self._requeue(slot, chain)
             if slot.state is S.IDLE:
-                slot.to(S.WARNED)
-                slot.retry_at = time.monotonic() + NOTICE_PROBE_S
-                self._note_slot(slot, "warned", str(cause))
+                self.pool.warned(slot, str(cause))
             return
         if isinstance(cause, Preempted):
             js.preemptions += 1
@@ -397,11 +285,11 @@ class Scheduler:
             self._requeue(slot, chain)
             slot.node = cause.node or slot.node
             if slot.state in (S.IDLE, S.WARNED):
-                self._draining(slot, str(cause))
+                self.pool.draining(slot, str(cause))
             return
         if isinstance(cause, CudaUnavailable):
             self._requeue(slot, chain)
-            self._broken(slot, cause)
+            self.pool.broken(slot, cause)
             return
         reason = f"{type(cause).__name__}: {cause}"
         self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
@@ -412,7 +300,7 @@ class Scheduler:
         if len(slot.failures) >= self.settings.blocklist_after_jobs and slot.state in (S.IDLE, S.WARNED):
             log.warning("taking an actor out of rotation after failures in jobs %s", sorted(slot.failures))
             slot.to(S.BLOCKED, f"failed clips of jobs {sorted(slot.failures)}")
-            self._note_slot(slot, "blocked", slot.reason)
+            self.pool.note("blocked", slot.reason, slot)
 
     def _fail_queued(self, reason: str) -> None:
         for js in {c.plan.job.id: self.jobs[c.plan.job.id] for c in self.queue}.values():
@@ -456,32 +344,6 @@ class Scheduler:
             slot.probe = slot.handle.ping.remote()
             self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
 
-    def _probe_all(self) -> None:
-        now = time.monotonic()
-        for s in self.slots:
-            if s.probe is not None or now < s.retry_at:
-                continue
-            if s.state in WAITING:
-                s.probe = s.handle.ping.remote()
-            elif s.state is S.DRAINING or (s.state is S.WARNED and not s.inflight):
-                s.probe = s.handle.notices.remote()
-
-    # ---------- budget ----------
     def _over_budget(self, chain: Chain) -> str | None:
-        """A reason to start no more chains, or None: spend so far + work already committed + this chain. Spend is
-        the cluster's node-hours where every node has a price, else GPU-seconds at the GPU price."""
-        budget = self.settings.budget_usd
-        if budget is None:
-            return None
-        ledger = self.pool.ledger
-        per_s = ledger.mean_gpu_price_per_s()
-        exp = self.settings.expected_clip_s
-        real = ledger.spent()
-        spent = real if real is not None else sum(js.cost_usd for js in self.jobs.values())
-        running = sum(s.chain.remaining * exp(s.chain.plan.job.backend) for s in self.slots if s.chain) * per_s
-        this = chain.remaining * exp(chain.plan.job.backend) * per_s
-        if spent + running + this > budget:
-            what = "node-hours" if real is not None else "GPU-seconds"
-            return (f"budget ${budget:.2f} reached: spent ${spent:.2f} ({what}) + committed ${running:.2f} + next "
-                    f"chain ${this:.2f}; no new chains started")
-        return None
+        running = [s.chain for s in self.slots if s.chain is not None]
+        return over_budget(self.settings, self.pool.ledger, self.jobs.values(), running, chain)
