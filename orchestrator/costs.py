@@ -72,6 +72,7 @@ class NodeLedger:
         self._seen: dict[str, NodeUse] = {}
         self._last = 0.0
         self._gcs_ok = True
+        self._unknown: set[str] = set()
 
     def poll(self, force: bool = False) -> None:
         if not self.enabled or (not force and time.monotonic() - self._last < self.settings.cost_poll_s):
@@ -96,6 +97,9 @@ class NodeLedger:
 
     def gpu_price_per_s(self, node_id: str | None) -> float:
         """USD per GPU-second of a node: its node-hour price shared by its GPUs; else the GPU price table."""
+        if self.enabled and node_id and node_id not in self.nodes and node_id not in self._unknown:
+            self._unknown.add(node_id)  # joined since the last poll: read the table once more, not per clip
+            self.poll(force=True)
         n = self.nodes.get(node_id or "")
         p = self.price(n) if n is not None and n.gpus else None
         if p is None:

@@ -316,8 +316,8 @@ class Scheduler:
             self.queue = deque(c for c in self.queue if c.plan.job.id != js.plan.job.id)
             for s in self.slots:
                 if s.chain is not None and s.chain.plan.job.id == js.plan.job.id:
-                    if s.state in (S.BUSY, S.WARNED):  # healthy: it lands its checkpoint and frees the tail
-                        self.background.append(s.handle.release.remote())
+                    if s.state in (S.BUSY, S.WARNED) and hasattr(s.handle, "release"):
+                        self.background.append(s.handle.release.remote())  # lands its checkpoint, frees the tail
                     self._requeue(s, None)
             self.on_job_failed(js)
 
