@@ -143,17 +143,17 @@ class Scheduler:
 
     def _next_chain(self, slot: Slot) -> Chain | None:
         """The first live chain this slot has not failed. One it failed goes to another actor first (even one
-        still starting); it comes back here only when no other actor exists or none took it within a minute.
+        still starting); it comes back here when every other actor failed it too, or none took it within a minute.
         Chains of failed jobs are dropped as they come up (rebuilding the queue per start is quadratic)."""
         me, now = id(slot), time.monotonic()
-        others = any(s.in_rotation and s is not slot for s in self.slots)
         skipped: list[Chain] = []
         found = None
         while self.queue:
             c = self.queue.popleft()
             if self.jobs[c.plan.job.id].failed is not None:
                 continue
-            if me not in c.failed_on or not others or now - c.failed_on[me] > RETRY_ELSEWHERE_S:
+            if (me not in c.failed_on or now - c.failed_on[me] > RETRY_ELSEWHERE_S
+                    or not any(s.in_rotation and s is not slot and id(s) not in c.failed_on for s in self.slots)):
                 found = c
                 break
             skipped.append(c)
