@@ -29,7 +29,7 @@ class SleepWorker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "clips": self.clips, "loads": {"timed": 1}}
 
-    def render_clip(self, plan, si: int, ci: int, work: str) -> dict:
+    def render_clip(self, plan, si: int, ci: int, work: str, **_) -> dict:
         t0 = time.monotonic()
         plan = resolve_plan(plan, self.plans)  # the same plan hand-off as the real actor
         if self.log is not None:

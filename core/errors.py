@@ -83,6 +83,14 @@ class Preempted(S2VError):
         self.node = node
 
 
+class Warned(S2VError):
+    """This node has an early spot warning (AWS rebalance): it finishes its chain but starts no new one."""
+
+
+class CudaUnavailable(ClusterError):
+    """Ray granted a GPU but CUDA does not work there, and the backend must not fall back to the CPU."""
+
+
 class InterruptedRun(S2VError):
     """The run was stopped (Ctrl-C, budget, preemption of the driver); a rerun resumes."""
 

@@ -11,6 +11,13 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class NodePrice(BaseModel):
+    """USD per node-hour for one node type (instance / machine type), on-demand and spot."""
+
+    on_demand: float = Field(ge=0)
+    spot: float = Field(ge=0)
+
+
 class GpuPrice(BaseModel):
     """USD per GPU-hour for one GPU type (late-2026 list prices; override per contract)."""
 
@@ -93,7 +100,9 @@ class Settings(BaseSettings):
 
     # cluster / scheduling
     address: str | None = Field(None, description="Ray address to join; None starts a local Ray.")
-    gpus: int = Field(1, ge=1, description="Logical GPUs for the embedded local Ray.")
+    gpus: int | None = Field(None, ge=1, description="Embedded local Ray: its logical GPUs (None = 1). Joining a "
+                             "cluster: the most GPUs the run asks the autoscaler for (None = the cluster config's "
+                             "maximum where the config is readable, else the GPUs the cluster has).")
     gpus_per_actor: int = Field(1, ge=1)
     clips_in_flight_per_actor: int = Field(2, ge=1, le=4, description="Queued clip calls per actor; 2 hides dispatch gaps.")
     clip_timeout_factor: float = Field(10.0, gt=1, description="Watchdog: kill a clip after factor × expected seconds.")
@@ -103,6 +112,15 @@ class Settings(BaseSettings):
                                       "different jobs failed on it (render-farm style blocklist).")
     stitch_cpus: float = Field(1.0, gt=0)
     no_worker_timeout_s: float = Field(1800.0, gt=0, description="Fail what is left when no actor is alive this long.")
+
+    # render runtime (orchestrator/pool.py, worker.py, costs.py)
+    cuda: str = Field("auto", pattern="^(auto|require|off)$",
+                      description="Backends that need CUDA (wan-s2v): 'require' fails an actor whose GPU has no working "
+                      "CUDA, with the reason; 'off' renders on CPU; 'auto' = require when joining a cluster (address "
+                      "set), else CUDA when it works and CPU otherwise (logical GPUs in tests and demos).")
+    spot_wait_s: float = Field(600.0, gt=0, description="Wait this long for spot capacity the run asked for; then new "
+                               "actors ask for the on-demand node type (reported).")
+    cost_poll_s: float = Field(10.0, gt=0, description="How often the node-hour ledger reads the node table.")
 
     # cost model
     seconds_per_clip: dict[str, float] = Field(
@@ -117,6 +135,10 @@ class Settings(BaseSettings):
     budget_usd: float | None = None
     node_prices: dict[str, NodePrice] = Field(default_factory=_default_node_prices,
                                               description="USD per node-hour by instance/machine type (cloud prices).")
+
+    # cloud prices: USD per node-hour per node type, matched to a node's Ray labels `s2v-price-key` (instance /
+    # machine type) and `s2v-market` (spot | on-demand); reports price clusters from node-hours with them.
+    node_prices: dict[str, NodePrice] = Field(default_factory=dict)
 
     # encoding (identical for every clip so stitching is a stream copy)
     crf: int = Field(18, ge=0, le=51)
@@ -286,14 +308,11 @@ class Settings(BaseSettings):
             return 0.0
         return p.spot if self.spot else p.on_demand
 
-    def node_price(self, key: str, market: str) -> float | None:
-        """USD per node-hour for a node labelled s2v-price-key=key, s2v-market=market (spot|on-demand); None when
-        the table has no such entry (the caller reports the node-hours unpriced instead of pricing them at 0)."""
-        p = self.node_prices.get(key)
-        if p is None:
+    def node_price(self, key: str | None, market: str | None) -> float | None:
+        """USD per node-hour of a node type in a market ('spot' or 'on-demand'); None when unknown."""
+        p = self.node_prices.get(key or "")
+        if p is None or market not in ("spot", "on-demand", "on_demand", "ondemand"):
             return None
-        if market not in ("spot", "on-demand"):
-            raise ValueError(f"market must be 'spot' or 'on-demand', got {market!r}")
         return p.spot if market == "spot" else p.on_demand
 
     def expected_clip_s(self, backend: str) -> float:

@@ -123,8 +123,9 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
 
 @app.command()
 def render(manifest: str = typer.Argument(...), defaults: Optional[str] = DefaultsOpt, set_: Optional[List[str]] = SetOpt,
-           gpus: Optional[int] = typer.Option(None, help="Logical GPUs of the embedded local Ray (default 1); with "
-                                              "--cluster, the most GPUs the run uses (default: all the config can launch)."),
+           gpus: Optional[int] = typer.Option(None, help="Embedded local Ray: its logical GPUs (default 1). With "
+                                              "--address/--cluster: the most GPUs to ask the autoscaler for "
+                                              "(--cluster default: all the config can launch)."),
            address: Optional[str] = typer.Option(None, help="Join an existing Ray cluster (e.g. 127.0.0.1:6379)."),
            cluster: Optional[str] = typer.Option(None, help="Submit the run to a cluster launched from this config."),
            detach: bool = typer.Option(False, help="With --cluster: submit and return (`s2v status RUN`, "

@@ -34,7 +34,7 @@ def ray_session(settings: Settings):
             ray.init(address=settings.address, log_to_driver=False)
         else:
             # address="local": never silently join another cluster found on this machine
-            ray.init(address="local", num_gpus=settings.gpus, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+            ray.init(address="local", num_gpus=settings.gpus or 1, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
                      _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ClusterError(f"cannot start or join Ray ({settings.address or 'local'}): {e}") from None
@@ -42,34 +42,3 @@ def ray_session(settings: Settings):
         yield
     finally:
         ray.shutdown()
-
-
-def actor_count(settings: Settings) -> int:
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0)
-    n = int(gpus // settings.gpus_per_actor)
-    return max(1, n if n else settings.gpus // settings.gpus_per_actor)
-
-
-def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = (), resources: dict | None = None) -> list:
-    """n render actors (one per GPU; num_cpus=0 so they never starve stitching of the CPUs)."""
-    import ray
-
-    from orchestrator.worker import RenderWorker
-
-    cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
-                                           max_task_retries=0, max_concurrency=1, resources=resources or {})
-    return [cls.remote(settings, backends) for _ in range(n)]
-
-
-def fallback_factory(settings: Settings, backends: tuple[str, ...]):
-    """Makes actors that only fit the on-demand node type (its custom resource exists only on our cluster
-    configs); None when this Ray has no such nodes and no autoscaler that could add them."""
-    import ray
-
-    from infra.clusters.config import ONDEMAND_RESOURCE
-
-    if not settings.address and ONDEMAND_RESOURCE not in ray.cluster_resources():
-        return None
-    return lambda: make_actors(settings, 1, backends, {ONDEMAND_RESOURCE: settings.gpus_per_actor})[0]

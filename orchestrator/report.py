@@ -189,18 +189,33 @@ STATUSES = ("published", "skipped", "failed", "invalid", "interrupted")
 
 
 def report_doc(result, jobs: dict | None = None, scope: str = "run") -> dict:
-    """The run's report; with `jobs`, only those (an output folder's report names no other folder's jobs)."""
+    """The run's report; with `jobs`, only those (an output folder's report names no other folder's jobs, and
+    carries their GPU-second cost only: node-hours are the whole run's)."""
+    from orchestrator.runner import run_cost
+
     whole = jobs is None
     jobs = {k: v.model_dump() for k, v in (result.jobs if whole else jobs).items()}
-    return {"run_id": result.run_id, "manifest": result.manifest, "scope": scope,
-            "wall_s": round(result.wall_s, 3), "exit_code": result.exit_code,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "totals": {"jobs": len(jobs), **{s: sum(1 for j in jobs.values() if j["status"] == s) for s in STATUSES},
-                       "gpu_s": round(sum(j["gpu_s"] for j in jobs.values()), 3),
-                       "cost_usd": round(sum(j["cost_usd"] for j in jobs.values()), 6),
-                       "clips_rendered": sum(j["clips_rendered"] for j in jobs.values()),
-                       "preemptions": sum(j["preemptions"] for j in jobs.values())},
-            "jobs": jobs, "problems": [p.__dict__ for p in result.problems] if whole else []}
+    cost = (getattr(result, "cost", {}) or {}) if whole else {}
+    jobs_cost = round(sum(j["cost_usd"] for j in jobs.values()), 6)
+    totals = {"jobs": len(jobs), **{s: sum(1 for j in jobs.values() if j["status"] == s) for s in STATUSES},
+              "gpu_s": round(sum(j["gpu_s"] for j in jobs.values()), 3),
+              # a cluster's spend is its node-hours (head and idle included); the jobs' share is GPU-seconds
+              "cost_usd": round(run_cost(result.jobs, cost), 6) if whole else jobs_cost,
+              "jobs_cost_usd": jobs_cost, "cost_source": cost.get("source", "gpu-seconds"),
+              "clips_rendered": sum(j["clips_rendered"] for j in jobs.values()),
+              "preemptions": sum(j["preemptions"] for j in jobs.values())}
+    if "node_hours" in cost:
+        totals["node_hours"] = cost["node_hours"]
+        totals["node_cost_usd"] = cost["cost_usd"]
+    if cost.get("note"):
+        totals["cost_note"] = cost["note"]
+    doc = {"run_id": result.run_id, "manifest": result.manifest, "scope": scope,
+           "wall_s": round(result.wall_s, 3), "exit_code": result.exit_code,
+           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "totals": totals,
+           "jobs": jobs, "problems": [p.__dict__ for p in result.problems] if whole else []}
+    if whole:  # what ran where, and what it cost: model loads per actor (== actors), nodes and their hours
+        doc.update(cost=cost, capacity=getattr(result, "capacity", {}) or {}, actors=list(result.actors or []))
+    return doc
 
 
 def relative_href(target: str, base) -> str:
@@ -240,8 +255,9 @@ def report_html(doc: dict, base=None) -> str:
 padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background:#efe}}</style></head><body>
 <h1>Run {html.escape(doc['run_id'])}</h1>{scope}<p>{html.escape(doc['manifest'])} — {t['published']} published,
 {t['skipped']} skipped, {t['failed']} failed, {t['invalid']} invalid, {t['interrupted']} interrupted;
-{t['clips_rendered']} clips, {t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f}, {t['preemptions']} preemptions;
-wall {doc['wall_s']:.1f}s</p>
+{t['clips_rendered']} clips, {t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f} ({html.escape(t.get('cost_source', 'gpu-seconds'))}{
+f", {t['node_hours']:.3f} node-hours" if 'node_hours' in t else ''}), {t['preemptions']} preemptions;
+wall {doc['wall_s']:.1f}s</p>{f"<p>{html.escape(t['cost_note'])}</p>" if t.get('cost_note') else ''}
 <table><tr><th>poster</th><th>job</th><th>status</th><th>audio s</th><th>scenes</th><th>clips</th><th>retries</th>
 <th>preemptions</th><th>GPU-s</th><th>USD</th><th>failure</th></tr>{''.join(rows)}</table></body></html>"""
 

@@ -16,10 +16,11 @@ from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_
 from orchestrator.leases import RunLeases
 from orchestrator.manifest import check_run_id, load_manifest
 from orchestrator.planner import JobPlan, plan_jobs
+from orchestrator.pool import Pool
 from orchestrator.post import captions_task, deliverables, post_current
 from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
+from orchestrator.ray_session import ray_session
 from orchestrator.repost import run_reposts
-from orchestrator.ray_session import actor_count, fallback_factory, make_actors, ray_session
 from orchestrator.scheduler import JobState, Scheduler
 from core.settings import Settings
 
@@ -51,6 +52,8 @@ class RunResult(BaseModel):
     actors: list[dict] = []
     events: list[tuple] = []
     wall_s: float = 0.0
+    cost: dict = {}  # orchestrator/costs.py summary: node-hours and their cost on a cluster, else the source
+    capacity: dict = {}  # the pool: target, peak workers, on-demand fallback and why
 
     @property
     def exit_code(self) -> int:
@@ -129,6 +132,8 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         hook.job(r.model_dump(), run_id)
     actors_info: list[dict] = []
     events: list[tuple] = []
+    cost: dict = {}
+    capacity: dict = {}
     # Ctrl-C (SIGINT) while rendering: the run still records itself, writes its report and sends run.finished,
     # then says how to resume. A second Ctrl-C during this cleanup stops at once.
     interrupted = False
@@ -141,7 +146,8 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                            sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
             with ray_session(settings):
                 if todo:
-                    actors_info, events = _schedule(todo, done, settings, work, results, state, progress, notify)
+                    actors_info, events, cost, capacity = _schedule(todo, done, settings, work, results, state,
+                                                                    progress, notify)
                 run_reposts(repost, settings, str(work.root), results, notify, progress)
     except KeyboardInterrupt:
         interrupted = True
@@ -158,7 +164,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         estimates.record_run(settings, todo, results, run_id)
     state.finish("interrupted" if interrupted else "finished")
     result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                       events=events, wall_s=time.monotonic() - t_start)
+                       events=events, wall_s=time.monotonic() - t_start, cost=cost, capacity=capacity)
     reports: list[str] = []
     if interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
         from orchestrator.report import write_reports
@@ -169,12 +175,19 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                   for st in ("published", "skipped", "failed", "invalid", "interrupted")}
         hook.run_finished({"run_id": run_id, "manifest": location, "status": "interrupted" if interrupted else
                            "finished", **counts, "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
-                           "cost_usd": round(sum(r.cost_usd for r in results.values()), 6)})
+                           "cost_usd": round(run_cost(results, cost), 6)})
         hook.close(timeout_s=settings.interrupt_webhook_wait_s if interrupted else 30)
     if interrupted:
         raise InterruptedRun(f"interrupted: run {run_id} stopped; every finished clip is checkpointed: {how}"
                              + (f". Report: {reports[0]}" if reports else ""))
     return result
+
+
+def run_cost(results: dict, cost: dict) -> float:
+    """The run's spend: node-hours on a cluster (when every node had a price), else the jobs' GPU-seconds."""
+    if cost.get("source") == "node-hours" and cost.get("priced"):
+        return float(cost["cost_usd"])
+    return sum(r.cost_usd for r in results.values())
 
 
 def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
@@ -184,7 +197,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
                                                        retry_exceptions=[TransientError])
     backends = tuple(sorted({p.job.backend for p in todo}))
-    actors = make_actors(settings, actor_count(settings), backends)
+    pool = Pool(settings, backends)
     audio_task = ray.remote(prepare_audio).options(num_cpus=settings.stitch_cpus)
     audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
     # identical rows share a job key and so its checkpoints: the first to publish must not remove them
@@ -192,10 +205,9 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
     asr_task = captions_task(settings)
     asr_started: dict = {}  # job id → ref: `captions: auto` transcribes on a CPU while its clips render
     stitching: dict = {}  # ref → JobState
-    price = settings.price()
 
     def stats(js: JobState) -> dict:
-        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.gpu_s / 3600 * price, 6),
+        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.cost_usd, 6),
                 "clips_rendered": js.clips_rendered, "retries": js.attempts + js.infra_retries,
                 "preemptions": js.preemptions, "attempts": js.attempts}
 
@@ -218,7 +230,7 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
                                      js.plan.key in shared_keys, asr_ref)] = js
 
     def on_failed(js: JobState) -> None:
-        _finish(results[js.plan.job.id], js, "failed", js.failed, price)
+        _finish(results[js.plan.job.id], js, "failed", js.failed)
         notify(results[js.plan.job.id])
         progress.job(js.plan.job.id, "failed")
         state.write(force=True)
@@ -231,44 +243,44 @@ def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, pr
             js = stitching.pop(ref)
             try:
                 meta = ray.get(ref, timeout=60)
-                _finish(results[js.plan.job.id], js, "published", None, price)
+                _finish(results[js.plan.job.id], js, "published", None)
                 results[js.plan.job.id].deliverables = deliverables(meta)
             except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
                 cause = getattr(e, "cause", None) or e
-                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}", price)
+                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}")
             notify(results[js.plan.job.id])
             progress.job(js.plan.job.id, results[js.plan.job.id].status)
             state.write(force=True)
 
-    sched = Scheduler(settings, str(work.root), actors, on_clip=on_clip, on_job_ready=on_ready,
-                      on_job_failed=on_failed, on_tick=lambda: collect(0),
-                      make_fallback_actor=fallback_factory(settings, backends))
+    sched = Scheduler(settings, str(work.root), pool, on_clip=on_clip, on_job_ready=on_ready,
+                      on_job_failed=on_failed, on_tick=lambda: collect(0))
     sched.add_jobs(todo, done)
-    sched.run()
+    try:
+        sched.run()
+    finally:
+        # the actors go and the autoscaler request is dropped before stitching ends: the GPUs can scale down
+        infos = pool.close()
     deadline = time.monotonic() + 3600
     while stitching and time.monotonic() < deadline:
         collect(1.0)
     for ref, js in stitching.items():
-        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour", price)
+        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour")
     for js in sched.jobs.values():
         r = results[js.plan.job.id]
         if r.status in ("pending", "stitching"):
-            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)",
-                    price)
-    infos = []
-    for a in [slot.handle for slot in sched.slots]:  # fallback replacements included
-        try:
-            infos.append(ray.get(a.info.remote(), timeout=15))
-        except Exception:  # noqa: BLE001 - a dead actor has no info to give
-            infos.append({"dead": True})
-    return infos, sched.events
+            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)")
+    pool.ledger.finish()  # head and stitching time count too
+    capacity = {"target": pool.target, "target_source": pool.target_source, "elastic": pool.elastic,
+                "peak_workers": pool.peak_workers, "actors_started": len(pool.slots),
+                "ondemand": pool.ondemand_reason, "notices": pool.preemptions}
+    return infos, sched.events, pool.ledger.summary(), capacity
 
 
-def _finish(r: JobResult, js: JobState, status: str, reason: str | None, price: float) -> None:
+def _finish(r: JobResult, js: JobState, status: str, reason: str | None) -> None:
     r.status, r.reason = status, reason
     r.clips_rendered, r.gpu_s = js.clips_rendered, round(js.gpu_s, 3)
     r.retries, r.preemptions = js.attempts + js.infra_retries, js.preemptions
-    r.cost_usd = round(js.gpu_s / 3600 * price, 6)
+    r.cost_usd = round(js.cost_usd, 6)
 
 
 class _State:

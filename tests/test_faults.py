@@ -44,9 +44,14 @@ def _render_to(manifest: Path, s, out: Path, **kw):
     return render(str(manifest), s, cli_defaults={"output": str(out)}, **kw)
 
 
-def _starts(s) -> collections.Counter:
-    names = os.listdir(Path(s.faults_dir) / "starts")
+def _starts(s, what: str = "starts") -> collections.Counter:
+    """Render starts (or finishes) per clip, from the faults backend's records."""
+    names = os.listdir(Path(s.faults_dir) / what)
     return collections.Counter(n.rsplit(".", 2)[0] for n in names)
+
+
+def _times(s, what: str, clip: str) -> list[int]:
+    return sorted(int(n.rsplit(".", 1)[1]) for n in os.listdir(Path(s.faults_dir) / what) if n.startswith(clip + "."))
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
@@ -72,12 +77,35 @@ def test_actor_killed_mid_clip_resumes_from_checkpoint(ray_local, drill, baselin
     res = _render_to(drill, s, out)
     assert res.exit_code == 0
     assert _outputs(out) == baseline[0]
-    starts = _starts(s)
-    redone = sum(n - 1 for n in starts.values())
-    assert redone == 1 and starts["alpha.s0.c2"] == 2  # only the killed clip was rendered twice
+    starts, finished = _starts(s), _starts(s, "finished")
+    assert starts["alpha.s0.c2"] == 2  # the killed clip was rendered again
+    # clip 1's checkpoint may still have been on its way (written while clip 2 rendered): at most that one
+    # finished render is done twice; everything before it was checkpointed
+    assert {c: n for c, n in finished.items() if n > 1} in ({}, {"alpha.s0.c1": 2})
     assert res.jobs["alpha"].retries == 1 and res.jobs["alpha"].status == "published"
     loads = [a["loads"] for a in res.actors if "loads" in a]  # an actor still restarting has no answer yet
     assert loads and all(x == {"faults": 1} for x in loads)  # each live actor process loaded once
+
+
+def test_checkpoint_overlaps_the_next_clip_and_a_kill_before_the_marker_redoes_only_that_clip(
+        ray_local, drill, baseline, settings, tmp_path):
+    """Issue 11 item 2. alpha: its actor dies after rendering clip 2 and before its marker exists (the checkpoint
+    being written while clip 3 renders) → clip 2 is the only finished render done twice, the bytes are the same.
+    beta: clip 1's checkpoint is slow (2 s) → clip 2 started rendering before that checkpoint could end."""
+    s, out = _with(settings, tmp_path, "kill-save", [
+        {"action": "kill", "job": "alpha", "clip": 2, "at": "save", "times": 1},
+        {"action": "slow", "job": "beta", "clip": 1, "at": "save", "seconds": 2.0, "times": 1}])
+    res = _render_to(drill, s, out)
+    assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
+    assert _outputs(out) == baseline[0]
+    finished = _starts(s, "finished")
+    assert {c: n for c, n in finished.items() if n > 1} == {"alpha.s0.c2": 2}
+    assert res.jobs["alpha"].retries == 1
+    # ns of the slow checkpoint's start + 2 s is before its marker; clip 2 started before that
+    (saving,) = _times(s, "saving", "beta.s0.c1")
+    assert _times(s, "starts", "beta.s0.c2")[0] < saving + 2_000_000_000
+    done = [e[4] for e in res.events if e[1] == "done" and e[2] == "alpha"]
+    assert done == sorted(set(done))  # advanced in order, never twice (after the kill, from the markers it found)
 
 
 def test_watchdog_kills_a_hung_clip_and_retries(ray_local, drill, baseline, settings, tmp_path):
@@ -128,8 +156,10 @@ def test_worker_node_removed_mid_chain(drill, baseline, tmp_path):
         res = result["r"]
         assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
         assert _outputs(out) == baseline[0]
-        starts = _starts(s)
-        assert sum(n - 1 for n in starts.values()) <= 1  # at most the clip in flight on the lost node
+        # the lost node's work in flight: the clip it was rendering, and (checkpoints overlap the next render) at
+        # most one finished clip whose marker was still being written; nothing checkpointed is rendered again
+        assert sum(n - 1 for n in _starts(s).values()) <= 2
+        assert sum(n - 1 for n in _starts(s, "finished").values()) <= 1
         assert sum(r.retries for r in res.jobs.values()) >= 1
         assert all(r.status == "published" for r in res.jobs.values())
     finally:

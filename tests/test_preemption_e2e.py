@@ -5,6 +5,7 @@ as application errors), and after N preemptions new work goes to an on-demand no
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -72,9 +73,12 @@ def test_notice_on_one_node_mid_chain_then_fallback_to_on_demand(job_manifest, t
         assert sum(j.preemptions for j in res.jobs.values()) >= 1
         assert all(j.retries == 0 for j in res.jobs.values())  # preemptions are not application errors
         assert any(e[1] == "preempted" for e in res.events)
-        nodes = {a.get("node") for a in res.actors}
-        assert ondemand.node_id in nodes  # after the preemption, new work went to the on-demand node
-        assert spot[0].node_id not in nodes
+        clips = collections.Counter()
+        for a in res.actors:
+            clips[a.get("node")] += a.get("clips", 0)
+        assert clips[ondemand.node_id] > 0  # after the preemption, new work went to the on-demand node
+        # the actor under notice left the run (its replacement was asked for at the notice)
+        assert all(a.get("retired") for a in res.actors if a.get("node") == spot[0].node_id)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -89,3 +93,132 @@ def test_budget_stops_new_chains_and_says_so(ray_local, job_manifest, settings, 
     assert sorted(st.values()) == ["failed", "published"]
     stopped = next(r for r in res.jobs.values() if r.status == "failed")
     assert "budget $5.00 reached" in stopped.reason and stopped.clips_rendered == 0
+
+
+class NodeImds:
+    """AWS IMDSv2 on loopback for several Ray nodes at once: `/<node id>/latest/...` answers as that node's
+    metadata service (settings.aws_imds_url names '{node_id}'); tests set and clear notices per node."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.action: dict[str, dict] = {}
+        self.rebalance: dict[str, dict] = {}
+        self.served: set[tuple[str, str]] = set()  # (node, path) answered with a notice
+        me = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code: int, body: bytes = b""):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self):
+                ok = self.path.endswith("/latest/api/token") and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                self._send(200, b"tok") if ok else self._send(400)
+
+            def do_GET(self):
+                if self.headers.get("X-aws-ec2-metadata-token") != "tok":
+                    return self._send(401)
+                node, _, path = self.path.lstrip("/").partition("/")
+                table = {"latest/meta-data/spot/instance-action": me.action,
+                         "latest/meta-data/events/recommendations/rebalance": me.rebalance}.get(path)
+                if table is None or node not in table:
+                    return self._send(404, b"Not Found")
+                self._send(200, json.dumps(table[node]).encode())
+                me.served.add((node, path.rsplit("/", 1)[1]))
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/{{node_id}}"
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_interruption_gets_a_replacement_warning_starts_no_chain_and_both_clear(tmp_path, assets, monkeypatch):
+    """Issue 10 item 8 on three spot nodes. Node A gets an AWS interruption notice, node B a rebalance
+    recommendation (an early warning), both mid-chain. A refuses its next clip and the run asks the autoscaler for
+    a replacement GPU at once (4 bundles while A drains); B finishes its chain and takes no new one while warned.
+    Both notices then pass with the nodes alive: A and B take chains again, the surplus replacement is given back.
+    Nothing is lost beyond the clip A refused, and no job counts an application error."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import orchestrator.pool as pool_mod
+    from autoscaler import requested, wait_for
+
+    pcm, _ = media.speech([(19.0, 0)], seed=13)  # a 4-clip chain per job; 3 run, 4 wait
+    wav = media.write_wav(tmp_path / "long.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": f"j{i}", "audio": str(wav), "seed": i} for i in range(7)],
+                             {"image": str(assets["image"]), "size": "64*64", "backend": "faults", "max_scene_s": 60,
+                              "output": str(tmp_path / "out")})
+    imds = NodeImds()
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0,
+                                                            "node_ip_address": "127.0.0.1",
+                                                            "include_dashboard": False})
+    try:
+        for _ in range(3):
+            cluster.add_node(num_cpus=0, num_gpus=1, node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, log_to_driver=False)
+        monkeypatch.setattr(pool_mod, "BOOTSTRAP_CONFIG", str(tmp_path / "none.yaml"))  # no launcher config
+        go, f = tmp_path / "go", tmp_path / "f"
+        s = Settings(address=cluster.address, gpus=3, work=str(tmp_path / "w"), faults_dir=str(f),
+                     preemption_sources="aws", aws_imds_url=imds.url, preemption_poll_s=0.2,
+                     preemption_clear_grace_s=1.0,
+                     faults=[{"action": "wait", "clip": 1, "file": str(go)}, {"action": "slow", "seconds": 0.3}])
+        starts = lambda: [n.split(".") for n in os.listdir(f / "starts")] if (f / "starts").exists() else []  # noqa
+        result = {}
+        th = threading.Thread(target=lambda: result.setdefault("r", render(str(m), s)))
+        th.start()
+        at_gate = wait_for(lambda: (lambda g: g if len(g) == 3 else None)(
+            {pid: job for job, _, c, pid, _ in starts() if c == "c1"}), 120, "three chains at clip 1")
+        node_of = {pid: (f / "nodes" / pid).read_text() for pid in at_gate}
+        (pa, ja), (pb, jb) = sorted(at_gate.items())[:2]
+        a, b = node_of[pa], node_of[pb]
+        # the node outlives this notice (the interruption never comes): it clears 2 s + the 1 s grace later, while
+        # the slowed chains still queue (infra/preemption: an interruption clears once its node outlived it)
+        imds.action[a] = {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime(time.time() + 2))}
+        imds.rebalance[b] = {"noticeTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        wait_for(lambda: {(a, "instance-action"), (b, "rebalance")} <= imds.served, 30, "both nodes' watchers")
+        time.sleep(0.3)  # one more poll each: the watcher has taken what it read
+        go.touch()
+        wait_for(lambda: len(requested()) == 4, 60, "a replacement GPU asked for while A drains")
+        done = lambda job: sum(1 for x in starts() if x[0] == job)  # noqa: E731
+        # B finished its chain, and A's chain has gone on elsewhere for a while: B sat idle, warned, with work queued
+        # (4 chains wait: A and B each get one once their notices pass, whichever notices the clear first)
+        wait_for(lambda: done(jb) >= 4 and done(ja) >= 3, 120, "B's chain done and A's chain resumed elsewhere")
+        busy_b = {x[3] for x in starts() if x[0] != jb}
+        del imds.action[a], imds.rebalance[b]
+        th.join(timeout=300)
+        assert not th.is_alive()
+        res = result["r"]
+        assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
+        ev = res.events
+        slot = {e[3]: e[2] for e in ev if e[1] == "ready"}
+        sa, sb = slot[a], slot[b]
+        t_draining = next(e[0] for e in ev if e[1] == "draining" and e[2] == sa)
+        t_cleared_a = next(e[0] for e in ev if e[1] == "cleared" and e[2] == sa)
+        t_warned = next(e[0] for e in ev if e[1] == "warned" and e[2] == sb)
+        t_cleared_b = next(e[0] for e in ev if e[1] == "cleared" and e[2] == sb)
+        assigns = lambda sl, t0, t1: [e for e in ev if e[1] == "assign" and e[4] == sl and t0 < e[0] < t1]  # noqa
+        assert t_draining < t_cleared_a and assigns(sa, t_cleared_a, 1e12)  # usable again once the notice passed
+        assert t_warned < t_cleared_b and not assigns(sb, t_warned, t_cleared_b) and assigns(sb, t_cleared_b, 1e12)
+        assert pb not in busy_b  # B's process rendered nothing but its own chain while warned
+        assert any(e[1] == "retired" and "surplus" in e[4] for e in ev)  # the replacement went again
+        assert requested() == []
+        redone = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(f / "finished"))
+        assert sum(n - 1 for n in redone.values()) == 0  # A refused before rendering: nothing done twice
+        assert sum(j.preemptions for j in res.jobs.values()) >= 1 and all(j.retries == 0 for j in res.jobs.values())
+        assert len(list((tmp_path / "out").glob("*.mp4"))) == 7
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        imds.close()

@@ -29,6 +29,7 @@ class BackendSpec(BaseModel):
     default_negative_prompt: str = ""  # what a job without a negative prompt gets (part of the job key)
     weights: bool = False  # reads a weights folder (model_dir): the job key then holds the folder's fingerprint
     lora: bool = False  # can apply a job's LoRA file (manifest `lora`, `lora_scale`)
+    needs_cuda: bool = False  # rendering on a CPU where a GPU was billed is never acceptable (settings.cuda)
 
 
 class SceneInput(BaseModel):
@@ -100,6 +101,9 @@ class Backend(ABC):
     @abstractmethod
     def render_clip(self, ctx: Any, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
         """Render one clip conditioned on the previous clip's tail (None for clip 0)."""
+
+    def checkpointing(self, ctx: Any, clip: "ClipRequest") -> None:
+        """Called just before a rendered clip's checkpoint is written (the fault drills inject faults here)."""
 
     def unload(self) -> None:
         self.loaded = False

@@ -118,7 +118,7 @@ class WanS2VBackend(Backend):
     spec = BackendSpec(name="wan-s2v", version=f"2+diffsynth{DIFFSYNTH_VERSION}", fps=16, clip_frames=GEN_FRAMES,
                        first_clip_frames=GEN_FRAMES - LEAD_IN, tail_frames=MOTION_FRAMES, size_divisor=16,
                        sample_rate=16000, deterministic=True, default_negative_prompt=UPSTREAM_NEGATIVE_PROMPT,
-                       weights=True, lora=True)
+                       weights=True, lora=True, needs_cuda=True)
 
     def __init__(self, settings=None, *, model_dir: str | None = None, dtype: str | None = None,
                  offload: str | None = None, vram_limit: float | None = None):

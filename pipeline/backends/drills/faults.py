@@ -5,7 +5,11 @@ Rules come from settings.faults, e.g.
    {"action": "kill", "job": "*", "scene": 0, "clip": 2, "times": 1},  # kill the actor process once
    {"action": "slow", "seconds": 0.5},                              # every clip takes ≥ 0.5 s
    {"action": "fail", "gpu": 1},                                    # a bad card: fails whatever it renders
+   {"action": "kill", "clip": 2, "at": "save", "times": 1},         # die after rendering clip 2, before its marker
+   {"action": "wait", "clip": 4, "file": "/tmp/go"},                # hold clip 4 until a drill creates that file
+   {"action": "wait", "clip": 2, "url": "http://127.0.0.1:9/gate"}, # ... or until that URL answers 200
    {"action": "wan_tail"}]                                          # tails shaped and valued like Wan's
+"at": "render" (default) fires when a clip starts rendering, "save" just before its checkpoint is written.
 times = how often the rule fires across all processes and runs (0 = every time); the count lives in
 settings.faults_dir (files created with O_EXCL), so "once" means once even after the actor restarts."""
 
@@ -21,7 +25,7 @@ from core.errors import RenderError
 from pipeline.backends.base import BackendSpec, ClipOutput, ClipRequest
 from pipeline.backends.draft import DraftBackend
 
-ACTIONS = ("fail", "hang", "kill", "nan", "slow", "black", "wan_tail")
+ACTIONS = ("fail", "hang", "kill", "nan", "slow", "black", "wait", "wan_tail")
 WAN_TAIL_FRAMES = 73
 
 
@@ -46,6 +50,20 @@ def wan_shaped_tail(frames: np.ndarray, state: np.ndarray, seed: int) -> np.ndar
     return x
 
 
+def _gate_open(rule: dict) -> bool:
+    """A wait rule's gate: a file that exists, or a URL that answers 200 (nodes that share no disk)."""
+    if "url" in rule:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(rule["url"], timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+    return os.path.exists(rule["file"])
+
+
 class InjectedFault(RenderError):
     """An application error injected on purpose."""
 
@@ -63,12 +81,17 @@ class FaultBackend(DraftBackend):
         self.rules = rules
         self.state = Path(getattr(self.settings, "faults_dir", None) or "/tmp/s2v-faults")
         self.state.mkdir(parents=True, exist_ok=True)
+        import ray
+
+        if ray.is_initialized():  # which Ray node each rendering process is on (records name processes)
+            (self.state / "nodes").mkdir(exist_ok=True)
+            (self.state / "nodes" / str(os.getpid())).write_text(ray.get_runtime_context().get_node_id())
         delay = next((r.get("load_s", 0) for r in rules if r.get("load_s")), 0)
         if delay:  # a realistic model-load cost for benchmarks
             time.sleep(float(delay))
 
-    def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int) -> bool:
-        if rule.get("job", "*") not in ("*", job):
+    def _fires(self, i: int, rule: dict, job: str, scene: int, clip: int, at: str = "render") -> bool:
+        if rule.get("at", "render") != at or rule.get("job", "*") not in ("*", job):
             return False
         if rule.get("gpu") is not None:  # a bad card: only the actor holding this (logical) GPU id
             import ray
@@ -91,12 +114,27 @@ class FaultBackend(DraftBackend):
                 continue
         return False
 
+    def _record(self, what: str, job: str, scene: int, clip: int) -> None:
+        """Every render start and finish is recorded, so drills count redone clips instead of guessing."""
+        d = self.state / what
+        d.mkdir(exist_ok=True)
+        (d / f"{job}.s{scene}.c{clip}.{os.getpid()}.{time.monotonic_ns()}").touch()
+
+    def checkpointing(self, ctx, clip: ClipRequest) -> None:
+        job, scene = ctx.inp.job_id, ctx.inp.scene_index
+        self._record("saving", job, scene, clip.index)
+        for i, rule in enumerate(self.rules):
+            if self._fires(i, rule, job, scene, clip.index, at="save"):
+                if rule["action"] == "kill":
+                    os._exit(137)
+                if rule["action"] == "fail":
+                    raise InjectedFault(f"injected checkpoint failure in {job} scene {scene} clip {clip.index}")
+                if rule["action"] in ("slow", "hang"):
+                    time.sleep(float(rule.get("seconds", 1.0)))
+
     def render_clip(self, ctx, clip: ClipRequest, tail: np.ndarray | None) -> ClipOutput:
         job, scene = ctx.inp.job_id, ctx.inp.scene_index
-        # every render start is recorded, so drills count redone clips instead of guessing
-        starts = self.state / "starts"
-        starts.mkdir(exist_ok=True)
-        (starts / f"{job}.s{scene}.c{clip.index}.{os.getpid()}.{time.monotonic_ns()}").touch()
+        self._record("starts", job, scene, clip.index)
         nan = black = wan = False
         if tail is not None and np.ndim(tail) == 5:  # a Wan-shaped tail: the draft state is in front
             tail = np.asarray(tail[0, 0, 0, 0, :2], dtype=np.float64)
@@ -112,6 +150,10 @@ class FaultBackend(DraftBackend):
                 os._exit(137)  # like the OOM killer: no cleanup, no exception
             elif action == "slow":
                 time.sleep(float(rule.get("seconds", 1.0)))
+            elif action == "wait":  # a drill orders events across nodes without guessing at timings
+                deadline = time.monotonic() + float(rule.get("seconds", 600))
+                while not _gate_open(rule) and time.monotonic() < deadline:
+                    time.sleep(0.05)
             elif action == "nan":
                 nan = True
             elif action == "black":
@@ -126,4 +168,5 @@ class FaultBackend(DraftBackend):
             t = wan_shaped_tail(frames, t, clip.seed)
         if nan:
             t = np.full_like(t, np.nan)
+        self._record("finished", job, scene, clip.index)
         return ClipOutput(frames=frames, tail=t, info=out.info)
