@@ -198,7 +198,8 @@ class RenderWorker:
         return {"node": self.node, "pid": os.getpid(), "loads": dict(self.loads),
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "clips": self.clips_rendered,
                 "actor": ctx.get_actor_id(), "tails": int(self.tail is not None),
-                "tail_bytes": int(self.tail[2].nbytes) if self.tail is not None else 0}
+                "tail_bytes": int(self.tail[2].nbytes) if self.tail is not None else 0,
+                "code": str(Path(__file__).resolve().parent)}  # the installed project this node runs
 
     def notices(self) -> dict:
         """The node's active spot notices now (the scheduler asks while a slot is warned or draining)."""
@@ -250,8 +251,9 @@ class RenderWorker:
             raise
         last = ci + 1 >= len(scene.clips)
         self.tail = None if last else ((plan.key, si), ci, tail_arr)
+        # where and when the clip was made: after a night of preemptions, the markers say which node rendered what
         marker = {"job": plan.job.id, "key": plan.key, "scene": si, "clip": ci, "frames": clip.frames,
-                  "seed": clip.seed, "render_s": round(render_s, 4)}
+                  "seed": clip.seed, "render_s": round(render_s, 4), "node": self.node, "at": round(time.time(), 3)}
         self.saver.submit([plan.job.id, si, ci],
                           lambda: self._save(wa, backend, ctx, req, plan, frames, tail_arr, marker))
         self.clips_rendered += 1
