@@ -105,7 +105,9 @@ class NodeNotices:
         w = watcher_from_settings(s, **kw)
         if w is not None and not hasattr(w, "warning"):
             w = _Polled(w, self._on_notice, self._on_clear)
-        self.watcher = w.start() if w is not None else None
+        if w is not None:
+            w.start()
+        self.watcher = w
 
     def _on_notice(self, n) -> None:
         if kind_of(n) == INTERRUPTION and self.on_interruption is not None:
