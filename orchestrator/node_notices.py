@@ -31,7 +31,9 @@ class NodeNotices:
         # nothing new here; the chain resumes elsewhere from its checkpoints
         w = watcher_from_settings(for_node(settings, node_id), on_notice=self._on_notice, on_clear=self._on_clear,
                                   drain=drain)
-        self.watcher = w.start() if w is not None else None
+        if w is not None:
+            w.start()
+        self.watcher = w
 
     @staticmethod
     def _on_notice(n) -> None:

@@ -111,7 +111,7 @@ class Pool:
     def start(self, chains: int) -> None:
         self.ledger.poll(force=True)
         if not self.slots:
-            n = self.static_n if not self.elastic else max(1, min(self.target, chains))
+            n = self.static_n if not self.elastic else min(self.target, chains)
             for _ in range(n):
                 self.add()
         self.note("pool", f"target {self.target} actors ({self.target_source}); {len(self.slots)} started")

@@ -156,10 +156,10 @@ def test_worker_node_removed_mid_chain(drill, baseline, tmp_path):
         res = result["r"]
         assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
         assert _outputs(out) == baseline[0]
-        # the lost node's work in flight: the clip it was rendering, and (checkpoints overlap the next render) at
-        # most one finished clip whose marker was still being written; nothing checkpointed is rendered again
-        assert sum(n - 1 for n in _starts(s).values()) <= 2
+        # lost with the node: the clip rendering there, and at most one finished clip whose checkpoint was still
+        # being written (it overlaps the next render)
         assert sum(n - 1 for n in _starts(s, "finished").values()) <= 1
+        assert sum(n - 1 for n in _starts(s).values()) <= 2
         assert sum(r.retries for r in res.jobs.values()) >= 1
         assert all(r.status == "published" for r in res.jobs.values())
     finally:
@@ -191,8 +191,9 @@ def test_driver_sigkill_then_rerun_resumes(drill, baseline, tmp_path):
     p2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
     assert p2.returncode == 0, p2.stderr.decode()[-3000:]
     assert _outputs(out) == baseline[0]
-    starts = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(faults_dir / "starts"))
-    assert sum(n - 1 for n in starts.values()) <= 1
+    redone = {what: sum(n - 1 for n in collections.Counter(
+        n.rsplit(".", 2)[0] for n in os.listdir(faults_dir / what)).values()) for what in ("starts", "finished")}
+    assert redone["finished"] <= 1 and redone["starts"] <= 2  # the clip in flight and the one being checkpointed
 
 
 def test_a_worker_failing_several_jobs_is_taken_out_of_rotation(ray_local, assets, settings, tmp_path):

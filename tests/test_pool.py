@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
