@@ -11,13 +11,6 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class NodePrice(BaseModel):
-    """USD per node-hour for one node type (instance / machine type), on-demand and spot."""
-
-    on_demand: float = Field(ge=0)
-    spot: float = Field(ge=0)
-
-
 class GpuPrice(BaseModel):
     """USD per GPU-hour for one GPU type (late-2026 list prices; override per contract)."""
 
@@ -133,12 +126,10 @@ class Settings(BaseSettings):
     prices: dict[str, GpuPrice] = Field(default_factory=_default_prices)
     price_per_gpu_hour: float | None = Field(None, description="Overrides the price table when set.")
     budget_usd: float | None = None
+    # cloud prices: USD per node-hour per node type, matched to a node's Ray labels `s2v-price-key` (instance /
+    # machine type) and `s2v-market` (spot | on-demand); a cluster run's cost is its node-hours at these prices
     node_prices: dict[str, NodePrice] = Field(default_factory=_default_node_prices,
                                               description="USD per node-hour by instance/machine type (cloud prices).")
-
-    # cloud prices: USD per node-hour per node type, matched to a node's Ray labels `s2v-price-key` (instance /
-    # machine type) and `s2v-market` (spot | on-demand); reports price clusters from node-hours with them.
-    node_prices: dict[str, NodePrice] = Field(default_factory=dict)
 
     # encoding (identical for every clip so stitching is a stream copy)
     crf: int = Field(18, ge=0, le=51)

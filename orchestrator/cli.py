@@ -285,18 +285,9 @@ def _size(n: float) -> str:
 
 def _driver_gone(state: dict) -> bool:
     """True only when the driver ran on this host and its process no longer exists."""
-    import os
-    import socket
+    from orchestrator.gc import driver_alive
 
-    if state.get("host") != socket.gethostname() or not state.get("pid"):
-        return False
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return driver_alive(state) is False
 
 
 # sub-command groups in their own modules (each imports its heavy libraries inside its commands)

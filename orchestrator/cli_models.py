@@ -9,6 +9,24 @@ import typer
 app = typer.Typer(help="Model weights: build tiny test weights, check a weights folder.", no_args_is_help=True)
 
 
+def _built(out: Path, missing_files, what: str) -> None:
+    """Check a folder a tiny-weights builder wrote with its loader's own list, and say what was written."""
+    missing = missing_files(out)
+    if missing:  # the builder and the loader disagree about the layout: a bug, say so loudly
+        typer.echo(f"built {out}, but the loader would miss: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    typer.echo(f"tiny {what} weights in {out} ({size / 1e6:.1f} MB)")
+
+
+def _checked(directory: Path, missing_files) -> None:
+    missing = missing_files(directory)
+    if missing:
+        typer.echo(f"{directory}: missing " + ", ".join(missing), err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{directory}: complete")
+
+
 @app.command("make-tiny")
 def make_tiny_cmd(
     directory: Path = typer.Argument(..., help="Folder to write (official Wan2.2-S2V-14B layout)."),
@@ -18,13 +36,7 @@ def make_tiny_cmd(
     from pipeline.backends.wan_s2v import missing_files
     from pipeline.backends.wan_tiny import make_tiny
 
-    out = make_tiny(directory, seed=seed)
-    missing = missing_files(out)
-    if missing:  # the builder and the loader disagree about the layout: a bug, say so loudly
-        typer.echo(f"built {out}, but the loader would miss: {', '.join(missing)}", err=True)
-        raise typer.Exit(1)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    typer.echo(f"tiny Wan2.2-S2V weights in {out} ({size / 1e6:.1f} MB)")
+    _built(make_tiny(directory, seed=seed), missing_files, "Wan2.2-S2V")
 
 
 @app.command("make-tiny-lora")
@@ -47,11 +59,7 @@ def check_cmd(directory: Path = typer.Argument(..., help="A Wan2.2-S2V-14B folde
     """List the files the wan-s2v loader needs and cannot find (exit 2 when any is missing)."""
     from pipeline.backends.wan_s2v import missing_files
 
-    missing = missing_files(directory)
-    if missing:
-        typer.echo(f"{directory}: missing " + ", ".join(missing), err=True)
-        raise typer.Exit(2)
-    typer.echo(f"{directory}: complete")
+    _checked(directory, missing_files)
 
 
 @app.command("make-tiny-asr")
@@ -63,13 +71,7 @@ def make_tiny_asr_cmd(
     from pipeline.asr import missing_files
     from pipeline.asr_tiny import make_tiny_asr
 
-    out = make_tiny_asr(directory, seed=seed)
-    missing = missing_files(out)
-    if missing:  # the builder and the loader disagree about the layout: a bug, say so loudly
-        typer.echo(f"built {out}, but the loader would miss: {', '.join(missing)}", err=True)
-        raise typer.Exit(1)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    typer.echo(f"tiny Whisper weights in {out} ({size / 1e6:.1f} MB)")
+    _built(make_tiny_asr(directory, seed=seed), missing_files, "Whisper")
 
 
 @app.command("check-asr")
@@ -77,8 +79,4 @@ def check_asr_cmd(directory: Path = typer.Argument(..., help="A Whisper model fo
     """List the files the Whisper loader needs and cannot find (exit 2 when any is missing)."""
     from pipeline.asr import missing_files
 
-    missing = missing_files(directory)
-    if missing:
-        typer.echo(f"{directory}: missing " + ", ".join(missing), err=True)
-        raise typer.Exit(2)
-    typer.echo(f"{directory}: complete")
+    _checked(directory, missing_files)

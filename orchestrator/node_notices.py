@@ -5,7 +5,6 @@ each gone again once it passes (infra/preemption: `watcher.notice()`, `watcher.w
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 log = logging.getLogger("s2v.notices")
 

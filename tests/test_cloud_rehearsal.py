@@ -27,15 +27,14 @@ the warning cleared; the report's cost comes from node-hours (head included) at 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 import media
+from autoscaler import wait_for
+from node_imds import NodeImds
 from loopback_cluster import loopback_cluster, loopback_config
 from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server, unique  # noqa: F401
 
@@ -45,70 +44,15 @@ GPU_NODES = 3
 PRICES = {"loopback-head": {"on_demand": 0.50, "spot": 0.50}, "loopback-gpu": {"on_demand": 8.0, "spot": 3.0}}
 
 
-class Metadata:
-    """A loopback IMDSv2 for many nodes (`/<node id>/latest/…`) plus the drill's gate (`/gate`)."""
-
-    def __init__(self):
-        self.action: dict[str, dict] = {}
-        self.rebalance: dict[str, dict] = {}
-        self.gate_open = False
-        me = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code: int, body: bytes = b""):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_PUT(self):  # noqa: N802
-                ok = self.path.endswith("/latest/api/token") and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-                self._send(200, b"tok") if ok else self._send(400)
-
-            def do_GET(self):  # noqa: N802
-                if self.path == "/gate":
-                    return self._send(200 if me.gate_open else 404)
-                if self.headers.get("X-aws-ec2-metadata-token") != "tok":
-                    return self._send(401)
-                node, _, path = self.path.lstrip("/").partition("/")
-                table = {"latest/meta-data/spot/instance-action": me.action,
-                         "latest/meta-data/events/recommendations/rebalance": me.rebalance}.get(path)
-                if table is None or node not in table:
-                    return self._send(404, b"Not Found")
-                self._send(200, json.dumps(table[node]).encode())
-
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        base = f"http://127.0.0.1:{self.srv.server_address[1]}"
-        self.imds_url, self.gate_url = base + "/{node_id}", base + "/gate"
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.fixture
 def metadata():
-    m = Metadata()
+    m = NodeImds()
     yield m
     m.close()
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _config(tmp: Path, bucket: str) -> dict:
@@ -166,7 +110,7 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         "output": f"s3://{bucket}/out"})
     for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                  "S2V_S3_ENDPOINT_URL": s3_server.endpoint, "S2V_S3_REGION": "us-east-1",
-                 "S2V_S3_ADDRESSING_STYLE": "path", "S2V_AWS_IMDS_URL": metadata.imds_url,
+                 "S2V_S3_ADDRESSING_STYLE": "path", "S2V_AWS_IMDS_URL": metadata.url,
                  "S2V_PREEMPTION_POLL_S": "0.2", "S2V_KEEP_CHECKPOINTS": "true",
                  "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 0.3},
                                            {"action": "wait", "clip": 2, "url": metadata.gate_url}])}.items():
@@ -185,7 +129,7 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
             nodes = {x["node"] for x in m if x["clip"] == 1}
             return m if len(nodes) >= GPU_NODES else None
 
-        markers = _wait(at_gate, 300, f"{GPU_NODES} GPU nodes launched and their chains at the gate")
+        markers = wait_for(at_gate, 300, f"{GPU_NODES} GPU nodes launched and their chains at the gate")
         by_node: dict[str, str] = {}
         for x in sorted(markers, key=lambda x: x["clip"]):
             by_node.setdefault(x["node"], x["job"])
@@ -193,11 +137,12 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         now = time.time()
         metadata.action[a] = {"action": "terminate", "time": _iso(now + 120)}
         metadata.rebalance[b] = {"noticeTime": _iso(now)}
-        time.sleep(1.5)  # every watcher (0.2 s polls) has seen its node's notice before the gate opens
+        wait_for(lambda: {(a, "instance-action"), (b, "rebalance")} <= metadata.served, 60, "both nodes' watchers")
+        time.sleep(0.3)  # one more poll each (0.2 s): each watcher has taken what it read
         metadata.gate_open = True
 
         # A refuses its next clip: its chain goes on elsewhere; then AWS takes the node back
-        _wait(lambda: any(x["job"] == job_a and x["node"] != a for x in _markers(s3, bucket)), 120,
+        wait_for(lambda: any(x["job"] == job_a and x["node"] != a for x in _markers(s3, bucket)), 120,
               "the interrupted node's chain going on elsewhere")
         from ray.util.state import list_nodes
 
@@ -206,7 +151,7 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         provider.terminate_node(names[a])
 
         # B finishes its chain, warned; clear the warning as soon as it has, while chains are still queued
-        _wait(lambda: any(x["job"] == job_b and x["clip"] == 7 for x in _markers(s3, bucket)), 120,
+        wait_for(lambda: any(x["job"] == job_b and x["clip"] == 7 for x in _markers(s3, bucket)), 120,
               "the warned node finishing its chain")
         del metadata.rebalance[b]
         t_clear = time.time()

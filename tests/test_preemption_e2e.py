@@ -5,7 +5,6 @@ as application errors), and after N preemptions new work goes to an on-demand no
 from __future__ import annotations
 
 import collections
-import json
 import os
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import media
+from node_imds import NodeImds
 from orchestrator.runner import render
 from core.settings import Settings
 from infra.preemption import sigterm_flag_path, write_sigterm_flag
@@ -93,52 +93,6 @@ def test_budget_stops_new_chains_and_says_so(ray_local, job_manifest, settings, 
     assert sorted(st.values()) == ["failed", "published"]
     stopped = next(r for r in res.jobs.values() if r.status == "failed")
     assert "budget $5.00 reached" in stopped.reason and stopped.clips_rendered == 0
-
-
-class NodeImds:
-    """AWS IMDSv2 on loopback for several Ray nodes at once: `/<node id>/latest/...` answers as that node's
-    metadata service (settings.aws_imds_url names '{node_id}'); tests set and clear notices per node."""
-
-    def __init__(self):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.action: dict[str, dict] = {}
-        self.rebalance: dict[str, dict] = {}
-        self.served: set[tuple[str, str]] = set()  # (node, path) answered with a notice
-        me = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code: int, body: bytes = b""):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_PUT(self):
-                ok = self.path.endswith("/latest/api/token") and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
-                self._send(200, b"tok") if ok else self._send(400)
-
-            def do_GET(self):
-                if self.headers.get("X-aws-ec2-metadata-token") != "tok":
-                    return self._send(401)
-                node, _, path = self.path.lstrip("/").partition("/")
-                table = {"latest/meta-data/spot/instance-action": me.action,
-                         "latest/meta-data/events/recommendations/rebalance": me.rebalance}.get(path)
-                if table is None or node not in table:
-                    return self._send(404, b"Not Found")
-                self._send(200, json.dumps(table[node]).encode())
-                me.served.add((node, path.rsplit("/", 1)[1]))
-
-        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/{{node_id}}"
-
-    def close(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
 
 
 def test_interruption_gets_a_replacement_warning_starts_no_chain_and_both_clear(tmp_path, assets, monkeypatch):
