@@ -302,7 +302,7 @@ class Settings(BaseSettings):
     def node_price(self, key: str | None, market: str | None) -> float | None:
         """USD per node-hour of a node type in a market ('spot' or 'on-demand'); None when unknown."""
         p = self.node_prices.get(key or "")
-        if p is None or market not in ("spot", "on-demand", "on_demand", "ondemand"):
+        if p is None or market not in ("spot", "on-demand"):
             return None
         return p.spot if market == "spot" else p.on_demand
 
