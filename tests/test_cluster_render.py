@@ -86,10 +86,10 @@ def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_cl
     assert str(info.status) == "SUCCEEDED"
     assert "orchestrator.cli render s3://" in info.entrypoint and "--gpus 2" in info.entrypoint
     assert "--cluster" not in info.entrypoint  # the remote driver renders; it does not submit again
-    # every input (m4a, mp3, flac audio, two jpg images) staged once by content
+    # every input (m4a, mp3, flac audio, two jpg images, the SRT captions) staged once by content
     inputs = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="work/inputs/")["Contents"]]
     assert sorted(k.rsplit("/", 1)[1] for k in inputs) == sorted(
-        ["lesson1.m4a", "lesson2.mp3", "lesson3.flac", "presenter.jpg", "presenter-portrait.jpg"])
+        ["lesson1.m4a", "lesson2.mp3", "lesson3.flac", "presenter.jpg", "presenter-portrait.jpg", "lesson1.en.srt"])
 
     # outputs and run state in object storage, written by the remote driver
     for jid in EXAMPLE_IDS:
