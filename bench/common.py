@@ -17,12 +17,15 @@ os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_EN
 
 import numpy as np
 
+from core.settings import Settings
 from orchestrator.manifest import JobSpec
 from orchestrator.planner import JobPlan, chains_for
 from pipeline.audio import AudioAnalysis, cut_points
 from pipeline.backends.drills.timed import TimedBackend, clip_seconds
 
-REAL_CLIP_S = 240.0  # Wan 2.2 S2V 14B, one 80-frame clip on one H100 (docs/models.md): the time being scaled
+# Wan 2.2 S2V 14B, one 80-frame clip on one H100 (the settings' default, docs/benchmarks.md section 8): the time
+# being scaled
+REAL_CLIP_S = Settings.model_fields["seconds_per_clip"].default_factory()["wan-s2v"]
 
 
 def machine() -> dict:

@@ -58,11 +58,19 @@ class Scheduler:
         self.queue.extend(chains)
 
     def _chains_left(self) -> int:
-        """Chains that could run at once now: running ones, plus queued ones unless the run stopped starting."""
-        running = sum(1 for s in self.slots if s.chain is not None)
+        """Chains that could run at once now (running ones, plus queued ones unless the run stopped starting),
+        counted up to the pool's target: the pool sizes itself by min(target, this), and counting the whole
+        queue on every turn of the loop made a 1,000-job catalog's dispatch cost grow with its length."""
+        n = sum(1 for s in self.slots if s.chain is not None)
         if self.stopped_starting:
-            return running
-        return running + sum(1 for c in self.queue if self.jobs[c.plan.job.id].failed is None)
+            return n
+        cap = max(1, self.pool.target)
+        for c in self.queue:
+            if n >= cap:
+                break
+            if self.jobs[c.plan.job.id].failed is None:
+                n += 1
+        return n
 
     def _work_left(self) -> bool:
         return any(s.chain is not None or s.inflight for s in self.slots) or (

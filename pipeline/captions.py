@@ -144,14 +144,19 @@ def _srt_cues(lines: list[str], first: int, bad) -> list[Cue]:
                 bad(at, f"cue {block[0].strip()} has no timing line")
                 continue
             timing_at, rest = at + 1, block[1:]
-        t = _timing(rest[0], timing_at, bad)
-        if t is None:
-            continue
-        if len(rest) < 2:
-            bad(timing_at, "cue has no text", "delete the cue or give it text")
-            continue
-        cues.append(Cue(t[0], t[1], _srt_payload(rest[1:]), timing_at))
+        cues += _cue(rest, timing_at, bad, _srt_payload)
     return cues
+
+
+def _cue(rest: list[str], timing_at: int, bad, text) -> list[Cue]:
+    """The cue of a block from its timing line (rest[0]) on; none, after saying why, when it is broken."""
+    t = _timing(rest[0], timing_at, bad)
+    if t is None:
+        return []
+    if len(rest) < 2:
+        bad(timing_at, "cue has no text", "delete the cue or give it text")
+        return []
+    return [Cue(t[0], t[1], text(rest[1:]), timing_at)]
 
 
 def _vtt_cues(lines: list[str], first: int, bad) -> list[Cue]:
@@ -170,13 +175,7 @@ def _vtt_cues(lines: list[str], first: int, bad) -> list[Cue]:
         else:
             bad(at, f"expected a timing line, found {head[:40]!r}", "write it as 00:00:01.000 --> 00:00:03.500")
             continue
-        t = _timing(rest[0], timing_at, bad)
-        if t is None:
-            continue
-        if len(rest) < 2:
-            bad(timing_at, "cue has no text", "delete the cue or give it text")
-            continue
-        cues.append(Cue(t[0], t[1], "\n".join(ln.strip() for ln in rest[1:]), timing_at))
+        cues += _cue(rest, timing_at, bad, lambda text: "\n".join(ln.strip() for ln in text))
     return cues
 
 

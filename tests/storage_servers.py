@@ -317,6 +317,20 @@ def gcs_settings(tmp: Path, **kw):
     return Settings(**{**base, **kw})
 
 
+def bucket_settings(request, cloud: str, monkeypatch, tmp: Path, prefix: str):
+    """A fresh bucket on the session's SeaweedFS ("s3") or fake-gcs-server ("gs"), credentials through the env as
+    a user gives them: (its base URI, Settings that reach it)."""
+    isolate_cloud_env(monkeypatch, tmp)
+    if cloud == "s3":
+        srv = request.getfixturevalue("s3_server")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        return f"s3://{srv.make_bucket(unique(prefix))}", s3_settings(srv.endpoint, tmp)
+    srv = request.getfixturevalue("gcs_server")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", srv.url)
+    return f"gs://{srv.make_bucket(unique(prefix))}", gcs_settings(tmp)
+
+
 def unique(prefix: str) -> str:
     """A bucket name unique within the session (S3 names: 3-63 lowercase letters, digits, dashes)."""
     return f"{prefix}-{os.getpid()}-{time.monotonic_ns() % 10**9}"

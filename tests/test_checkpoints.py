@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from orchestrator.checkpoints import WorkArea, decode_tail, encode_tail
-from storage_servers import ACCESS_KEY, SECRET_KEY, gcs_settings, s3_server, gcs_server, isolate_cloud_env, \
-    s3_settings, unique  # noqa: F401  (fixtures)
+from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 H, W = 48, 80  # a Wan-shaped tail at a small size: (1, 3, 73, 48, 80)
 
@@ -58,17 +57,8 @@ def work(request, tmp_path, monkeypatch):
     """A work area on each storage: a folder, a SeaweedFS bucket, a fake-gcs-server bucket (all loopback)."""
     if request.param == "file":
         return WorkArea.at(str(tmp_path / "work"))
-    isolate_cloud_env(monkeypatch, tmp_path)
-    if request.param == "s3":
-        srv = request.getfixturevalue("s3_server")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        bucket = srv.make_bucket(unique("ckpt"))
-        return WorkArea.at(f"s3://{bucket}/work", s3_settings(srv.endpoint, tmp_path))
-    srv = request.getfixturevalue("gcs_server")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", srv.url)
-    bucket = srv.make_bucket(unique("ckpt"))
-    return WorkArea.at(f"gs://{bucket}/work", gcs_settings(tmp_path))
+    base, settings = bucket_settings(request, request.param, monkeypatch, tmp_path, "ckpt")
+    return WorkArea.at(f"{base}/work", settings)
 
 
 def _names(work: WorkArea) -> set[str]:

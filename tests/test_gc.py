@@ -15,8 +15,7 @@ import pytest
 
 from orchestrator import gc
 from orchestrator.checkpoints import WorkArea
-from storage_servers import ACCESS_KEY, SECRET_KEY, gcs_server, gcs_settings, isolate_cloud_env, s3_server, \
-    s3_settings, unique  # noqa: F401  (fixtures)
+from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 DAY = 86400.0
 HOST = socket.gethostname()
@@ -126,17 +125,8 @@ def test_gc_cache_prunes_old_input_cache_entries(tmp_path, run_cli, capsys, monk
 
 @pytest.fixture(params=["s3", "gs"])
 def bucket_work(request, tmp_path, monkeypatch):
-    isolate_cloud_env(monkeypatch, tmp_path)
-    if request.param == "s3":
-        srv = request.getfixturevalue("s3_server")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        bucket = srv.make_bucket(unique("gc"))
-        return WorkArea.at(f"s3://{bucket}/work", s3_settings(srv.endpoint, tmp_path))
-    srv = request.getfixturevalue("gcs_server")
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", srv.url)
-    bucket = srv.make_bucket(unique("gc"))
-    return WorkArea.at(f"gs://{bucket}/work", gcs_settings(tmp_path))
+    base, settings = bucket_settings(request, request.param, monkeypatch, tmp_path, "gc")
+    return WorkArea.at(f"{base}/work", settings)
 
 
 def test_gc_on_object_stores_removes_stale_things_and_keeps_what_a_running_run_holds(bucket_work):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -48,7 +50,7 @@ def parse(value: str, base: str | None = None) -> Uri:
         if scheme not in SCHEMES:
             raise InputError(f"unsupported URI scheme '{scheme}' in {value!r}; use a path, file://, s3:// or gs://")
         if scheme == "file":
-            return Uri("file", "", str(Path(unquote(u.path)).resolve()))
+            return Uri("file", "", _real(unquote(u.path), ""))
         if not u.netloc:
             raise InputError(f"URI {value!r} has no bucket; expected {scheme}://BUCKET/KEY")
         key = u.path.lstrip("/")
@@ -65,8 +67,15 @@ def parse(value: str, base: str | None = None) -> Uri:
                 raise InputError(f"{value!r} climbs above the root of bucket {b.scheme}://{b.bucket}/ "
                                  f"(relative to {b}); write a path inside the bucket or a full URI")
             return Uri(b.scheme, b.bucket, "" if key == "." else key)
-        return Uri("file", "", str((Path(b.key) / value).resolve()))
-    return Uri("file", "", str(Path(value).expanduser().resolve()))
+        return Uri("file", "", _real(str(Path(b.key) / value), ""))
+    return Uri("file", "", _real(value, os.getcwd()))
+
+
+@lru_cache(maxsize=16384)
+def _real(path: str, cwd: str) -> str:
+    """The resolved form of a local path (cwd is part of the key for relative ones). Cached: a 10,000-row catalog
+    names the same few files tens of thousands of times, and each resolve is a syscall per path component."""
+    return str(Path(path).expanduser().resolve())
 
 
 def folder_of(location: str) -> str:
