@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from infra.clusters.autostop import IdleWatcher, busy_reason, start, stop_cluster
+from autoscaler import wait_for
 from procs import ray_head
 
 try:  # the loopback provider moves to its own module; either place works
@@ -36,16 +37,6 @@ def _cluster(tmp_path: Path) -> tuple[dict, LocalNodeProvider]:
     provider.create_node({}, {TAG_RAY_NODE_KIND: NODE_KIND_HEAD}, 1)
     provider.create_node({}, {TAG_RAY_NODE_KIND: NODE_KIND_WORKER}, 2)
     return cfg, provider
-
-
-def _wait(pred, timeout_s: float = 300.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 HOLDER = """
@@ -86,7 +77,7 @@ def test_stops_only_after_jobs_and_gpu_actors_are_gone(tmp_path):
         client = JobSubmissionClient(dashboard)
         # A job that leaves a detached actor holding the GPU behind it (work started outside the Jobs API).
         job = client.submit_job(entrypoint=f"python {script} {release}")
-        _wait(lambda: (r := busy_reason(dashboard)) and "job" in r, what="the job to count as busy")
+        wait_for(lambda: (r := busy_reason(dashboard)) and "job" in r, 300, what="the job to count as busy")
 
         stops: list[float] = []
 
@@ -97,7 +88,7 @@ def test_stops_only_after_jobs_and_gpu_actors_are_gone(tmp_path):
         watcher = IdleWatcher(lambda: busy_reason(dashboard), idle_s=2.0, on_idle=on_idle, poll_s=0.3)
         t = threading.Thread(target=watcher.run, daemon=True)
         t.start()
-        _wait(lambda: client.get_job_status(job).is_terminal(), what="the job to end")
+        wait_for(lambda: client.get_job_status(job).is_terminal(), 300, what="the job to end")
         assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)
         # The job is over but its detached actor still holds the GPU: busy, not stopped.
         assert "holds 1 GPU" in (busy_reason(dashboard) or "")
@@ -123,14 +114,14 @@ def test_start_replaces_the_running_watcher_and_honours_zero(tmp_path):
         assert b"infra.clusters.autostop" in Path(f"/proc/{first}/cmdline").read_bytes()
         second = start(str(path), home=home)
         pids.append(second)
-        _wait(lambda: not Path(f"/proc/{first}").exists() or b"Z" in Path(f"/proc/{first}/stat").read_bytes()
-              .split(b")")[-1][:3], what="the old watcher to stop")
+        wait_for(lambda: not Path(f"/proc/{first}").exists() or b"Z" in Path(f"/proc/{first}/stat").read_bytes()
+                 .split(b")")[-1][:3], 300, what="the old watcher to stop")
         assert int((home / ".s2v" / "autostop.pid").read_text()) == second
         cfg["metadata"]["s2v"]["idle_stop_minutes"] = 0
         path.write_text(yaml.safe_dump(cfg))
         assert start(str(path), home=home) is None
-        _wait(lambda: not Path(f"/proc/{second}").exists() or b"Z" in Path(f"/proc/{second}/stat").read_bytes()
-              .split(b")")[-1][:3], what="the watcher to stop when auto-stop is turned off")
+        wait_for(lambda: not Path(f"/proc/{second}").exists() or b"Z" in Path(f"/proc/{second}/stat").read_bytes()
+                 .split(b")")[-1][:3], 300, what="the watcher to stop when auto-stop is turned off")
     finally:
         for pid in pids:
             try:

@@ -255,6 +255,18 @@ def test_relative_paths_stay_inside_a_bucket():
             parse(v, "s3://b/cat")
 
 
+def test_relative_local_paths_resolve_against_the_current_folder_each_time(tmp_path, monkeypatch):
+    """Resolved paths are cached (a 10,000-row catalog names the same files 40,000 times): the cache must not
+    answer a relative path from the folder it was first resolved in."""
+    from infra.storage.uri import parse
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        monkeypatch.chdir(tmp_path / d)
+        assert parse("lesson.wav").key == str((tmp_path / d / "lesson.wav").resolve())
+        assert parse("lesson.wav", str(tmp_path / "a")).key == str((tmp_path / "a" / "lesson.wav").resolve())
+
+
 def test_unknown_default_invalidates_every_row_like_an_unknown_row_key(tmp_path):
     """YAML rows with unknown keys were invalid while an unknown key in `defaults` was ignored (exit 0, prompt
     lost): now the defaults' problem is named at the defaults and at every row it would reach."""
