@@ -257,7 +257,7 @@ def test_relative_paths_stay_inside_a_bucket():
 
 def test_relative_local_paths_resolve_against_the_current_folder_each_time(tmp_path, monkeypatch):
     """Resolved paths are cached (a 10,000-row catalog names the same files 40,000 times): the cache must not
-    answer a relative path from the folder it was first resolved in."""
+    answer a relative path from the folder, or a ~ path from the HOME, it was first resolved in."""
     from infra.storage.uri import parse
 
     for d in ("a", "b"):
@@ -265,6 +265,9 @@ def test_relative_local_paths_resolve_against_the_current_folder_each_time(tmp_p
         monkeypatch.chdir(tmp_path / d)
         assert parse("lesson.wav").key == str((tmp_path / d / "lesson.wav").resolve())
         assert parse("lesson.wav", str(tmp_path / "a")).key == str((tmp_path / "a" / "lesson.wav").resolve())
+    for d in ("a", "b"):  # nor a ~ path from another HOME
+        monkeypatch.setenv("HOME", str(tmp_path / d))
+        assert parse("~/lesson.wav").key == str((tmp_path / d / "lesson.wav").resolve())
 
 
 def test_unknown_default_invalidates_every_row_like_an_unknown_row_key(tmp_path):

@@ -1,4 +1,4 @@
-"""URI parsing and joining: plain paths, file://, s3://, gs:// — pure functions, no I/O."""
+"""URI parsing and joining: plain paths, file://, s3://, gs:// — no I/O but resolving local paths (cached)."""
 
 from __future__ import annotations
 
@@ -68,14 +68,15 @@ def parse(value: str, base: str | None = None) -> Uri:
                                  f"(relative to {b}); write a path inside the bucket or a full URI")
             return Uri(b.scheme, b.bucket, "" if key == "." else key)
         return Uri("file", "", _real(str(Path(b.key) / value), ""))
-    return Uri("file", "", _real(value, os.getcwd()))
+    path = os.path.expanduser(value)  # before the cache: HOME may change within a process
+    return Uri("file", "", _real(path, "" if os.path.isabs(path) else os.getcwd()))
 
 
 @lru_cache(maxsize=16384)
 def _real(path: str, cwd: str) -> str:
     """The resolved form of a local path (cwd is part of the key for relative ones). Cached: a 10,000-row catalog
     names the same few files tens of thousands of times, and each resolve is a syscall per path component."""
-    return str(Path(path).expanduser().resolve())
+    return str(Path(path).resolve())
 
 
 def folder_of(location: str) -> str:
