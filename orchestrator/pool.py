@@ -184,8 +184,8 @@ class Pool:
         if self.ondemand_reason is not None or not self.can_ondemand:
             return
         waiting = [s for s in self.slots if s.state in WAITING and not s.ondemand]
-        unplaced = self._unplaced()
-        if not waiting or unplaced <= 0:
+        unplaced = self._unplaced() if waiting else 0  # a GCS call: not on every turn of a busy loop
+        if unplaced <= 0:
             self.short_since = None
             return
         if self.short_since is None:

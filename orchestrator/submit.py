@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shlex
 import tempfile
 import time
