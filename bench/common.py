@@ -18,8 +18,8 @@ os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_EN
 import numpy as np
 
 from core.settings import Settings
-from orchestrator.manifest import JobSpec
-from orchestrator.planner import JobPlan, chains_for
+from orchestrator.intake.manifest import JobSpec
+from orchestrator.plan.planner import JobPlan, chains_for
 from pipeline.audio import AudioAnalysis, cut_points
 from pipeline.backends.drills.timed import TimedBackend, clip_seconds
 

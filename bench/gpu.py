@@ -107,7 +107,7 @@ def through_runner(tmp: Path, weights: Path, image: Path, steps: int, jobs: int,
     """Jobs through the real runner (actors, checkpoints, stitch): the share of the span the GPUs were idle."""
     from bench.realjobs import media, speech_file
     from core.settings import Settings
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     d = tmp / f"runner-{steps}"
     specs = [{"id": f"g{i}", "audio": str(speech_file(d / f"a{i}.wav", seconds, seed=i)), "seed": i}

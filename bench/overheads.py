@@ -44,8 +44,8 @@ def _plans(folder: Path, seconds: float, settings, size: str, image_px: int | No
     area, so the output is exactly that size (832×480 → tails of 1×3×73×480×832)."""
     from PIL import Image
 
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
 
     folder.mkdir(parents=True, exist_ok=True)
     if image_px:
@@ -67,8 +67,8 @@ def pool_run(plans, settings, env: dict, on_clip) -> dict:
     even when Ray was started before the storage server (a shared test Ray)."""
     import ray
 
-    from orchestrator.worker import RenderWorker
-    from orchestrator.scheduler import Scheduler
+    from orchestrator.render.worker import RenderWorker
+    from orchestrator.render.scheduler import Scheduler
 
     cls = ray.remote(RenderWorker).options(num_gpus=1, num_cpus=0, max_restarts=0, max_task_retries=0,
                                            runtime_env={"env_vars": env} if env else None)
@@ -132,7 +132,7 @@ def tail_costs(size: str, work: str, label: str, settings_kw: dict, tmp: Path, r
 
     from core.settings import Settings
     from infra.storage import parse, storage_for
-    from orchestrator.checkpoints import decode_tail, encode_tail
+    from orchestrator.workarea.layout import decode_tail, encode_tail
     from pipeline.backends.drills.faults import wan_shaped_tail
 
     w, h = (int(v) for v in size.split("*"))

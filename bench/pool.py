@@ -35,7 +35,7 @@ def _worker_class(kind: str):
     import ray
 
     from bench.sleepers import SleepWorker
-    from orchestrator.worker import RenderWorker
+    from orchestrator.render.worker import RenderWorker
 
     class LoadingWorker(RenderWorker if kind == "real" else SleepWorker):
         """The actor, plus `load()`: it holds the GPU for the scaled fixed cost of a fresh process (start, imports,
@@ -55,8 +55,8 @@ def _worker_class(kind: str):
 
 def plan_catalog(folder: Path, lengths_s: list[float], settings, size: str = "64*64") -> list:
     """Real plans (real audio, VAD, cuts) for the timed backend; lengths repeat audio files, seeds differ."""
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
 
     folder.mkdir(parents=True, exist_ok=True)
     image = media.presenter(folder / "presenter.png", size=128)
@@ -77,7 +77,7 @@ def pool_run(plans, settings, gpus: int, load_s: float, kind: str = "real") -> d
     """N actors load once, in parallel, then the real Scheduler spreads every chain over them."""
     import ray
 
-    from orchestrator.scheduler import Scheduler
+    from orchestrator.render.scheduler import Scheduler
 
     actors = _actors(settings, gpus, kind)
     t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """Benchmark: post-step seconds per minute of video for a 720p30 + 480p30 + HLS ladder, on CPU (no GPU, no clips).
 
 A stitched master of the given length (the draft backend's real clips, 832×480 at 16 fps) is made once; then the
-real post step (orchestrator.post.deliver) runs on it: captions track + VTT, loudness scan, MP4 720p30, MP4
+real post step (orchestrator.deliver.post.deliver) runs on it: captions track + VTT, loudness scan, MP4 720p30, MP4
 480p30, HLS 720p30 + 480p30 (fMP4 segments) with a WebVTT subtitle group."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def _master(d: Path, seconds: float, settings):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import media  # the test media helpers: speech-like audio with pauses, a presenter photo
 
-    from orchestrator.manifest import JobSpec
-    from orchestrator.planner import plan_job
+    from orchestrator.intake.manifest import JobSpec
+    from orchestrator.plan.planner import plan_job
     from pipeline.backends import backend_class
     from pipeline.backends.base import ClipRequest, SceneInput
     from pipeline.media import EncodeParams, encode_frames
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     from core.settings import Settings
-    from orchestrator.post import deliver
+    from orchestrator.deliver.post import deliver
 
     with tempfile.TemporaryDirectory(prefix="s2v-bench-post-") as tmp:
         d = Path(tmp)

@@ -29,8 +29,8 @@ def speech_file(path: Path, seconds: float, seed: int) -> Path:
 
 def plans_for(folder: Path, lengths_s: list[float], settings, *, size: str = "64*64", max_scene_s: float = 60.0,
               image_px: int = 256, backend: str = "faults") -> list:
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
 
     image = media.presenter(folder / "presenter.png", size=image_px)
     jobs = [{"id": f"job-{i:03d}", "audio": str(speech_file(folder / f"a{i}.wav", s, seed=i)), "seed": i}
@@ -45,7 +45,7 @@ def plans_for(folder: Path, lengths_s: list[float], settings, *, size: str = "64
 def worker_class(settings):
     import ray
 
-    from orchestrator.worker import RenderWorker
+    from orchestrator.render.worker import RenderWorker
 
     return ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=0,
                                             max_task_retries=0, max_concurrency=1)
@@ -55,7 +55,7 @@ def pool_run(plans, settings, gpus: int, on_clip=None) -> dict:
     """The actor pool: N actors started (and loaded) once, then the real Scheduler over every chain."""
     import ray
 
-    from orchestrator.scheduler import Scheduler
+    from orchestrator.render.scheduler import Scheduler
 
     t0 = time.monotonic()
     cls = worker_class(settings)

@@ -86,11 +86,11 @@ def bench_stitch(tmp: Path, clips: int, size: int = 64) -> dict:
 
 def bench_rerun(tmp: Path, rows: int, audios: list[Path], image: Path) -> dict:
     """Rerun of a finished manifest: every job already published with its current key → skipped, no Ray."""
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
-    from orchestrator.post import post_key
-    from orchestrator.publish import SIDECAR_SCHEMA, output_uris
-    from orchestrator.runner import render
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
+    from orchestrator.deliver.post import post_key
+    from orchestrator.deliver.publish import SIDECAR_SCHEMA, output_uris
+    from orchestrator.run.runner import render
     from core.settings import Settings
 
     out = tmp / "published"

@@ -8,7 +8,7 @@ import threading
 import time
 
 from bench.common import chain_times, lower_bound, simulate
-from orchestrator.worker import _LRU, resolve_plan
+from orchestrator.render.worker import _LRU, resolve_plan
 from pipeline.backends.drills.timed import clip_seconds
 
 
@@ -64,7 +64,7 @@ def run_chains(plans, base_s: float, gpus: int, settings, *, kill_every_s: float
     kill_every_s seconds of wall time (Ray restarts it; the scheduler re-queues its chain)."""
     import ray
 
-    from orchestrator.scheduler import Scheduler
+    from orchestrator.render.scheduler import Scheduler
 
     actors = make_sleepers(gpus, base_s, starts_dir, load_s)
     sched = Scheduler(settings, "file:///nonexistent-bench-work", actors)

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     import media
 
     from core.settings import Settings
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
     from pipeline.backends import backend_spec
 
     spec = backend_spec(a.backend)

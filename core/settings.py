@@ -31,7 +31,7 @@ class NodePrice(BaseModel):
 
 # RunPod: Secure Cloud (global networking needs it) per-GPU-hour list prices, late 2026 — H100 and A100 as in
 # DESIGN.md; the RTX A4000 head at RunPod's serverless flex rate for its class ($0.00016/s), an upper bound
-# for a pod (the console quotes the live rate). Keys are infra.runpod_api.price_key: runpod-<gpu>-x<GPUs>.
+# for a pod (the console quotes the live rate). Keys are infra.clusters.runpod.api.price_key: runpod-<gpu>-x<GPUs>.
 _RUNPOD_GPU_HOUR = {
     "h100-80gb-hbm3": NodePrice(on_demand=2.69, spot=1.35),
     "a100-sxm4-80gb": NodePrice(on_demand=1.59, spot=0.80),
@@ -68,7 +68,7 @@ def _default_node_prices() -> dict[str, NodePrice]:
         "a2-ultragpu-2g": p(on_demand=10.14, spot=4.06),
         "a2-ultragpu-4g": p(on_demand=20.28, spot=8.11),
         "a2-ultragpu-8g": p(on_demand=40.55, spot=16.22),
-        # RunPod pods: keys are infra.runpod_api.price_key (runpod-<gpu>-x<GPUs>), see _RUNPOD_GPU_HOUR above
+        # RunPod pods: keys are infra.clusters.runpod.api.price_key (runpod-<gpu>-x<GPUs>), see _RUNPOD_GPU_HOUR above
         **_runpod_node_prices(),
     }
 

@@ -78,7 +78,7 @@ def settings(tmp_path):
 @pytest.fixture
 def run_cli():
     """Run `s2v …` in-process; returns (exit code, captured output)."""
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     def run(*args):
         try:

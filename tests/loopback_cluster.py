@@ -318,7 +318,7 @@ def loopback_cluster(cfg: dict, path: Path, down: bool = False):
     import yaml
     from typer.testing import CliRunner
 
-    from orchestrator.cli_cluster import app
+    from orchestrator.cli.cluster import app
 
     path.write_text(yaml.safe_dump(cfg))
     provider = LocalNodeProvider(cfg["provider"], cfg["cluster_name"])

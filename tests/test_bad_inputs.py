@@ -20,7 +20,7 @@ import yaml
 
 import media
 from core.errors import ManifestError, Problem
-from orchestrator.runner import JobResult
+from orchestrator.run.runner import JobResult
 from pipeline.media import ffmpeg_bin
 from storage_servers import gcs_env, gcs_server, gcs_settings, unique  # noqa: F401 - fixtures
 
@@ -186,7 +186,7 @@ class CliRun:
 
 def cli_render(manifest: Path, work: Path, run_id: str, **env) -> CliRun:
     """`s2v render` in-process (so it joins the test's Ray), with its stderr captured as a user would see it."""
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
@@ -296,7 +296,7 @@ def test_output_folder_report_lists_only_its_jobs_with_relative_posters(rendered
 
 def test_report_links_are_relative_within_one_storage():
     from infra.storage import parse
-    from orchestrator.report import relative_href
+    from orchestrator.run.report import relative_href
 
     assert relative_href("s3://b/out/a.jpg", parse("s3://b/out")) == "a.jpg"
     assert relative_href("gs://b/out/a.jpg", parse("gs://b/work/runs/r1")) == "../../../out/a.jpg"
@@ -380,7 +380,7 @@ def test_malformed_files_exit_2_naming_the_line(run_cli, tmp_path, monkeypatch, 
     monkeypatch.setenv("S2V_WORK", str(tmp_path / "work"))
     m = tmp_path / name
     m.write_text(text)
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     probs = load_manifest(str(m)).problems
     assert any(p.where.startswith(f"{m}{where}") and words in str(p) for p in probs), [str(p) for p in probs]
@@ -399,7 +399,7 @@ UNREADABLE = [
 @pytest.mark.parametrize("name,data,words", UNREADABLE, ids=[c[0] for c in UNREADABLE])
 def test_unreadable_manifest_files(run_cli, tmp_path, monkeypatch, capsys, name, data, words):
     from core.settings import Settings
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     monkeypatch.setenv("S2V_MANIFEST_MAX_MB", "0.01")  # 10 kB: only huge.yaml passes it
     m = tmp_path / name
@@ -440,7 +440,7 @@ def test_relative_path_above_the_bucket_root_is_refused(gcs_env, tmp_path):
     """Item 11: in a manifest stored in a bucket (fake-gcs-server on 127.0.0.1), '../../x' once became the key
     '../../x'; it is refused naming row and field, while '../' inside the bucket still resolves."""
     from infra.storage import parse, storage_for
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     bucket = gcs_env.make_bucket(unique("bad"))
     s = gcs_settings(tmp_path)

@@ -132,7 +132,7 @@ def _manifest(tmp_path, assets, **job):
     ({"renditions": [{"name": "a", "interpolate": True}]}, "renditions.0", "needs an fps"),
 ])
 def test_manifest_rejects_bad_delivery_fields(tmp_path, assets, job, field, words):
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     m = load_manifest(str(_manifest(tmp_path, assets, **job)))
     assert not m.jobs
@@ -140,7 +140,7 @@ def test_manifest_rejects_bad_delivery_fields(tmp_path, assets, job, field, word
 
 
 def test_csv_cells_and_defaults_carry_renditions(tmp_path, assets):
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     csv = tmp_path / "m.csv"
     csv.write_text("id,audio,image,captions,caption_language,renditions\n"
@@ -162,8 +162,8 @@ def test_validate_names_every_caption_problem_of_the_row(tmp_path, assets, run_c
         {"id": "fine", "audio": str(assets["speech4"])}],
         {"image": str(assets["image"]), "size": "96*96", "output": str(tmp_path / "out")})
     from core.settings import Settings
-    from orchestrator.cli import _check
-    from orchestrator.manifest import load_manifest
+    from orchestrator.cli.main import _check
+    from orchestrator.intake.manifest import load_manifest
 
     s = Settings(work=str(tmp_path / "w"), cache_dir=tmp_path / "c", asr_model_dir=str(tmp_path / "no-model"))
     problems, plans = _check(load_manifest(str(m)), s, deep=True)

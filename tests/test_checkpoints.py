@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.checkpoints import WorkArea, decode_tail, encode_tail
+from orchestrator.workarea.layout import WorkArea, decode_tail, encode_tail
 from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 H, W = 48, 80  # a Wan-shaped tail at a small size: (1, 3, 73, 48, 80)
@@ -173,7 +173,7 @@ def test_a_published_job_leaves_no_checkpoints_unless_told_to_keep_them(ray_loca
     tails, markers, pre-encoded audio); with keep_checkpoints the clips stay and each chain kept at most one tail."""
     import media
     from core.settings import Settings
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     m = media.write_manifest(tmp_path / "m.yaml", [{"id": "lesson", "audio": str(assets["speech13"]), "seed": 1}],
                              {"image": str(assets["image"]), "size": "64*64", "backend": "faults", "max_scene_s": 8,

@@ -90,8 +90,8 @@ def _markers(s3, bucket: str) -> list[dict]:
 @pytest.mark.slow
 def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadata, tmp_path, run_cli,  # noqa: F811
                                                                monkeypatch, capsys):
-    from orchestrator import submit
-    from orchestrator.runner import render
+    from orchestrator.remote import submit
+    from orchestrator.run.runner import render
     from core.settings import Settings
 
     isolate_cloud_env(monkeypatch, tmp_path)

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from loopback_cluster import LOOPBACK_LABELS, LocalNodeProvider, loopback_config
 from loopback_cluster import node_pids as _node_pids
-from orchestrator.cli_cluster import app
+from orchestrator.cli.cluster import app
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -160,8 +160,8 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env, monkeypatch):
         record = json.loads((home / "s2v-dist" / "s2v-build.json").read_text())
         assert record["fingerprint"] == source_fingerprint(project)
         assert json.loads((home / "s2v-dist" / "node.json").read_text())["metadata"]["work"] == "s3://loopback/s2v-work"
-        marker = home / "site" / "orchestrator" / "cli_cluster.py"
-        assert marker.read_bytes() == (project / "orchestrator" / "cli_cluster.py").read_bytes()
+        marker = home / "site" / "orchestrator" / "cli" / "cluster.py"
+        assert marker.read_bytes() == (project / "orchestrator" / "cli" / "cluster.py").read_bytes()
         res = r.invoke(app, ["status", str(path)])
         assert res.exit_code == 0, res.output
         assert "head: 127.0.0.1" in res.output and "Node status" in res.output
@@ -172,7 +172,7 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env, monkeypatch):
         assert {k: node.labels.get(k) for k in LOOPBACK_LABELS} == LOOPBACK_LABELS
 
         # A change in the checkout reaches the node on the next `up` (here one that keeps Ray running).
-        (project / "orchestrator" / "cli_cluster.py").write_text(marker.read_text() + "\n# changed after up\n")
+        (project / "orchestrator" / "cli" / "cluster.py").write_text(marker.read_text() + "\n# changed after up\n")
         res = r.invoke(app, ["up", str(path), "--project", str(project), "--no-restart"])
         assert res.exit_code == 0, res.output
         assert marker.read_text().endswith("# changed after up\n")

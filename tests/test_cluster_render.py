@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from loopback_cluster import s3_cluster  # noqa: F401
-from orchestrator import submit
-from orchestrator.webhook import verify
+from orchestrator.remote import submit
+from orchestrator.deliver.webhook import verify
 from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server, unique  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

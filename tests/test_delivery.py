@@ -15,7 +15,7 @@ import yaml
 
 import media
 from conftest import start_local_ray
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 from pipeline.captions import parse_captions, plain_text
 from pipeline.media import count_video_frames, ffmpeg_bin, run_ffmpeg
 from pipeline.renditions import loudness_measure_argv, parse_ebur128
@@ -29,7 +29,7 @@ RENDITIONS = [{"name": "r144", "height": 144, "fps": 30},
 
 @pytest.fixture(scope="module")
 def tiny_asr(tmp_path_factory):
-    from orchestrator.cli import main
+    from orchestrator.cli.main import main
 
     d = tmp_path_factory.mktemp("asr") / "tiny-whisper"
     with pytest.raises(SystemExit) as e:

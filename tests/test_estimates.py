@@ -7,9 +7,9 @@ import json
 import threading
 
 import media
-from orchestrator import estimates
-from orchestrator.manifest import load_manifest
-from orchestrator.planner import plan_jobs
+from orchestrator.plan import estimates
+from orchestrator.intake.manifest import load_manifest
+from orchestrator.plan.planner import plan_jobs
 
 
 def _manifest(tmp_path, assets, **extra):
@@ -55,7 +55,7 @@ def test_a_damaged_table_falls_back_to_defaults_and_is_replaced(settings, tmp_pa
 
 
 def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_cli, capsys):
-    from orchestrator.scheduler import Chain, Scheduler
+    from orchestrator.render.scheduler import Chain, Scheduler
 
     m = load_manifest(str(_manifest(tmp_path, assets)))
     plan, = plan_jobs(m.jobs, settings).plans
@@ -78,7 +78,7 @@ def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_
 
 
 def test_a_render_records_its_clip_times(ray_local, assets, settings, tmp_path):
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     res = render(str(_manifest(tmp_path, assets, output=str(tmp_path / "out"))), settings)
     assert res.exit_code == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import media
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import gc
-from orchestrator.checkpoints import WorkArea
+from orchestrator.workarea import gc
+from orchestrator.workarea.layout import WorkArea
 from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 DAY = 86400.0

@@ -14,8 +14,8 @@ import time
 import pytest
 
 import media
-from orchestrator.checkpoints import WorkArea
-from orchestrator.leases import SCHEMA, Leases, holder_gone
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.workarea.leases import SCHEMA, Leases, holder_gone
 from storage_servers import gcs_env, gcs_server, gcs_settings, s3_env, s3_server, s3_settings, unique  # noqa: F401
 from test_storage_common import backend  # noqa: F401 — local, S3 and GCS, each with an empty prefix
 
@@ -102,7 +102,7 @@ def test_a_crashed_holder_on_this_machine_is_taken_over_without_waiting(tmp_path
         assert crashed.acquire("k-dead", ["j"]) is None
         running = Leases(root, Settings(), "running-run", clock=clock)
         running._me["pid"] = alive.pid
-        running._me["pid_start"] = __import__("orchestrator.leases", fromlist=["x"])._pid_start(alive.pid)
+        running._me["pid_start"] = __import__("orchestrator.workarea.leases", fromlist=["x"])._pid_start(alive.pid)
         assert running.acquire("k-live", ["j"]) is None
         elsewhere = Leases(root, Settings(), "remote-run", clock=clock)
         elsewhere._me.update(host="another-host", pid=int(dead.stdout))
@@ -124,7 +124,7 @@ def test_a_crashed_holder_on_this_machine_is_taken_over_without_waiting(tmp_path
 def test_latest_never_flips_back_to_an_older_run(tmp_path):
     """runs/LATEST was rewritten on every state write, so an older run still writing made it point backwards."""
     from core.settings import Settings
-    from orchestrator.runner import _State
+    from orchestrator.run.runner import _State
 
     work = WorkArea.at(str(tmp_path / "work"), Settings())
     older, newer = _State(work, "run-older", "m.yaml", {}), _State(work, "run-newer", "m.yaml", {})
@@ -149,7 +149,7 @@ def test_two_concurrent_renders_of_one_manifest_render_each_clip_once(ray_local,
     """Run A renders (slowly); run B starts meanwhile and skips A's jobs, naming A; run C starts meanwhile too but
     waits, and finds them published by A. Every clip rendered once; LATEST names the last run started. The
     lease lives 3 s and A renders for longer, so A's renewals are what keep B and C off."""
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     faults = tmp_path / "faults"
     s = settings.model_copy(update={"faults": [{"action": "slow", "seconds": 2.5}], "faults_dir": str(faults),

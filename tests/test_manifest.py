@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ManifestError
-from orchestrator.manifest import load_manifest, parse_defaults
+from orchestrator.intake.manifest import load_manifest, parse_defaults
 
 
 def _write(tmp_path: Path, name: str, text: str) -> str:
@@ -214,7 +214,7 @@ def test_ids_fully_match_and_are_taken_as_written(tmp_path, written, loaded):
 
 def test_run_ids_follow_the_id_rule():
     from core.errors import InputError
-    from orchestrator.manifest import check_run_id
+    from orchestrator.intake.manifest import check_run_id
 
     for ok in ("nightly-1", "20261125-073804-a08947", "a.b_c"):
         assert check_run_id(ok) == ok
@@ -229,7 +229,7 @@ def test_every_regex_validator_fully_matches():
 
     from core.errors import ConfigError
     from core.settings import Settings
-    from infra.runpod_api import check_id, deploy_mutation
+    from infra.clusters.runpod.api import check_id, deploy_mutation
 
     assert check_id("abc-1") == "abc-1"
     with pytest.raises(ConfigError):

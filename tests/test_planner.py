@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 import media
-from orchestrator.planner import chains_for, plan_job
-from orchestrator.manifest import load_manifest
+from orchestrator.plan.planner import chains_for, plan_job
+from orchestrator.intake.manifest import load_manifest
 from pipeline import audio
 from pipeline.backends import backend_spec
 from pipeline.backends.base import BackendSpec, clip_frame_counts
@@ -273,7 +273,7 @@ def test_a_decompression_bomb_is_that_rows_problem(assets, tmp_path, run_cli, ca
 
 
 def test_an_unexpected_error_in_one_job_is_that_rows_problem(assets, settings, tmp_path, run_cli, capsys):
-    from orchestrator.planner import plan_jobs
+    from orchestrator.plan.planner import plan_jobs
 
     long_name = tmp_path / ("x" * 300 + ".wav")  # the OS refuses the name: OSError, not a missing file
     m = load_manifest(str(media.write_manifest(tmp_path / "m.yaml", [
@@ -290,7 +290,7 @@ def test_an_unexpected_error_in_one_job_is_that_rows_problem(assets, settings, t
 def test_audio_analysis_memory_does_not_grow_with_length(tmp_path):
     import tracemalloc
 
-    from orchestrator import planner
+    from orchestrator.plan import planner
 
     rng = np.random.default_rng(3)
     pcm = np.concatenate([media.speech([(4.0, 0.6)] * 2, seed=3)[0],

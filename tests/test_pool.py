@@ -16,7 +16,7 @@ import pytest
 import media
 from autoscaler import requested, wait_for
 from core.settings import NodePrice, Settings
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 
 HEAD = {"s2v-price-key": "m5.large", "s2v-market": "on-demand"}
 GPU = {"s2v-price-key": "p5.48xlarge", "s2v-market": "spot"}
@@ -54,9 +54,9 @@ def test_pool_grows_to_every_gpu_shrinks_and_grows_again_priced_by_node_hours(no
                                                                               monkeypatch):
     import ray
 
-    import orchestrator.pool as pool_mod
+    import orchestrator.render.pool as pool_mod
     from conftest import start_local_ray
-    from orchestrator.report import report_doc
+    from orchestrator.run.report import report_doc
 
     monkeypatch.setattr(pool_mod, "BOOTSTRAP_CONFIG", str(tmp_path / "none.yaml"))  # no launcher config here
     start_local_ray()
@@ -132,7 +132,7 @@ def test_spot_that_never_comes_turns_into_on_demand_and_says_so(no_ray, assets, 
     on-demand node type (its request names s2v_ondemand); the run finishes there and reports why."""
     import ray
 
-    import orchestrator.pool as pool_mod
+    import orchestrator.render.pool as pool_mod
 
     monkeypatch.setattr(pool_mod, "BOOTSTRAP_CONFIG", str(tmp_path / "none.yaml"))
     m = media.write_manifest(tmp_path / "m.yaml", [{"id": "one", "audio": str(assets["speech4"])}],
@@ -167,7 +167,7 @@ def test_config_gpu_limit_reads_the_launcher_config(tmp_path):
     """--gpus unset on a launcher cluster: the most actors its config allows (global max_workers binds)."""
     import yaml
 
-    from orchestrator.pool import config_gpu_limit
+    from orchestrator.render.pool import config_gpu_limit
 
     cfg = {"max_workers": 5, "head_node_type": "head",
            "available_node_types": {"head": {"resources": {"CPU": 4, "GPU": 0}, "max_workers": 0},

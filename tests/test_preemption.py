@@ -548,6 +548,6 @@ def test_a_cluster_names_its_notice_source_by_provider():
         return run_settings_env(cfg)["S2V_PREEMPTION_SOURCES"]
 
     assert env({"type": "aws"}) == "aws" and env({"type": "gcp"}) == "gcp"
-    assert env({"type": "external", "module": "infra.runpod_provider.RunPodNodeProvider"}) == "sigterm"
+    assert env({"type": "external", "module": "infra.clusters.runpod.provider.RunPodNodeProvider"}) == "sigterm"
     assert env({"type": "external", "module": "loopback_cluster.LocalNodeProvider"}) == "none"
     assert env({"type": "aws"}, preemption_sources="none") == "none"

@@ -14,7 +14,7 @@ import pytest
 
 import media
 from node_imds import NodeImds
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 from core.settings import Settings
 from infra.preemption import sigterm_flag_path, write_sigterm_flag
 
@@ -107,7 +107,7 @@ def test_interruption_gets_a_replacement_warning_starts_no_chain_and_both_clear(
     import ray
     from ray.cluster_utils import Cluster
 
-    import orchestrator.pool as pool_mod
+    import orchestrator.render.pool as pool_mod
     from autoscaler import requested, wait_for
 
     pcm, _ = media.speech([(19.0, 0)], seed=13)  # a 4-clip chain per job; 3 run, 7 wait

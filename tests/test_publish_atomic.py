@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import media
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 300 << 20

@@ -13,10 +13,10 @@ import pytest
 import media
 from infra.storage.checks import within_roots
 from infra.storage.uri import parse
-from orchestrator.manifest import JobSpec
-from orchestrator.publish import SIDECAR_SCHEMA, _claim, output_uris, replace_problem
-from orchestrator.checkpoints import WorkArea
-from orchestrator.runner import render
+from orchestrator.intake.manifest import JobSpec
+from orchestrator.deliver.publish import SIDECAR_SCHEMA, _claim, output_uris, replace_problem
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.run.runner import render
 from storage_servers import s3_env, s3_server, s3_settings, unique  # noqa: F401
 
 DOCKER_CONFIG = {"auths": {"registry.example": {"auth": "dXNlcjpwYXNz"}}, "credsStore": "desktop"}
@@ -48,7 +48,7 @@ def test_a_manifest_cannot_replace_a_file_s2v_did_not_publish(ray_local, assets,
             res = render(str(m), settings.model_copy(update={"webhook_url": hooks.url}))
         finally:
             hooks.stop()
-        from orchestrator.report import write_reports
+        from orchestrator.run.report import write_reports
 
         reports = write_reports(res, settings)
     finally:
@@ -148,7 +148,7 @@ def test_outputs_outside_the_allowed_roots_are_refused_at_validate(tmp_path, run
 
     from core.settings import Settings
     from infra.storage.checks import check_inputs
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     s = Settings()
     problems = check_inputs(load_manifest(str(m), None, s).jobs, s)

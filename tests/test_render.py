@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import media
-from orchestrator.runner import render
+from orchestrator.run.runner import render
 from pipeline.media import count_video_frames, probe
 
 FPS = 16

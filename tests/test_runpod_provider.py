@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from core.errors import ClusterError, ConfigError
-from infra.runpod_provider import CLUSTER_ENV, RunPodNodeProvider
+from infra.clusters.runpod.provider import CLUSTER_ENV, RunPodNodeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "infra" / "clusters" / "runpod.yaml"
@@ -202,7 +202,7 @@ NC = {"gpu_type_id": "NVIDIA H100 80GB HBM3", "gpu_count": 1, "image_name": "run
 
 
 def _provider(tmp_path, name="c1", **extra):
-    cfg = {"type": "external", "module": "infra.runpod_provider.RunPodNodeProvider", "global_networking": False,
+    cfg = {"type": "external", "module": "infra.clusters.runpod.provider.RunPodNodeProvider", "global_networking": False,
            "state_dir": str(tmp_path / "state")}
     return RunPodNodeProvider({**cfg, **extra}, name)
 
@@ -255,7 +255,7 @@ def test_hostile_values_stay_inside_their_strings(fake_runpod, tmp_path):
 
 
 def test_invalid_inputs_rejected_before_any_query(fake_runpod, tmp_path):
-    from infra.runpod_api import gql_str
+    from infra.clusters.runpod.api import gql_str
 
     p = _provider(tmp_path)
     for bad in (dict(NC, env={'BAD KEY"': "v"}), dict(NC, cloud_type="SECURE } evil"), dict(NC, ports='22/tcp"'),
@@ -320,7 +320,7 @@ def test_shipped_template_forms_a_cluster(fake_runpod, tmp_path):
     """Every node type of runpod.yaml deploys as RunPod requires for Ray's pod-to-pod traffic."""
     from core.settings import Settings
     from infra.clusters.config import check_node_configs
-    from infra.runpod_api import price_key
+    from infra.clusters.runpod.api import price_key
 
     cfg = _template()
     assert not check_node_configs(cfg).items
@@ -340,7 +340,7 @@ def test_shipped_template_forms_a_cluster(fake_runpod, tmp_path):
     # Both start commands advertise the global-network IP and apply the labels set at create.
     for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
         start = next(c for c in cmds if "ray start" in c)
-        assert "python -m infra.runpod_node env" in start and "--node-ip-address=$S2V_NODE_IP" in start
+        assert "python -m infra.clusters.runpod.node env" in start and "--node-ip-address=$S2V_NODE_IP" in start
 
 
 def test_cpu_pods_use_deploy_cpu_pod_and_cannot_join_global_networking(fake_runpod, tmp_path):
@@ -504,7 +504,7 @@ def test_node_start_env_merges_labels_and_sets_the_node_ip(tmp_path, monkeypatch
     """What the start commands eval: the market RunPod actually gave wins over the node type's label."""
     import socket
 
-    from infra import runpod_node
+    from infra.clusters.runpod import node as runpod_node
 
     environ = tmp_path / "environ"
     labels = {"s2v-price-key": "runpod-h100-80gb-hbm3-x1", "s2v-market": "on-demand"}
@@ -527,7 +527,7 @@ def test_node_start_env_merges_labels_and_sets_the_node_ip(tmp_path, monkeypatch
     monkeypatch.setattr(socket, "gethostbyname", lambda h: (_ for _ in ()).throw(socket.gaierror("no such name")))
     with pytest.raises(SystemExit, match="global networking"):
         runpod_node.main(["ip", str(environ)])
-    r = subprocess.run([sys.executable, "-m", "infra.runpod_node", "labels", str(environ)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "infra.clusters.runpod.node", "labels", str(environ)], capture_output=True,
                        text=True, env={**os.environ, "RAY_OVERRIDE_LABELS": ""}, cwd=ROOT, check=True)
     assert json.loads(r.stdout) == labels
 
@@ -541,7 +541,7 @@ def test_pod_entrypoint_traps_sigterm_into_the_watchers_flag(tmp_path):
     import time
 
     from infra.preemption.sigterm import FLAG_NAME, SIGTERM_FLAG_DIR, SigtermSource
-    from infra.runpod_provider import SIGTERM_ENTRYPOINT
+    from infra.clusters.runpod.provider import SIGTERM_ENTRYPOINT
 
     argv = shlex.split(SIGTERM_ENTRYPOINT)
     assert argv[:2] == ["bash", "-c"]

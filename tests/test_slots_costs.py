@@ -8,8 +8,8 @@ import time
 import pytest
 
 from core.settings import NodePrice, Settings
-from orchestrator.costs import NodeLedger, NodeUse
-from orchestrator.slots import ALLOWED, IllegalTransition, Slot, SlotState
+from orchestrator.render.costs import NodeLedger, NodeUse
+from orchestrator.render.slots import ALLOWED, IllegalTransition, Slot, SlotState
 
 S = SlotState
 
@@ -84,7 +84,7 @@ def test_budget_uses_the_clusters_real_spend(tmp_path):
     idle nodes included): no new chain starts, and the reason says the spend came from node-hours."""
     from types import SimpleNamespace
 
-    from orchestrator.scheduler import Chain, Scheduler
+    from orchestrator.render.scheduler import Chain, Scheduler
 
     s = Settings(budget_usd=400.0, node_prices={"p5.48xlarge": NodePrice(on_demand=98.0, spot=40.0),
                                                 "m5.large": NodePrice(on_demand=0.1, spot=0.04)})
@@ -106,7 +106,7 @@ def test_a_chain_advances_over_saved_clips_in_any_report_order(tmp_path):
     advances only over contiguous markers, and reaches the end once both are known (it once stalled there)."""
     from types import SimpleNamespace
 
-    from orchestrator.scheduler import Chain, Scheduler
+    from orchestrator.render.scheduler import Chain, Scheduler
 
     sched = Scheduler(Settings(), str(tmp_path), [])
     chain = sched.chains[("j", 0)] = Chain(plan=SimpleNamespace(job=SimpleNamespace(id="j", backend="draft")),

@@ -156,7 +156,7 @@ def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypat
 
     from infra.storage import base
     from infra.storage.base import storage_for
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     pytest.importorskip({"s3": "boto3", "gs": "google.cloud.storage"}[cloud])
     if cloud == "s3":

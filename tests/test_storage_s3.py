@@ -15,7 +15,7 @@ from infra.storage.checks import check_inputs
 from infra.storage.s3 import S3Storage
 from infra.storage.uri import parse
 from core.errors import InputError, StorageError
-from orchestrator.manifest import JobSpec
+from orchestrator.intake.manifest import JobSpec
 from storage_servers import (  # noqa: F401
     READER_KEY, READER_SECRET, SECRET_KEY, KillingProxy, S3Server, s3_env, s3_server, s3_settings, unique,
 )

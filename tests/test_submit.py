@@ -25,18 +25,18 @@ import yaml
 
 import media
 from loopback_cluster import ROOT, TESTS, loopback_config, s3_cluster  # noqa: F401
-from orchestrator import forward, submit, tunnel
+from orchestrator.remote import forward, submit, tunnel
 from storage_servers import ACCESS_KEY, SECRET_KEY, isolate_cloud_env, s3_server  # noqa: F401
 
 SECRET = "whsec-remote-7Q2xV9-do-not-leak"
 URL_TOKEN = "T0KEN-in-webhook-path-4f1c"
 DRIVER = """
 import hashlib, os, sys, time
-from orchestrator.cli import _settings
+from orchestrator.cli.main import _settings
 code, sleep_s, manifest = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 folder = os.environ.get('S2V_SECRETS_DIR')
 s = _settings()
-from orchestrator.manifest import load_manifest
+from orchestrator.intake.manifest import load_manifest
 m = load_manifest(manifest, None, s)
 print('DRIVER', ' '.join(sys.argv[3:]), flush=True)
 print('JOBS', ' '.join(sorted(j.id + '=' + j.audio + '=' + j.output for j in m.jobs)), flush=True)

@@ -18,7 +18,7 @@ if importlib.util.find_spec("diffsynth") is None or importlib.util.find_spec("to
 
 from typer.testing import CliRunner  # noqa: E402
 
-from orchestrator.cli_models import app as models_app  # noqa: E402
+from orchestrator.cli.models import app as models_app  # noqa: E402
 from core.errors import ConfigError, RenderError  # noqa: E402
 from pipeline.backends import backend_spec  # noqa: E402
 from pipeline.backends.base import ClipRequest, SceneInput, clip_frame_counts  # noqa: E402
@@ -210,8 +210,8 @@ def test_plan_of_a_chain_is_frame_exact_with_the_shorter_first_clip():
 
 def test_importing_the_backend_and_manifest_does_not_import_torch(tiny_dir):
     """The planner's path, the weights fingerprint included, runs on a driver without torch."""
-    code = ("import sys, json; import pipeline.backends.wan_s2v, pipeline.backends.wan_tiny, orchestrator.manifest, "
-            "orchestrator.cli_models, orchestrator.cli, orchestrator.planner; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
+    code = ("import sys, json; import pipeline.backends.wan_s2v, pipeline.backends.wan_tiny, orchestrator.intake.manifest, "
+            "orchestrator.cli.models, orchestrator.cli, orchestrator.plan.planner; from pipeline.backends import backend_spec; backend_spec('wan-s2v');"
             "from pathlib import Path; from pipeline.backends.weights_id import folder_fingerprint; "
             "from pipeline.backends.wan_s2v import WanS2VBackend as B; d = Path(sys.argv[1]); "
             "assert len(folder_fingerprint(d, B.weights_files(d))) == 32;"
@@ -236,7 +236,7 @@ def test_two_scene_job_renders_end_to_end_through_the_scheduler(tiny_dir, ray_lo
     """Real path: manifest → plan → Ray actors (tiny weights loaded once each) → clip chains → stitch → publish."""
     import media
 
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
     from pipeline.media import count_video_frames
 
     pcm, pauses = media.speech([(5.5, 0.6), (2.0, 0)], seed=5)  # 8.1 s: a 2-clip scene, a pause, a 1-clip scene
@@ -272,8 +272,8 @@ def test_a_scene_without_a_negative_prompt_gets_upstreams_and_an_empty_one_stays
 def _plan(job: dict, tmp_path, settings, name="j"):
     import media
 
-    from orchestrator.manifest import JobSpec
-    from orchestrator.planner import plan_job
+    from orchestrator.intake.manifest import JobSpec
+    from orchestrator.plan.planner import plan_job
 
     wav = tmp_path / "talk.wav"
     if not wav.exists():
@@ -284,7 +284,7 @@ def _plan(job: dict, tmp_path, settings, name="j"):
 
 
 def test_negative_prompt_default_is_resolved_in_the_plan_and_the_key(tiny_dir, tmp_path, settings):
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
     from pipeline.backends.wan_s2v import UPSTREAM_NEGATIVE_PROMPT
 
     csv = tmp_path / "jobs.csv"

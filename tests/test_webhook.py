@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from orchestrator.webhook import (DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign,
+from orchestrator.deliver.webhook import (DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign,
                                   verify)
 
 SECRET = "s3cr3t-hmac-key-do-not-log"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import media
-from orchestrator.runner import render
-from orchestrator.webhook import verify
+from orchestrator.run.runner import render
+from orchestrator.deliver.webhook import verify
 from test_webhook import Receiver
 
 

@@ -14,8 +14,8 @@ import media
 def plans(tmp_path_factory, assets):
     """Two jobs with a 3-clip chain each (faults backend = draft frames, deterministic)."""
     from core.settings import Settings
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import plan_jobs
 
     d = tmp_path_factory.mktemp("worker")
     pcm, _ = media.speech([(12.0, 0)], seed=21)
@@ -33,7 +33,7 @@ def plans(tmp_path_factory, assets):
 def _actor(settings, backends=("faults",)):
     import ray
 
-    from orchestrator.worker import RenderWorker
+    from orchestrator.render.worker import RenderWorker
 
     return ray.remote(RenderWorker).options(num_gpus=1, num_cpus=0, max_restarts=0).remote(settings, backends)
 
@@ -74,7 +74,7 @@ def test_checkpoint_protocol_and_one_tail_per_actor(ray_local, plans, settings, 
 
 def test_cuda_policy():
     from core.settings import Settings
-    from orchestrator.worker import cuda_policy
+    from orchestrator.render.worker import cuda_policy
 
     local, cluster = Settings(), Settings(address="auto")
     assert cuda_policy(local, needs_cuda=True) == "prefer"  # logical GPUs on a CPU machine: tests, demos
@@ -91,7 +91,7 @@ def test_wan_actor_without_cuda_fails_with_the_reason_and_the_run_does_not_wait(
     reason instead of rendering on CPU or waiting for a worker. cuda=auto on the embedded Ray still loads on CPU."""
     import ray
 
-    from orchestrator.runner import render
+    from orchestrator.run.runner import render
 
     auto = _actor(settings, ("wan-s2v",))
     assert ray.get(auto.ping.remote(), timeout=120)["node"]  # auto, no cluster: CPU is fine

@@ -193,7 +193,7 @@ def _check_gcp(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: boo
 
 
 def _check_runpod(probs: ProblemList, where: str, nc: dict, cfg: dict, is_head: bool) -> None:
-    from infra.runpod_api import DATA_CENTER_RE, SECRET_ENV_RE
+    from infra.clusters.runpod.api import DATA_CENTER_RE, SECRET_ENV_RE
 
     _unknown_keys(probs, where, nc, RUNPOD_KEYS)
     ct = nc.get("cloud_type", "ALL")

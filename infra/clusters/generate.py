@@ -45,7 +45,7 @@ def price_key(provider: str, node_config: dict) -> str:
         return str(node_config["InstanceType"])
     if provider == "gcp":
         return str(node_config["machineType"])
-    from infra.runpod_api import price_key as runpod_price_key
+    from infra.clusters.runpod.api import price_key as runpod_price_key
 
     return runpod_price_key(node_config)
 
@@ -133,7 +133,7 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
             text = yaml.safe_dump(types, sort_keys=False).replace("YOUR-PROJECT", settings.cloud_project)
             cfg["available_node_types"] = types = yaml.safe_load(text)
     else:
-        from infra.runpod_api import DATA_CENTER_RE
+        from infra.clusters.runpod.api import DATA_CENTER_RE
 
         # cloud_region defaults to an AWS region; only a RunPod data center id (EU-RO-1) pins one.
         region = settings.cloud_region or ""

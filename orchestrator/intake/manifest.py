@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from infra.storage import uri as uris
 from core.errors import InputError, ManifestError, Problem, ProblemList
-from orchestrator import safe_yaml
-from orchestrator.delivery_fields import AUTO, DeliveryFields  # delivery: captions + renditions fields
-from orchestrator.manifest_files import YAMLError, csv_rows, key_text, read_text, suggest, yaml_rows
+from orchestrator.intake import safe_yaml
+from orchestrator.intake.delivery_fields import AUTO, DeliveryFields  # delivery: captions + renditions fields
+from orchestrator.intake.files import YAMLError, csv_rows, key_text, read_text, suggest, yaml_rows
 
 # validators use fullmatch: `$` also matches before a trailing newline, so "evil\n" passed a match() with `$`
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

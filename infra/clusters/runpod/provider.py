@@ -1,4 +1,4 @@
-"""Ray external NodeProvider for RunPod pods (provider: {type: external, module: infra.runpod_provider.RunPodNodeProvider})."""
+"""Ray external NodeProvider for RunPod pods (provider: {type: external, module: infra.clusters.runpod.provider.RunPodNodeProvider})."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ray.autoscaler.node_provider import NodeProvider
 from core.errors import ClusterError, ConfigError, TransientError
 from core.retry import retrying
 from infra.preemption.sigterm import FLAG_NAME, SIGTERM_FLAG_DIR, sigterm_trap_command
-from infra.runpod_api import (
+from infra.clusters.runpod.api import (
     LABELS_ENV,
     MARKET_LABEL,
     ON_DEMAND,

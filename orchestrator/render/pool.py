@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from core.settings import Settings
-from orchestrator.costs import NodeLedger
-from orchestrator.slots import COUNTED, WAITING, Slot, SlotState
+from orchestrator.render.costs import NodeLedger
+from orchestrator.render.slots import COUNTED, WAITING, Slot, SlotState
 
 S = SlotState
 NOTICE_PROBE_S = 1.0  # how often a warned or draining actor is asked whether its notice passed
@@ -28,7 +28,7 @@ def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = (), reso
     node: Ray restarts one whose process or node died wherever a GPU is (or will be) free."""
     import ray
 
-    from orchestrator.worker import RenderWorker
+    from orchestrator.render.worker import RenderWorker
 
     cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
                                            max_task_retries=0, max_concurrency=1, resources=resources or {})

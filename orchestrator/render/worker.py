@@ -15,8 +15,8 @@ import numpy as np
 
 from core.errors import ChainBroken, CudaUnavailable, Preempted, RenderError, Warned
 from core.settings import Settings
-from orchestrator.checkpoints import WorkArea
-from orchestrator.planner import JobPlan, local_path
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.plan.planner import JobPlan, local_path
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class
 from pipeline.backends.base import ClipRequest, SceneInput
@@ -177,7 +177,7 @@ class RenderWorker:
             self.broken = e
 
     def _start_notices(self) -> None:
-        from orchestrator.node_notices import NodeNotices
+        from orchestrator.render.notices import NodeNotices
 
         try:
             self.node_notices = NodeNotices(self.settings, self.node)
@@ -199,7 +199,7 @@ class RenderWorker:
                 "gpus": [str(g) for g in ray.get_gpu_ids()], "clips": self.clips_rendered,
                 "actor": ctx.get_actor_id(), "tails": int(self.tail is not None),
                 "tail_bytes": int(self.tail[2].nbytes) if self.tail is not None else 0,
-                "code": str(Path(__file__).resolve().parent)}  # the installed project this node runs
+                "code": str(Path(__file__).resolve().parents[1])}  # the installed project this node runs
 
     def notices(self) -> dict:
         """The node's active spot notices now (the scheduler asks while a slot is warned or draining)."""

@@ -56,7 +56,7 @@ def project_root(given: Path | None = None) -> Path:
     """The checkout whose code the nodes run: --project, else the one this `s2v` runs from, else the cwd."""
     if given is not None:
         return given
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
@@ -251,4 +251,4 @@ def attach(
 
 
 # the remote-run commands (dashboard, exec, jobs, logs, stop) register themselves on `app`
-import orchestrator.cli_cluster_jobs  # noqa: E402,F401
+import orchestrator.cli.cluster_jobs  # noqa: E402,F401

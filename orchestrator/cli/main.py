@@ -21,32 +21,32 @@ SetOpt = typer.Option(None, "--set", help="Default for a field, FIELD=VALUE (rep
 
 
 def _console():
-    from orchestrator.report import console
+    from orchestrator.run.report import console
 
     return console
 
 
 def _styled(*parts):
-    from orchestrator.report import styled
+    from orchestrator.run.report import styled
 
     return styled(*parts)
 
 
 def _settings(**overrides):
-    from orchestrator.forward import load_settings  # reads S2V_SECRETS_DIR on a cluster's driver
+    from orchestrator.remote.forward import load_settings  # reads S2V_SECRETS_DIR on a cluster's driver
 
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _defaults(defaults_file, pairs):
-    from orchestrator.manifest import parse_defaults
+    from orchestrator.intake.manifest import parse_defaults
 
     return parse_defaults(list(pairs or []), defaults_file)
 
 
 def _check(manifest, settings, deep: bool):
     """Every problem with a manifest: fields, then inputs/outputs reachable, then media (deep)."""
-    from orchestrator.planner import plan_jobs
+    from orchestrator.plan.planner import plan_jobs
 
     problems = list(manifest.problems)
     jobs = list(manifest.jobs)
@@ -70,8 +70,8 @@ def validate(manifest: str = typer.Argument(..., help="Manifest path or URI (.ya
              deep: bool = typer.Option(True, help="Also decode every input (audio, image) to catch bad media."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON on stdout.")) -> int:
     """Report every problem in a manifest at once, on stdout (exit 2 if any). Creates nothing."""
-    from orchestrator.manifest import load_manifest
-    from orchestrator.report import make_console, print_problems, problems_json, styled
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.run.report import make_console, print_problems, problems_json, styled
 
     settings = _settings()
     m = load_manifest(manifest, _defaults(defaults, set_), settings)
@@ -102,9 +102,9 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
          work: Optional[str] = typer.Option(None, help="Work area whose measured clip times the estimate uses."),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout.")) -> int:
     """Scenes, clips, frames, GPU-seconds and cost per job and in total — without rendering."""
-    from orchestrator.manifest import load_manifest
-    from orchestrator.planner import estimate
-    from orchestrator.report import plan_table, print_problems
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.plan.planner import estimate
+    from orchestrator.run.report import plan_table, print_problems
 
     settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot, work=work)
     m = load_manifest(manifest, _defaults(defaults, set_), settings)
@@ -137,9 +137,9 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
            progress: bool = typer.Option(True, help="Show progress bars."),
            run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp).")) -> int:
     """Render every job of a manifest; exit 0 all published, 1 some failed, 2 bad input."""
-    from orchestrator.manifest import check_run_id
-    from orchestrator.report import RichProgress, results_table, styled, write_reports
-    from orchestrator.runner import render as run_render
+    from orchestrator.intake.manifest import check_run_id
+    from orchestrator.run.report import RichProgress, results_table, styled, write_reports
+    from orchestrator.run.runner import render as run_render
 
     if run_id is not None:
         check_run_id(run_id)  # it names a folder of the work area: never '../../somewhere'
@@ -151,7 +151,7 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
                         progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
     con = _console()
     if result.problems:
-        from orchestrator.report import print_problems
+        from orchestrator.run.report import print_problems
 
         print_problems(result.problems, f"{len(result.problems)} input problem(s)", _ids_of(result),
                        base=manifest)
@@ -165,8 +165,8 @@ def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, deta
                        run_id) -> int:
     """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/submit.py)."""
     from core.errors import ConfigError
-    from orchestrator import submit
-    from orchestrator.report import print_problems
+    from orchestrator.remote import submit
+    from orchestrator.run.report import print_problems
 
     if address:
         raise ConfigError("--address and --cluster exclude each other: --cluster submits to a cluster launched "
@@ -207,15 +207,15 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
            work: Optional[str] = typer.Option(None, help="Work area URI the run used."),
            as_json: bool = typer.Option(False, "--json")) -> int:
     """Show a run's state from the work area (works after the driver died, from any machine)."""
-    from orchestrator.checkpoints import WorkArea
-    from orchestrator.manifest import check_run_id
-    from orchestrator.report import results_table, styled
+    from orchestrator.workarea.layout import WorkArea
+    from orchestrator.intake.manifest import check_run_id
+    from orchestrator.run.report import results_table, styled
 
     if run is not None:
         check_run_id(run)
     remote = None
     if run and work is None:
-        from orchestrator import submit
+        from orchestrator.remote import submit
 
         remote = submit.job_status(run)  # a run this machine submitted to a cluster: its config and work area
         if remote:
@@ -252,8 +252,8 @@ def gc_command(work: Optional[str] = typer.Option(None, help="Work area URI (def
                yes: bool = typer.Option(False, "--yes", help="Remove; without it, only list what would go."),
                as_json: bool = typer.Option(False, "--json")) -> int:
     """Clean a work area: old runs, abandoned jobs, superseded tails, stale temps. A dry run unless --yes."""
-    from orchestrator import gc
-    from orchestrator.checkpoints import WorkArea
+    from orchestrator.workarea import gc
+    from orchestrator.workarea.layout import WorkArea
 
     settings = _settings(work=work)
     plan = gc.collect(WorkArea.at(settings.work, settings), days=days, temp_hours=temp_hours,
@@ -285,13 +285,13 @@ def _size(n: float) -> str:
 
 def _driver_gone(state: dict) -> bool:
     """True only when the driver ran on this host and its process no longer exists."""
-    from orchestrator.gc import driver_alive
+    from orchestrator.workarea.gc import driver_alive
 
     return driver_alive(state) is False
 
 
 # sub-command groups in their own modules (each imports its heavy libraries inside its commands)
-for _name, _mod in (("models", "orchestrator.cli_models"), ("cluster", "orchestrator.cli_cluster")):
+for _name, _mod in (("models", "orchestrator.cli.models"), ("cluster", "orchestrator.cli.cluster")):
     app.add_typer(importlib.import_module(_mod).app, name=_name)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.settings import Settings
-from orchestrator.checkpoints import first_missing
-from orchestrator.planner import JobPlan, ScenePlan, expected_clip_s
+from orchestrator.workarea.layout import first_missing
+from orchestrator.plan.planner import JobPlan, ScenePlan, expected_clip_s
 
 
 @dataclass

@@ -217,7 +217,7 @@ def default_key_file(cluster_name: str) -> str:
 
 def on_runpod() -> bool:
     """Inside a RunPod pod (where RUNPOD_API_KEY, if any, is RunPod's pod-scoped key, not the account's)."""
-    from infra.runpod_node import pod_env
+    from infra.clusters.runpod.node import pod_env
 
     return bool(os.environ.get("RUNPOD_POD_ID") or pod_env().get("RUNPOD_POD_ID"))
 

@@ -11,17 +11,17 @@ from collections import Counter
 
 from pydantic import BaseModel
 
-from orchestrator.checkpoints import WorkArea
+from orchestrator.workarea.layout import WorkArea
 from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_code_for
-from orchestrator.leases import RunLeases
-from orchestrator.manifest import check_run_id, load_manifest
-from orchestrator.planner import JobPlan, plan_jobs
-from orchestrator.pool import Pool
-from orchestrator.post import captions_task, deliverables, post_current
-from orchestrator.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
-from orchestrator.ray_session import ray_session
-from orchestrator.repost import run_reposts
-from orchestrator.scheduler import JobState, Scheduler
+from orchestrator.workarea.leases import RunLeases
+from orchestrator.intake.manifest import check_run_id, load_manifest
+from orchestrator.plan.planner import JobPlan, plan_jobs
+from orchestrator.render.pool import Pool
+from orchestrator.deliver.post import captions_task, deliverables, post_current
+from orchestrator.deliver.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
+from orchestrator.render.session import ray_session
+from orchestrator.deliver.repost import run_reposts
+from orchestrator.render.scheduler import JobState, Scheduler
 from core.settings import Settings
 
 log = logging.getLogger("s2v.runner")
@@ -125,7 +125,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
     leases = RunLeases(work, run_id, settings)
     todo = leases.take(todo, results, published=None if force else lambda p: published_key(p, settings) == p.key)
     state.write(force=True)
-    from orchestrator.webhook import Webhook
+    from orchestrator.deliver.webhook import Webhook
 
     hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
     for r in [r for r in results.values() if r.status == "failed"] if hook else []:  # refused before rendering
@@ -159,7 +159,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
         progress.stop()
         leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
         # learned estimates: this run's seconds per clip feed the next plan and budget (orchestrator/estimates.py)
-        from orchestrator import estimates
+        from orchestrator.plan import estimates
 
         estimates.record_run(settings, todo, results, run_id)
     state.finish("interrupted" if interrupted else "finished")
@@ -167,7 +167,7 @@ def render(location: str, settings: Settings, *, force: bool = False, cli_defaul
                        events=events, wall_s=time.monotonic() - t_start, cost=cost, capacity=capacity)
     reports: list[str] = []
     if interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
-        from orchestrator.report import write_reports
+        from orchestrator.run.report import write_reports
 
         reports = write_reports(result, settings)
     if hook:

@@ -11,14 +11,14 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError
-from orchestrator.cli_cluster import CONFIG_ARG, _checked, _errors_to_exit, app
+from orchestrator.cli.cluster import CONFIG_ARG, _checked, _errors_to_exit, app
 
 RUN_ARG = typer.Argument(..., help="Run id (or Ray job id) printed by `s2v render --cluster`.")
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Cluster config (default: the one the run was submitted to).")
 
 
 def _ask(question: str):
-    from orchestrator.cli import _ask as ask
+    from orchestrator.cli.main import _ask as ask
 
     return ask(question)
 
@@ -29,7 +29,7 @@ def dashboard(config: Path = CONFIG_ARG,
               port: Optional[int] = typer.Option(None, help="Local port (default: 8265 if free, else any)."),
               ) -> None:
     """Open the Ray dashboard through an SSH tunnel; prints the local URL and keeps it open until Ctrl-C."""
-    from orchestrator import tunnel
+    from orchestrator.remote import tunnel
 
     _checked(config)
     head = tunnel.find_head(config)
@@ -73,7 +73,7 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
     from ray.autoscaler._private.commands import exec_cluster
     from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 
-    from orchestrator.tunnel import quiet_launcher
+    from orchestrator.remote.tunnel import quiet_launcher
 
     line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     try:
@@ -94,7 +94,7 @@ def jobs(config: Path = CONFIG_ARG) -> None:
     """List the runs (Ray jobs) on the cluster, oldest first."""
     import time
 
-    from orchestrator import submit
+    from orchestrator.remote import submit
 
     _checked(config)
     rows = submit.list_jobs(str(config))
@@ -111,7 +111,7 @@ def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
          follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the run ends."),
          ) -> None:
     """Print a run's driver log (or follow it; Ctrl-C asks whether to stop the run)."""
-    from orchestrator import submit
+    from orchestrator.remote import submit
 
     if config:
         _checked(config)
@@ -124,7 +124,7 @@ def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
 @_errors_to_exit
 def stop(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT) -> None:
     """Stop a run on the cluster (its checkpoints stay: submitting the manifest again resumes it)."""
-    from orchestrator import submit
+    from orchestrator.remote import submit
 
     if config:
         _checked(config)

@@ -12,9 +12,9 @@ from core.errors import RenderError, TransientError
 from core.retry import retrying
 from core.settings import Settings
 from infra.storage import storage_for
-from orchestrator.checkpoints import WorkArea
-from orchestrator.planner import JobPlan
-from orchestrator.post import STATS_KEYS, deliver, deliverables
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.plan.planner import JobPlan
+from orchestrator.deliver.post import STATS_KEYS, deliver, deliverables
 
 
 
@@ -25,7 +25,7 @@ def _clips_complete(plan: JobPlan, work: WorkArea) -> bool:
 
 def repost(plan: JobPlan, settings: Settings, work: str) -> dict:
     """Runs as a Ray task: the post step alone for a published job. Returns the new sidecar."""
-    from orchestrator.publish import output_uris, stitch_and_publish
+    from orchestrator.deliver.publish import output_uris, stitch_and_publish
 
     t0 = time.monotonic()
     uris = output_uris(plan)

@@ -9,11 +9,11 @@ from typing import Callable
 
 from core.errors import ChainBroken, CudaUnavailable, Preempted, Warned
 from core.settings import Settings
-from orchestrator.chains import Chain, JobState, over_budget, queue_chains
-from orchestrator.checkpoints import WorkArea, first_missing
-from orchestrator.planner import JobPlan, expected_clip_s
-from orchestrator.pool import Pool
-from orchestrator.slots import Slot, SlotState
+from orchestrator.render.chains import Chain, JobState, over_budget, queue_chains
+from orchestrator.workarea.layout import WorkArea, first_missing
+from orchestrator.plan.planner import JobPlan, expected_clip_s
+from orchestrator.render.pool import Pool
+from orchestrator.render.slots import Slot, SlotState
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate

@@ -13,8 +13,8 @@ from core.errors import MediaError, Problem, RenderError, S2VError
 from core.retry import retrying
 from core.settings import Settings
 from infra.storage import Uri, parse, storage_for
-from orchestrator.delivery_fields import alpha3
-from orchestrator.planner import JobPlan, local_path, sha256_file
+from orchestrator.intake.delivery_fields import alpha3
+from orchestrator.plan.planner import JobPlan, local_path, sha256_file
 from pipeline import captions as cap
 from pipeline import delivery as dv
 
@@ -82,7 +82,7 @@ def post_key(plan: JobPlan, settings: Settings) -> str | None:
 
 def post_current(plan: JobPlan, settings: Settings) -> bool:
     """True when the published sidecar records this post key (the caller checked the job key already)."""
-    from orchestrator.publish import output_uris
+    from orchestrator.deliver.publish import output_uris
 
     side = output_uris(plan)["json"]
     try:

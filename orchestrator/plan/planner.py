@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from infra.storage import uri as uris
 from core.errors import ConfigError, InputError, MediaError, Problem, S2VError
-from orchestrator.manifest import JobSpec
+from orchestrator.intake.manifest import JobSpec
 from core.settings import Settings
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class, backend_spec
@@ -331,7 +331,7 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None,
     if a.frames < 1:
         raise _bad(job, "audio", f"{job.audio} is shorter than one video frame")
     if job.captions:  # delivery: a bad caption file (or a missing ASR model) is this row's problem, found now
-        from orchestrator.post import check_captions
+        from orchestrator.deliver.post import check_captions
 
         caption_problems = check_captions(job, a.duration_s, settings)
         if caption_problems:
@@ -351,7 +351,7 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None,
 def plan_jobs(jobs: tuple[JobSpec, ...] | list[JobSpec], settings: Settings, workers: int | None = None) -> PlanResult:
     """Plan every job (ffmpeg decodes run in threads, within settings.plan_memory_mb); a bad job is reported, the
     others are planned — whatever goes wrong with one job, even an error nobody foresaw."""
-    from orchestrator import estimates
+    from orchestrator.plan import estimates
 
     plans: dict[str, JobPlan] = {}
     problems: list[Problem] = []

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.errors import ClusterError, ConfigError, Problem
-from orchestrator import forward, tunnel
-from orchestrator.manifest import check_run_id  # run ids also name secrets folders on the head and Ray jobs
+from orchestrator.remote import forward, tunnel
+from orchestrator.intake.manifest import check_run_id  # run ids also name secrets folders on the head and Ray jobs
 
 COMMAND = ["python", "-m", "orchestrator.cli", "render"]  # the wheel installed on every node provides it
 _JOBS_FILE = Path.home() / ".s2v" / "runs.json"
@@ -118,7 +118,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     Returns the exit code: the driver's when followed, 2 when rows were left out, 130 when interrupted."""
     from infra.clusters.config import load_config
     from infra.clusters.launch import run_settings_env
-    from orchestrator import stage
+    from orchestrator.remote import stage
 
     run_id = check_run_id(run_id) if run_id else new_run_id()
     config = str(Path(config).resolve())

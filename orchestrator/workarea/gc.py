@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from infra.storage import Uri, parse, storage_for
 from infra.storage.base import is_stale_temp
 from core.retry import retrying
-from orchestrator.checkpoints import DONE_RE, LEGACY_TAIL_SUFFIX, TAIL_SUFFIX, WorkArea
+from orchestrator.workarea.layout import DONE_RE, LEGACY_TAIL_SUFFIX, TAIL_SUFFIX, WorkArea
 
 DAY_S = 86400.0
 # A run on another machine counts as running while its state was written within this window: its driver writes

@@ -14,7 +14,7 @@ from yaml import error as yaml_errors, nodes as yaml_nodes
 
 from core.errors import ManifestError, Problem, ProblemList
 from infra.storage import uri as uris
-from orchestrator import safe_yaml
+from orchestrator.intake import safe_yaml
 
 YAMLError = yaml_errors.YAMLError
 # YAML scalars whose written text is the id the user meant: `id: 007` is "007", not 7; `id: yes` is "yes"

@@ -1,4 +1,4 @@
-"""Run on a RunPod pod before `ray start`: its global-network IP and node labels (`python -m infra.runpod_node env`)."""
+"""Run on a RunPod pod before `ray start`: its global-network IP and node labels (`python -m infra.clusters.runpod.node env`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import sys
 from typing import Callable
 
-LABELS_ENV = "S2V_RAY_LABELS"  # same name as infra.runpod_api.LABELS_ENV; kept stdlib-only so it runs anywhere
+LABELS_ENV = "S2V_RAY_LABELS"  # same name as infra.clusters.runpod.api.LABELS_ENV; kept stdlib-only so it runs anywhere
 OVERRIDE_ENV = "RAY_OVERRIDE_LABELS"  # what Ray's launcher exports before each start command (node-type labels)
 
 
@@ -51,10 +51,10 @@ def main(argv: list[str]) -> int:
     elif cmd == "ip":
         print(node_ip(env))
     elif cmd == "env":
-        # One line for `E=$(python -m infra.runpod_node env) && eval "$E" && ray start --node-ip-address=$S2V_NODE_IP`
+        # One line for `E=$(python -m infra.clusters.runpod.node env) && eval "$E" && ray start --node-ip-address=$S2V_NODE_IP`
         print(f"export S2V_NODE_IP={shlex.quote(node_ip(env))} {OVERRIDE_ENV}={shlex.quote(json.dumps(labels))}")
     else:
-        print("usage: python -m infra.runpod_node [env|ip|labels] [ENVIRON_FILE]", file=sys.stderr)
+        print("usage: python -m infra.clusters.runpod.node [env|ip|labels] [ENVIRON_FILE]", file=sys.stderr)
         return 2
     return 0
 

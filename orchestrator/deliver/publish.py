@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from infra.storage import Uri, parse, storage_for
-from orchestrator.checkpoints import WorkArea
-from orchestrator.planner import JobPlan, local_path
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.plan.planner import JobPlan, local_path
 from core.errors import RenderError, S2VError
-from orchestrator.post import deliver
+from orchestrator.deliver.post import deliver
 from core.retry import retrying
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg

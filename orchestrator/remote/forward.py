@@ -69,7 +69,7 @@ def secret_values(settings) -> dict[str, str]:
 
 def secrets_dir(run_id: str) -> str:
     """The run's secrets folder on the head; the run id is checked, as it lands in shell commands there."""
-    from orchestrator.manifest import check_run_id
+    from orchestrator.intake.manifest import check_run_id
 
     return f"{SECRETS_ROOT}/{check_run_id(run_id)}"
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.runner import Progress as RunProgress
+from orchestrator.run.runner import Progress as RunProgress
 
 # Markup and emoji codes off: ids, paths, headers and reasons come from manifests, and a "[/x]" or
 # "[link=…]" in them must print as written, never as markup. Our own styling uses Text and style=.
@@ -191,7 +191,7 @@ STATUSES = ("published", "skipped", "failed", "invalid", "interrupted")
 def report_doc(result, jobs: dict | None = None, scope: str = "run") -> dict:
     """The run's report; with `jobs`, only those (an output folder's report names no other folder's jobs, and
     carries their GPU-second cost only: node-hours are the whole run's)."""
-    from orchestrator.runner import run_cost
+    from orchestrator.run.runner import run_cost
 
     whole = jobs is None
     jobs = {k: v.model_dump() for k, v in (result.jobs if whole else jobs).items()}
@@ -266,7 +266,7 @@ def write_reports(result, settings) -> list[str]:
     """report.json + report.html: the whole run in the run's folder of the work area; in each output folder,
     only the jobs published (or failed) there — one team's folder never lists another's ids, URIs or reasons."""
     from infra.storage import parse, storage_for
-    from orchestrator.checkpoints import WorkArea
+    from orchestrator.workarea.layout import WorkArea
 
     targets: list[tuple] = [(WorkArea.at(settings.work, settings).run_dir(result.run_id), None)]
     by_folder: dict[str, dict] = {}

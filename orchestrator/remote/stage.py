@@ -129,7 +129,7 @@ def validate(manifest: str, settings, cli_defaults: dict | None = None):
     outputs (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
     ManifestError when no job is left to submit."""
     from infra.storage.checks import check_inputs
-    from orchestrator.manifest import load_manifest
+    from orchestrator.intake.manifest import load_manifest
 
     m = load_manifest(manifest, cli_defaults, settings)
     problems = list(m.problems)

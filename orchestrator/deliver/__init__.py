@@ -1,0 +1,1 @@
+"""Deliver: stitch, post step (captions, renditions), atomic publish of every output, reposts, webhooks."""

@@ -1,0 +1,1 @@
+"""One run of a manifest as numbered steps: admit, plan, lease, render, publish, report."""
