@@ -1,4 +1,5 @@
-"""Shared bench helpers: local Ray, a synthetic 1,000-job catalog from the real planner, bounds, list scheduling."""
+"""Shared bench helpers: local Ray, the real Scheduler over actors a benchmark made itself, speech-like audio, a
+synthetic 1,000-job catalog from the real planner, bounds, list scheduling."""
 
 from __future__ import annotations
 
@@ -19,9 +20,19 @@ import numpy as np
 
 from core.settings import Settings
 from orchestrator.intake.manifest import JobSpec
-from orchestrator.plan.planner import JobPlan, chains_for
+from orchestrator.plan.planner import chains_for
+from orchestrator.plan.records import JobPlan
+from orchestrator.render.events import EventLog
+from orchestrator.render.pool import Pool
+from orchestrator.render.ray_runtime import RayRuntime
+from orchestrator.render.scheduler import Scheduler
 from pipeline.audio import AudioAnalysis, cut_points
 from pipeline.backends.drills.timed import TimedBackend, clip_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test media generator is the one source of speech-like audio
+
+import media  # noqa: E402
 
 # Wan 2.2 S2V 14B, one 80-frame clip on one H100 (the settings' default, docs/benchmarks.md section 8): the time
 # being scaled
@@ -53,6 +64,43 @@ def start_ray(gpus: int, cpus: int = 2) -> None:
     if not ray.is_initialized():
         ray.init(address="local", num_gpus=gpus, num_cpus=cpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+
+
+class GivenActors(RayRuntime):
+    """Ray, with the render actors a benchmark started (and loaded) itself before its clock runs: the pool takes
+    them in order instead of starting its own, and the cluster's GPUs are those actors."""
+
+    def __init__(self, actors: list):
+        super().__init__()
+        self.given, self.left = list(actors), list(actors)
+
+    def start_actor(self, settings, backends, resources=None):
+        if not self.left:
+            raise RuntimeError(f"the benchmark gave {len(self.given)} actor(s) and the pool asked for more")
+        return self.left.pop(0)
+
+    def cluster_gpus(self) -> float:
+        return float(len(self.given))
+
+
+def scheduler_over(actors: list, settings, work: str, backends: tuple[str, ...] = (), **callbacks) -> Scheduler:
+    """The real Scheduler and a static Pool over the benchmark's own actors (events on the wall clock)."""
+    rt = GivenActors(actors)
+    pool = Pool(settings, rt, EventLog(rt.now), backends, elastic=False)
+    return Scheduler(settings, work, pool, **callbacks)
+
+
+def speech_file(path: Path, seconds: float, seed: int) -> Path:
+    """About `seconds` of narration: 3–6 s phrases with 0.4–0.8 s pauses."""
+    rng = np.random.default_rng(seed)
+    segs, t = [], 0.0
+    while t < seconds:
+        v, p = float(rng.uniform(3, 6)), float(rng.uniform(0.4, 0.8))
+        v = min(v, max(0.5, seconds - t))
+        segs.append((v, p if t + v + p < seconds else 0.0))
+        t += v + p
+    pcm, _ = media.speech(segs, seed=seed)
+    return media.write_wav(path, pcm)
 
 
 def emit(name: str, result: dict, out: str | None = None) -> dict:

@@ -105,7 +105,7 @@ def direct(weights: Path, image: Path, steps: int, clips: int) -> dict:
 
 def through_runner(tmp: Path, weights: Path, image: Path, steps: int, jobs: int, seconds: float, gpus: int) -> dict:
     """Jobs through the real runner (actors, checkpoints, stitch): the share of the span the GPUs were idle."""
-    from bench.realjobs import media, speech_file
+    from bench.common import media, speech_file
     from core.settings import Settings
     from orchestrator.run.runner import render
 
@@ -120,9 +120,9 @@ def through_runner(tmp: Path, weights: Path, image: Path, steps: int, jobs: int,
     smi.start()
     res = render(str(m), settings)
     smi.stop.set()
-    done = [e for e in res.events if e[1] == "done"]
-    subs = [e for e in res.events if e[1] == "submit"]
-    span = (max(e[0] for e in done) - min(e[0] for e in subs)) if done else 0.0
+    done = [e for e in res.events if e.kind == "done"]
+    subs = [e for e in res.events if e.kind == "submit"]
+    span = (max(e.t for e in done) - min(e.t for e in subs)) if done else 0.0
     clips = sum(j.clips_rendered for j in res.jobs.values())
     gpu_s = sum(j.gpu_s for j in res.jobs.values())  # Σ backend render seconds: time the GPUs had work
     busy = gpu_s / (span * gpus) if span else 0.0

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import REAL_CLIP_S, emit, start_ray
-from bench.realjobs import media, speech_file
+from bench.common import media, speech_file
 
 TARGET_CLIP_S = 60.0  # the issue's reference clip: overhead is judged against a 60 s render
 WAN_CLIP_S = REAL_CLIP_S  # a 40-step 14B clip on one H100: the idle share a real night sees
@@ -67,14 +67,14 @@ def pool_run(plans, settings, env: dict, on_clip) -> dict:
     even when Ray was started before the storage server (a shared test Ray)."""
     import ray
 
+    from bench.common import scheduler_over
     from orchestrator.render.worker import RenderWorker
-    from orchestrator.render.scheduler import Scheduler
 
     cls = ray.remote(RenderWorker).options(num_gpus=1, num_cpus=0, max_restarts=0, max_task_retries=0,
                                            runtime_env={"env_vars": env} if env else None)
     actor = cls.remote(settings, ("faults",))
     try:
-        sched = Scheduler(settings, settings.work, [actor], on_clip=on_clip)
+        sched = scheduler_over([actor], settings, settings.work, on_clip=on_clip)
         sched.add_jobs(plans, {})
         sched.run()
         return {"loads": sum(ray.get(actor.info.remote(), timeout=60)["loads"].values())}
@@ -132,7 +132,7 @@ def tail_costs(size: str, work: str, label: str, settings_kw: dict, tmp: Path, r
 
     from core.settings import Settings
     from infra.storage import parse, storage_for
-    from orchestrator.workarea.layout import decode_tail, encode_tail
+    from orchestrator.workarea.tails import decode_tail, encode_tail
     from pipeline.backends.drills.faults import wan_shaped_tail
 
     w, h = (int(v) for v in size.split("*"))

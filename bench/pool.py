@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.common import emit, start_ray
-from bench.realjobs import media, speech_file
+from bench.common import media, speech_file
 
 # Real figures the scaled runs keep the ratios of (estimates, see docs/benchmarks.md section 2):
 REAL = {"clip_40_steps_s": 360.0,  # Wan 2.2 S2V 14B, 832×480, 40 steps with CFG, one H100 (FLOP count)
@@ -77,20 +77,20 @@ def pool_run(plans, settings, gpus: int, load_s: float, kind: str = "real") -> d
     """N actors load once, in parallel, then the real Scheduler spreads every chain over them."""
     import ray
 
-    from orchestrator.render.scheduler import Scheduler
+    from bench.common import scheduler_over
 
     actors = _actors(settings, gpus, kind)
     t0 = time.monotonic()
     for a in actors:
         a.load.remote(load_s)
-    sched = Scheduler(settings, settings.work, actors)
+    sched = scheduler_over(actors, settings, settings.work)
     sched.add_jobs(plans, {})
     sched.run()
     wall = time.monotonic() - t0
     loads = sum(ray.get([a.fresh.remote() for a in actors], timeout=60))
     for a in actors:
         ray.kill(a, no_restart=True)
-    return {"wall_s": wall, "loads": loads, "clips": sum(1 for e in sched.events if e[1] == "done")}
+    return {"wall_s": wall, "loads": loads, "clips": len(sched.events.of("done"))}
 
 
 def per_job_run(plans, settings, gpus: int, load_s: float, kind: str = "real") -> dict:

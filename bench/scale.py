@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.common import emit
-from bench.realjobs import media, speech_file
+from bench.common import media, speech_file
 
 
 def write_csv(path: Path, rows: int, audios: list[Path], image: Path, out: Path, size: str = "128*128") -> Path:
@@ -89,7 +89,7 @@ def bench_rerun(tmp: Path, rows: int, audios: list[Path], image: Path) -> dict:
     from orchestrator.intake.manifest import load_manifest
     from orchestrator.plan.planner import plan_jobs
     from orchestrator.deliver.post import post_key
-    from orchestrator.deliver.publish import SIDECAR_SCHEMA, output_uris
+    from orchestrator.deliver.outputs import SIDECAR_SCHEMA, output_uris
     from orchestrator.run.runner import render
     from core.settings import Settings
 

@@ -29,6 +29,12 @@ class SleepWorker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "clips": self.clips, "loads": {"timed": 1}}
 
+    def notices(self) -> dict:
+        return {"node": "bench", "interruption": None, "warning": None}
+
+    def release(self) -> list:
+        return []
+
     def render_clip(self, plan, si: int, ci: int, work: str, **_) -> dict:
         t0 = time.monotonic()
         plan = resolve_plan(plan, self.plans)  # the same plan hand-off as the real actor
@@ -64,10 +70,10 @@ def run_chains(plans, base_s: float, gpus: int, settings, *, kill_every_s: float
     kill_every_s seconds of wall time (Ray restarts it; the scheduler re-queues its chain)."""
     import ray
 
-    from orchestrator.render.scheduler import Scheduler
+    from bench.common import scheduler_over
 
     actors = make_sleepers(gpus, base_s, starts_dir, load_s)
-    sched = Scheduler(settings, "file:///nonexistent-bench-work", actors)
+    sched = scheduler_over(actors, settings, "file:///nonexistent-bench-work")
     sched.add_jobs(list(plans), {})
     kills: list[float] = []
     stop = threading.Event()
@@ -86,9 +92,9 @@ def run_chains(plans, base_s: float, gpus: int, settings, *, kill_every_s: float
     makespan = time.monotonic() - t0
     stop.set()
     failed = [j for j, s in sched.jobs.items() if s.failed]
-    done = sum(1 for e in sched.events if e[1] == "done")
+    done = len(sched.events.of("done"))
     out = {"makespan_s": makespan, "clips_done": done, "failed_jobs": len(failed), "kills": len(kills),
-           "lost_events": sum(1 for e in sched.events if e[1] == "lost"),
+           "lost_events": len(sched.events.of("lost")),
            "infra_retries": sum(s.infra_retries for s in sched.jobs.values())}
     for a in actors:
         ray.kill(a, no_restart=True)

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     keep_checkpoints: bool = Field(False, description="Keep a job's checkpoints after it is published (re-stitch "
                                    "without re-rendering); `s2v gc` still removes them once abandoned.")
 
-    # planning: long silences, image and memory limits (orchestrator/planner.py); learned clip times
+    # planning: long silences, image and memory limits (orchestrator/plan/); learned clip times
     # (orchestrator/estimates.py) replace seconds_per_clip per backend, GPU type, size and steps once measured
     long_silence_s: float = Field(10.0, gt=0, description="`plan` reports stretches without speech this long or "
                                   "longer: each costs a clip per 5 s of a silent presenter.")

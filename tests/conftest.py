@@ -28,6 +28,19 @@ def start_local_ray(gpus: int = _RAY_GPUS) -> None:
              log_to_driver=False, configure_logging=False)
 
 
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """Caches that live in the process (planner answers, resolved paths, the input cache's memo) start empty in
+    every test: a test never passes on what an earlier one left there."""
+    from infra.storage import cache, uri
+    from orchestrator.plan import planner
+
+    planner.clear_caches()
+    uri.clear_cache()
+    cache.forget()
+    yield
+
+
 @pytest.fixture
 def ray_local():
     """A local Ray with 2 logical GPUs, shared by the tests that use it (restarted if a test shut it down)."""

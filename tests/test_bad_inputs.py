@@ -5,6 +5,7 @@ operator flags, a manifest in a bucket) are cases of their own, none of which st
 
 from __future__ import annotations
 
+from core.settings import Settings
 import contextlib
 import io
 import json
@@ -20,7 +21,7 @@ import yaml
 
 import media
 from core.errors import ManifestError, Problem
-from orchestrator.run.runner import JobResult
+from orchestrator.run.results import JobResult
 from pipeline.media import ffmpeg_bin
 from storage_servers import gcs_env, gcs_server, gcs_settings, unique  # noqa: F401 - fixtures
 
@@ -382,7 +383,7 @@ def test_malformed_files_exit_2_naming_the_line(run_cli, tmp_path, monkeypatch, 
     m.write_text(text)
     from orchestrator.intake.manifest import load_manifest
 
-    probs = load_manifest(str(m)).problems
+    probs = load_manifest(str(m), None, Settings()).problems
     assert any(p.where.startswith(f"{m}{where}") and words in str(p) for p in probs), [str(p) for p in probs]
     assert run_cli("render", m, "--no-progress") == 2
 
@@ -406,7 +407,7 @@ def test_unreadable_manifest_files(run_cli, tmp_path, monkeypatch, capsys, name,
     if data is not None:
         m.write_bytes(data)
     with pytest.raises(ManifestError, match=re.escape(words)):
-        load_manifest(str(m), settings=Settings())
+        load_manifest(str(m), None, settings=Settings())
     assert run_cli("validate", m) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and str(m) in err
@@ -448,7 +449,7 @@ def test_relative_path_above_the_bucket_root_is_refused(gcs_env, tmp_path):
             "  - {id: inside, audio: ../media/a.wav, image: p.png}\n")
     loc = f"gs://{bucket}/cat/m.yaml"
     storage_for(parse(loc), s).write_bytes(parse(loc), text.encode())
-    m = load_manifest(loc, settings=s)
+    m = load_manifest(loc, None, settings=s)
     assert [j.id for j in m.jobs] == ["inside"] and m.jobs[0].audio == f"gs://{bucket}/media/a.wav"
     p = next(p for p in m.problems if p.where == f"{loc}:2 (job #1)")
     assert p.field == "audio" and "climbs above the root of bucket" in p.reason and "../../x.wav" in p.reason

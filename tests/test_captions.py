@@ -3,6 +3,7 @@ with its line), normalisation to WebVTT, auto-caption cue rules, and the manifes
 
 from __future__ import annotations
 
+from core.settings import Settings
 import numpy as np
 import pytest
 
@@ -134,7 +135,7 @@ def _manifest(tmp_path, assets, **job):
 def test_manifest_rejects_bad_delivery_fields(tmp_path, assets, job, field, words):
     from orchestrator.intake.manifest import load_manifest
 
-    m = load_manifest(str(_manifest(tmp_path, assets, **job)))
+    m = load_manifest(str(_manifest(tmp_path, assets, **job)), None, Settings())
     assert not m.jobs
     assert any(p.field == field and words in p.reason for p in m.problems), [str(p) for p in m.problems]
 
@@ -145,7 +146,7 @@ def test_csv_cells_and_defaults_carry_renditions(tmp_path, assets):
     csv = tmp_path / "m.csv"
     csv.write_text("id,audio,image,captions,caption_language,renditions\n"
                    f"a,{assets['speech4']},{assets['image']},auto,pt-br,\"[{{name: sd, height: 480, fps: 30}}]\"\n")
-    m = load_manifest(str(csv))
+    m = load_manifest(str(csv), None, Settings())
     assert not m.problems, m.problems
     j = m.jobs[0]
     assert j.captions == "auto" and j.caption_language == "pt-BR"
@@ -163,10 +164,9 @@ def test_validate_names_every_caption_problem_of_the_row(tmp_path, assets, run_c
         {"image": str(assets["image"]), "size": "96*96", "output": str(tmp_path / "out")})
     from core.settings import Settings
     from orchestrator.cli.main import _check
-    from orchestrator.intake.manifest import load_manifest
 
     s = Settings(work=str(tmp_path / "w"), cache_dir=tmp_path / "c", asr_model_dir=str(tmp_path / "no-model"))
-    problems, plans = _check(load_manifest(str(m)), s, deep=True)
+    _, problems, plans = _check(str(m), s, None, deep=True)
     by_row = {}
     for p in problems:
         by_row.setdefault(p.where.split("(job #")[1][0], []).append(p)

@@ -3,6 +3,7 @@ nothing left once a job is published (on local, S3 via SeaweedFS and GCS via fak
 
 from __future__ import annotations
 
+from core.settings import Settings
 import json
 import tempfile
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.workarea.layout import WorkArea, decode_tail, encode_tail
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.workarea.tails import decode_tail, encode_tail
 from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
 
 H, W = 48, 80  # a Wan-shaped tail at a small size: (1, 3, 73, 48, 80)
@@ -56,7 +58,7 @@ def test_corrupt_or_foreign_tail_files_are_refused_with_a_clear_error():
 def work(request, tmp_path, monkeypatch):
     """A work area on each storage: a folder, a SeaweedFS bucket, a fake-gcs-server bucket (all loopback)."""
     if request.param == "file":
-        return WorkArea.at(str(tmp_path / "work"))
+        return WorkArea.at(str(tmp_path / "work"), Settings())
     base, settings = bucket_settings(request, request.param, monkeypatch, tmp_path, "ckpt")
     return WorkArea.at(f"{base}/work", settings)
 
@@ -89,7 +91,7 @@ def test_checkpoints_written_before_compression_still_resume(tmp_path):
     """An existing work area: clip-NNNN.tail.npy and a marker that names no tail."""
     import io
 
-    work = WorkArea.at(str(tmp_path / "work"))
+    work = WorkArea.at(str(tmp_path / "work"), Settings())
     old = np.random.default_rng(1).random((1, 3, 73, 8, 8)).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, old)
@@ -131,7 +133,7 @@ def test_the_work_area_holds_one_tail_per_running_chain_through_a_long_chain(tmp
     import media
 
     image = str(media.presenter(tmp_path / "p.png", size=128))
-    backend, work = _drill(tmp_path), WorkArea.at(str(tmp_path / "work"))
+    backend, work = _drill(tmp_path), WorkArea.at(str(tmp_path / "work"), Settings())
     clips = (80,) * 8
     ctxs = [backend.prepare_scene(_scene(image, clips, si)) for si in (0, 1)]
     tails, rendered, sizes, peak_tails = [None, None], {}, [], 0

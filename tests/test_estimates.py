@@ -55,9 +55,10 @@ def test_a_damaged_table_falls_back_to_defaults_and_is_replaced(settings, tmp_pa
 
 
 def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_cli, capsys):
-    from orchestrator.render.scheduler import Chain, Scheduler
+    from orchestrator.render.chains import Chain
+    from policy import Harness
 
-    m = load_manifest(str(_manifest(tmp_path, assets)))
+    m = load_manifest(str(_manifest(tmp_path, assets)), None, settings)
     plan, = plan_jobs(m.jobs, settings).plans
     assert plan.expected_clip_source == "default" and plan.expected_clip_s == settings.expected_clip_s("draft")
     estimates.record(settings, {estimates.plan_key(plan, settings): [{"s": 42.0, "clips": 5, "t": 1, "run": "r"}]})
@@ -71,7 +72,7 @@ def test_plan_and_budget_use_the_learned_figure(assets, settings, tmp_path, run_
 
     # 1 USD per 1,000 GPU-seconds: the default 0.6 s per clip fits a $0.02 budget, the learned 42 s does not
     s = settings.model_copy(update={"budget_usd": 0.02, "price_per_gpu_hour": 3.6})
-    sched = Scheduler(s, settings.work, [])
+    sched = Harness(s, settings.work).sched
     assert sched._over_budget(Chain(plan, plan.scenes[0])) is not None
     default = plan.model_copy(update={"expected_clip_s": None})
     assert sched._over_budget(Chain(default, default.scenes[0])) is None
@@ -83,7 +84,7 @@ def test_a_render_records_its_clip_times(ray_local, assets, settings, tmp_path):
     res = render(str(_manifest(tmp_path, assets, output=str(tmp_path / "out"))), settings)
     assert res.exit_code == 0
     job = res.jobs["a"]
-    m = load_manifest(str(tmp_path / "m.yaml"))
+    m = load_manifest(str(tmp_path / "m.yaml"), None, settings)
     plan, = plan_jobs(m.jobs, settings).plans
     samples = estimates.load(settings).entries[estimates.plan_key(plan, settings)]
     assert [(x["clips"], x["run"]) for x in samples] == [(job.clips_rendered, res.run_id)]

@@ -104,7 +104,7 @@ def test_checkpoint_overlaps_the_next_clip_and_a_kill_before_the_marker_redoes_o
     # ns of the slow checkpoint's start + 2 s is before its marker; clip 2 started before that
     (saving,) = _times(s, "saving", "beta.s0.c1")
     assert _times(s, "starts", "beta.s0.c2")[0] < saving + 2_000_000_000
-    done = [e[4] for e in res.events if e[1] == "done" and e[2] == "alpha"]
+    done = [e.clip for e in res.events if e.kind == "done" and e.job == "alpha"]
     assert done == sorted(set(done))  # advanced in order, never twice (after the kill, from the markers it found)
 
 
@@ -206,7 +206,7 @@ def test_a_worker_failing_several_jobs_is_taken_out_of_rotation(ray_local, asset
                    blocklist_after_jobs=2, max_attempts=3)
     res = _render_to(m, s, out)
     assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
-    errors = [e for e in res.events if e[1] == "error"]
-    assert len({e[2] for e in errors}) == 2  # blocked once it had failed two different jobs
+    errors = [e for e in res.events if e.kind == "error"]
+    assert len({e.job for e in errors}) == 2  # blocked once it had failed two different jobs
     by_gpu = {a["gpus"][0]: a["clips"] for a in res.actors}
     assert by_gpu["1"] == 0 and by_gpu["0"] == sum(r.clips for r in res.jobs.values())

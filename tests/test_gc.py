@@ -4,6 +4,7 @@ fake-gcs-server (GCS), both on 127.0.0.1."""
 
 from __future__ import annotations
 
+from core.settings import Settings
 import json
 import os
 import socket
@@ -47,7 +48,7 @@ def files(root: Path) -> set[str]:
 
 def test_gc_dry_run_lists_what_is_stale_and_yes_removes_only_that(tmp_path, run_cli, capsys, monkeypatch):
     work_dir, out = tmp_path / "work", tmp_path / "out"
-    work = WorkArea.at(str(work_dir))
+    work = WorkArea.at(str(work_dir), Settings())
     old, now = 30 * DAY, time.time()
     put(work, "runs/old-done/state.json", state("finished", now - old, ["kdone"]), old)
     put(work, "runs/old-done/report.json", b"{}", old)
@@ -154,10 +155,10 @@ def test_gc_on_object_stores_removes_stale_things_and_keeps_what_a_running_run_h
 
 
 def test_a_run_that_starts_between_looking_and_removing_keeps_its_job(tmp_path):
-    work = WorkArea.at(str(tmp_path / "work"))
+    work = WorkArea.at(str(tmp_path / "work"), Settings())
     put(work, "jobs/kjob/scene-0000/clip-0000.mp4", age_s=30 * DAY)
-    plan = gc.collect(work)
+    plan = gc.collect(work, settings=work.settings)
     assert [f.what for f in plan.findings] == ["kjob"]
     put(work, "runs/new/state.json", state("running", time.time(), ["kjob"]))  # resumes kjob's checkpoints
-    assert gc.apply(plan) == 0 and plan.kept == ["kjob"]
+    assert gc.apply(plan, work.settings) == 0 and plan.kept == ["kjob"]
     assert (tmp_path / "work" / "jobs" / "kjob" / "scene-0000" / "clip-0000.mp4").is_file()

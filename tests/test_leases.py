@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 import media
 from orchestrator.workarea.layout import WorkArea
@@ -102,7 +101,7 @@ def test_a_crashed_holder_on_this_machine_is_taken_over_without_waiting(tmp_path
         assert crashed.acquire("k-dead", ["j"]) is None
         running = Leases(root, Settings(), "running-run", clock=clock)
         running._me["pid"] = alive.pid
-        running._me["pid_start"] = __import__("orchestrator.workarea.leases", fromlist=["x"])._pid_start(alive.pid)
+        running._me["pid_start"] = __import__("orchestrator.workarea.liveness", fromlist=["x"]).pid_start(alive.pid)
         assert running.acquire("k-live", ["j"]) is None
         elsewhere = Leases(root, Settings(), "remote-run", clock=clock)
         elsewhere._me.update(host="another-host", pid=int(dead.stdout))
@@ -124,10 +123,10 @@ def test_a_crashed_holder_on_this_machine_is_taken_over_without_waiting(tmp_path
 def test_latest_never_flips_back_to_an_older_run(tmp_path):
     """runs/LATEST was rewritten on every state write, so an older run still writing made it point backwards."""
     from core.settings import Settings
-    from orchestrator.run.runner import _State
+    from orchestrator.run.state import RunState
 
     work = WorkArea.at(str(tmp_path / "work"), Settings())
-    older, newer = _State(work, "run-older", "m.yaml", {}), _State(work, "run-newer", "m.yaml", {})
+    older, newer = RunState(work, "run-older", "m.yaml", {}), RunState(work, "run-newer", "m.yaml", {})
     older.write(force=True)
     newer.write(force=True)
     older.write(force=True)  # the older run goes on working …

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.settings import Settings
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ jobs:
   - {id: one, audio: a/one.wav}
   - {id: two, audio: /abs/two.wav, seed: 9, tags: "x;y"}
 """)
-    m = load_manifest(loc)
+    m = load_manifest(loc, None, Settings())
     assert not m.problems
     one, two = m.jobs
     assert one.image == str(tmp_path / "img" / "p.png")  # relative to the manifest's folder
@@ -38,7 +39,7 @@ jobs:
 def test_csv_with_cli_and_file_defaults(tmp_path):
     loc = _write(tmp_path, "m.csv", "id,audio,prompt,seed\nj1,a.wav,\"Hello, world\",3\nj2,b.wav,,\n")
     dfile = _write(tmp_path, "d.yaml", "defaults:\n  image: face.png\n  seed: 7\n  backend: draft\n")
-    m = load_manifest(loc, parse_defaults(["size=512*512"], dfile))
+    m = load_manifest(loc, parse_defaults(["size=512*512"], dfile, Settings()), Settings())
     assert not m.problems, m.problems
     j1, j2 = m.jobs
     assert j1.prompt == "Hello, world" and j1.seed == 3
@@ -67,7 +68,7 @@ jobs:
 
 
 def test_every_yaml_problem_is_named_at_once(tmp_path):
-    m = load_manifest(_write(tmp_path, "bad.yaml", BAD_YAML))
+    m = load_manifest(_write(tmp_path, "bad.yaml", BAD_YAML), None, Settings())
     got = {(p.where.split(":")[-1].split(" ")[0] if ":" in p.where else "defaults", p.field) for p in m.problems}
     text = "\n".join(map(str, m.problems))
     expected = [
@@ -90,7 +91,7 @@ def test_every_yaml_problem_is_named_at_once(tmp_path):
             assert any(p.field == field and needle in str(p) for p in m.problems), (field, needle, text)
     assert sum(1 for p in m.problems if p.field == "id") >= 3  # ../escape, has/slash, duplicate
     assert [j.id for j in m.jobs] == ["ok-1"]  # the one valid row survives
-    assert len(m.bad_rows) == 11
+    assert len(m.bad) == 11
     assert all(p.where.startswith(str(tmp_path)) for p in m.problems)
     dup = next(p for p in m.problems if "duplicate" in p.reason)
     assert ":7 (job #4)" in dup.where and ":4" in dup.reason  # names both rows
@@ -107,7 +108,7 @@ def test_every_yaml_problem_is_named_at_once(tmp_path):
     ("defaults: [1]\njobs: [{id: a, audio: a, image: b}]\nextra: 1\n", "unknown top-level key"),
 ])
 def test_malformed_yaml_files(tmp_path, text, needle):
-    m = load_manifest(_write(tmp_path, "m.yaml", text))
+    m = load_manifest(_write(tmp_path, "m.yaml", text), None, Settings())
     assert any(needle in str(p) for p in m.problems), m.problems
 
 
@@ -121,7 +122,7 @@ def test_malformed_yaml_files(tmp_path, text, needle):
     ("id,audio,image\n\"a,x.wav,p.png\n", "cells", ""),
 ])
 def test_malformed_csv_files(tmp_path, text, needle, where):
-    m = load_manifest(_write(tmp_path, "m.csv", text))
+    m = load_manifest(_write(tmp_path, "m.csv", text), None, Settings())
     hit = [p for p in m.problems if needle in str(p)]
     assert hit, m.problems
     assert where in hit[0].where
@@ -129,15 +130,15 @@ def test_malformed_csv_files(tmp_path, text, needle, where):
 
 def test_unreadable_manifests_raise_input_errors(tmp_path):
     with pytest.raises(ManifestError, match="not found"):
-        load_manifest(str(tmp_path / "missing.yaml"))
+        load_manifest(str(tmp_path / "missing.yaml"), None, Settings())
     with pytest.raises(ManifestError, match="cannot tell the format"):
-        load_manifest(_write(tmp_path, "m.json", "{}"))
+        load_manifest(_write(tmp_path, "m.json", "{}"), None, Settings())
     p = tmp_path / "latin1.csv"
     p.write_bytes("id,audio,image,prompt\na,x.wav,p.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(ManifestError, match="not UTF-8"):
-        load_manifest(str(p))
+        load_manifest(str(p), None, Settings())
     with pytest.raises(ManifestError, match="unknown default"):
-        parse_defaults(["colour=red"], None)
+        parse_defaults(["colour=red"], None, Settings())
 
 
 # --- issue 12: hostile and inconsistent input --------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
     loc = _write(tmp_path, "bomb.yaml", _bomb())
     tracemalloc.start()
     try:
-        m = load_manifest(loc)
+        m = load_manifest(loc, None, Settings())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -165,13 +166,13 @@ def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
     assert p.where == f"{loc}:5" and "expand this document past" in p.reason  # the alias that crossed the budget
     assert peak < 8 * 2**20, peak
     with pytest.raises(ManifestError, match="aliases"):  # a --defaults file goes through the same loader
-        parse_defaults([], _write(tmp_path, "d.yaml", _bomb(job="{}")))
+        parse_defaults([], _write(tmp_path, "d.yaml", _bomb(job="{}")), Settings())
 
 
 def test_shared_yaml_blocks_still_load(tmp_path):
     """Anchors and merge keys for shared settings (one alias per job) stay well inside the alias budget."""
     jobs = "".join(f"  - {{<<: *common, id: j{i}, audio: a{i}.wav}}\n" for i in range(1000))
-    m = load_manifest(_write(tmp_path, "m.yaml", "x: &common {image: p.png, size: '96*96', seed: 3}\njobs:\n" + jobs))
+    m = load_manifest(_write(tmp_path, "m.yaml", "x: &common {image: p.png, size: '96*96', seed: 3}\njobs:\n" + jobs), None, Settings())
     assert [p.reason for p in m.problems if p.field is None] == []
     assert len(m.jobs) == 1000 and m.jobs[-1].seed == 3
 
@@ -179,24 +180,24 @@ def test_shared_yaml_blocks_still_load(tmp_path):
 def test_non_text_ids_are_never_stringified(tmp_path):
     """An id that is a list or mapping is a problem at its row (labelled by the row, never by str() of it)."""
     m = load_manifest(_write(tmp_path, "m.yaml", _bomb(levels=3, width=4) +
-                             "  - {id: {a: 1}, audio: a.wav, image: p.png}\n  - {id: fine, audio: a.wav, image: p.png}\n"))
+                             "  - {id: {a: 1}, audio: a.wav, image: p.png}\n  - {id: fine, audio: a.wav, image: p.png}\n"), None, Settings())
     assert [j.id for j in m.jobs] == ["fine"]
     assert [p.reason for p in m.problems if p.field == "id"] == ["must be text, got a list", "must be text, got a dict"]
-    assert m.bad_rows == m.bad_sources  # labelled by their place
+    assert all(b.id is None and b.label == b.where for b in m.bad)  # labelled by their place
 
 
 def test_manifest_size_is_capped_by_a_setting(tmp_path):
     from core.settings import Settings
 
     loc = _write(tmp_path, "m.yaml", "jobs:\n" + "  - {id: a, audio: a.wav, image: p.png}\n" * 100)
-    assert load_manifest(loc, settings=Settings()).jobs  # 4 kB under the default 64 MB
+    assert load_manifest(loc, None, settings=Settings()).jobs  # 4 kB under the default 64 MB
     with pytest.raises(ManifestError, match="too big") as e:
-        load_manifest(loc, settings=Settings(manifest_max_mb=0.001))
+        load_manifest(loc, None, settings=Settings(manifest_max_mb=0.001))
     assert "above the limit of 0.001 MB" in str(e.value) and "S2V_MANIFEST_MAX_MB" in str(e.value)
 
 
 def test_deep_nesting_is_a_problem_not_a_recursion_error(tmp_path):
-    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, tags: " + "[" * 5000 + "]" * 5000 + "}\n"))
+    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, tags: " + "[" * 5000 + "]" * 5000 + "}\n"), None, Settings())
     assert any("nested more than 64 levels" in p.reason for p in m.problems)
 
 
@@ -206,7 +207,7 @@ def test_deep_nesting_is_a_problem_not_a_recursion_error(tmp_path):
 def test_ids_fully_match_and_are_taken_as_written(tmp_path, written, loaded):
     """`match` with `$` let "evil\\n" through (it published `evil\\n.mp4`); YAML would turn 007 into 7 and yes
     into True: an id is the text the row shows."""
-    m = load_manifest(_write(tmp_path, "m.yaml", f"jobs:\n  - id: {written}\n    audio: a.wav\n    image: p.png\n"))
+    m = load_manifest(_write(tmp_path, "m.yaml", f"jobs:\n  - id: {written}\n    audio: a.wav\n    image: p.png\n"), None, Settings())
     assert [j.id for j in m.jobs] == ([loaded] if loaded else [])
     if loaded is None:
         assert any(p.field == "id" and "1-128 characters" in p.reason for p in m.problems)
@@ -275,8 +276,8 @@ def test_unknown_default_invalidates_every_row_like_an_unknown_row_key(tmp_path)
     lost): now the defaults' problem is named at the defaults and at every row it would reach."""
     loc = _write(tmp_path, "m.yaml", "defaults:\n  image: p.png\n  promt: a teacher\njobs:\n"
                                      "  - {id: a, audio: a.wav}\n  - {id: b, audio: b.wav, prompt: own}\n")
-    m = load_manifest(loc)
-    assert not m.jobs and list(m.bad_rows) == ["a", "b"]
+    m = load_manifest(loc, None, Settings())
+    assert not m.jobs and [b.label for b in m.bad] == ["a", "b"]
     d = next(p for p in m.problems if p.where == f"{loc}:1 (defaults)")
     assert d.field == "promt" and d.hint == "did you mean 'prompt'?" and "no job is rendered" in d.reason
     for line, n in ((5, 1), (6, 2)):
@@ -287,7 +288,7 @@ def test_unknown_default_invalidates_every_row_like_an_unknown_row_key(tmp_path)
 def test_a_key_given_twice_in_yaml_is_a_problem(tmp_path):
     loc = _write(tmp_path, "m.yaml", "jobs:\n  - id: a\n    image: p.png\n    audio: a.wav\n    audio: b.wav\n"
                                      "  - {id: b, image: p.png, audio: a.wav}\n")
-    m = load_manifest(loc)
+    m = load_manifest(loc, None, Settings())
     assert [j.id for j in m.jobs] == ["b"]
     p = next(p for p in m.problems if p.field == "audio")
     assert p.where == f"{loc}:2 (job #1)" and "given twice in this job on lines 4 and 5" in p.reason
@@ -305,19 +306,19 @@ def test_csv_header_problems_reach_the_rows_they_affect(tmp_path, header, row, f
     """A duplicate `audio` column once used the last one silently, and a misspelt `promt` dropped the prompt
     (exit 0). Each is a problem naming the column; a row with a value under it is not rendered, and says so."""
     loc = _write(tmp_path, "m.csv", f"{header}\n{row}\n")
-    m = load_manifest(loc)
+    m = load_manifest(loc, None, Settings())
     assert any(p.field == field and words in str(p) for p in m.problems), [str(p) for p in m.problems]
     assert [j.id for j in m.jobs] == (["a"] if renders else [])
     if not renders:
-        assert any(p.where == f"{loc}:2 (row 1)" for p in m.problems) and m.bad_rows == ("a",)
+        assert any(p.where == f"{loc}:2 (row 1)" for p in m.problems) and [b.label for b in m.bad] == ["a"]
 
 
 def test_trailing_empty_csv_columns_are_harmless(tmp_path):
     """Spreadsheets export `a,b,c,,,`: columns without a name and without values are not a problem."""
-    m = load_manifest(_write(tmp_path, "m.csv", "id,audio,image,,\na,x.wav,p.png,,\n"))
+    m = load_manifest(_write(tmp_path, "m.csv", "id,audio,image,,\na,x.wav,p.png,,\n"), None, Settings())
     assert not m.problems and [j.id for j in m.jobs] == ["a"]
 
 
 def test_yaml_booleans_are_not_numbers(tmp_path):
-    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, audio: a.wav, image: p.png, seed: yes}\n"))
+    m = load_manifest(_write(tmp_path, "m.yaml", "jobs:\n  - {id: a, audio: a.wav, image: p.png, seed: yes}\n"), None, Settings())
     assert not m.jobs and any(p.field == "seed" and "YAML boolean" in p.reason for p in m.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.settings import Settings
 import json
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_clip_counts_trim_the_last_clip():
 def test_plan_job_from_files(assets, settings, tmp_path):
     m = load_manifest(str(media.write_manifest(tmp_path / "m.yaml", [
         {"id": "a", "audio": str(assets["speech13"]), "image": str(assets["image"]), "max_scene_s": 6,
-         "size": "160*160"}])))
+         "size": "160*160"}])), None, Settings())
     p = plan_job(m.jobs[0], settings)
     import wave
 
@@ -278,7 +279,7 @@ def test_an_unexpected_error_in_one_job_is_that_rows_problem(assets, settings, t
     long_name = tmp_path / ("x" * 300 + ".wav")  # the OS refuses the name: OSError, not a missing file
     m = load_manifest(str(media.write_manifest(tmp_path / "m.yaml", [
         {"id": "good", "audio": str(assets["speech4"]), "image": str(assets["image"])},
-        {"id": "odd", "audio": str(long_name), "image": str(assets["image"])}])))
+        {"id": "odd", "audio": str(long_name), "image": str(assets["image"])}])), None, Settings())
     res = plan_jobs(m.jobs, settings)
     assert [p.job.id for p in res.plans] == ["good"] and res.failed == ("odd",)
     assert any("odd" in p.where or "row" in p.where or p.where for p in res.problems)

@@ -91,18 +91,18 @@ def test_pool_grows_to_every_gpu_shrinks_and_grows_again_priced_by_node_hours(no
         assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
         assert _outputs(tmp_path / "o1") == _outputs(tmp_path / "o0")
 
-        ready = {e[2]: e[3] for e in res.events if e[1] == "ready" and e[3] != gpus[3].node_id}
-        regrown = [e for e in res.events if e[1] == "ready" and e[3] == gpus[3].node_id]
-        lost = [e for e in res.events if e[1] == "lost"]
+        ready = {e.slot: e.node for e in res.events if e.kind == "ready" and e.node != gpus[3].node_id}
+        regrown = [e for e in res.events if e.kind == "ready" and e.node == gpus[3].node_id]
+        lost = [e for e in res.events if e.kind == "lost"]
         assert set(ready.values()) == {n.node_id for n in gpus[:3]}  # an actor on every GPU that joined
-        assert len(lost) == 1 and len(regrown) == 1 and regrown[0][0] > lost[0][0]  # shrank, then grew again
+        assert len(lost) == 1 and len(regrown) == 1 and regrown[0].t > lost[0].t  # shrank, then grew again
         assert res.capacity["peak_workers"] == 3 and res.capacity["elastic"]
         # the lost chain resumed from its checkpoints: only the clip it held at the gate started twice
         slot = next(k for k, node in ready.items() if node == gpus[0].node_id)
-        job = next(e[2] for e in res.events if e[1] == "assign" and e[4] == slot)
+        job = next(e.job for e in res.events if e.kind == "assign" and e.slot == slot)
         starts = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(tmp_path / "f1" / "starts"))
         assert {c: n for c, n in starts.items() if n > 1} == {f"{job}.s0.c4": 2}
-        assert lost[0][2] == job
+        assert lost[0].job == job
         # the end: request dropped, actors gone, every GPU free for the autoscaler to scale down
         assert requested() == []
         wait_for(lambda: ray.available_resources().get("GPU", 0) == 3, 30, "all GPUs given back")
@@ -155,7 +155,7 @@ def test_spot_that_never_comes_turns_into_on_demand_and_says_so(no_ray, assets, 
         res = result["r"]
         assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
         assert "spot capacity did not come within 2 s" in res.capacity["ondemand"]
-        assert any(e[1] == "ondemand" for e in res.events)
+        assert any(e.kind == "ondemand" for e in res.events)
         assert [a["node"] for a in res.actors if "node" in a] == [od.node_id]
         assert {r["node"]: r["usd_per_hour"] for r in res.cost["nodes"]}[od.node_id] == 98.0  # priced on-demand
     finally:

@@ -72,7 +72,7 @@ def test_notice_on_one_node_mid_chain_then_fallback_to_on_demand(job_manifest, t
         assert sum(n - 1 for n in _starts(tmp_path / "f1").values()) <= 1  # at most one clip lost
         assert sum(j.preemptions for j in res.jobs.values()) >= 1
         assert all(j.retries == 0 for j in res.jobs.values())  # preemptions are not application errors
-        assert any(e[1] == "preempted" for e in res.events)
+        assert any(e.kind == "preempted" for e in res.events)
         clips = collections.Counter()
         for a in res.actors:
             clips[a.get("node")] += a.get("clips", 0)
@@ -160,17 +160,17 @@ def test_interruption_gets_a_replacement_warning_starts_no_chain_and_both_clear(
         res = result["r"]
         assert res.exit_code == 0, {j: r.reason for j, r in res.jobs.items()}
         ev = res.events
-        slot = {e[3]: e[2] for e in ev if e[1] == "ready"}
+        slot = {e.node: e.slot for e in ev if e.kind == "ready"}
         sa, sb = slot[a], slot[b]
-        t_draining = next(e[0] for e in ev if e[1] == "draining" and e[2] == sa)
-        t_cleared_a = next(e[0] for e in ev if e[1] == "cleared" and e[2] == sa)
-        t_warned = next(e[0] for e in ev if e[1] == "warned" and e[2] == sb)
-        t_cleared_b = next(e[0] for e in ev if e[1] == "cleared" and e[2] == sb)
-        assigns = lambda sl, t0, t1: [e for e in ev if e[1] == "assign" and e[4] == sl and t0 < e[0] < t1]  # noqa
+        t_draining = next(e.t for e in ev if e.kind == "draining" and e.slot == sa)
+        t_cleared_a = next(e.t for e in ev if e.kind == "cleared" and e.slot == sa)
+        t_warned = next(e.t for e in ev if e.kind == "warned" and e.slot == sb)
+        t_cleared_b = next(e.t for e in ev if e.kind == "cleared" and e.slot == sb)
+        assigns = lambda sl, t0, t1: [e for e in ev if e.kind == "assign" and e.slot == sl and t0 < e.t < t1]  # noqa
         assert t_draining < t_cleared_a and assigns(sa, t_cleared_a, 1e12)  # usable again once the notice passed
         assert t_warned < t_cleared_b and not assigns(sb, t_warned, t_cleared_b) and assigns(sb, t_cleared_b, 1e12)
         assert pb not in busy_b  # B's process rendered nothing but its own chain while warned
-        assert any(e[1] == "retired" and "surplus" in e[4] for e in ev)  # the replacement went again
+        assert any(e.kind == "retired" and "surplus" in e.detail for e in ev)  # the replacement went again
         assert requested() == []
         redone = collections.Counter(n.rsplit(".", 2)[0] for n in os.listdir(f / "finished"))
         assert sum(n - 1 for n in redone.values()) == 0  # A refused before rendering: nothing done twice

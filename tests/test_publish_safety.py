@@ -14,7 +14,7 @@ import media
 from infra.storage.checks import within_roots
 from infra.storage.uri import parse
 from orchestrator.intake.manifest import JobSpec
-from orchestrator.deliver.publish import SIDECAR_SCHEMA, _claim, output_uris, replace_problem
+from orchestrator.deliver.outputs import SIDECAR_SCHEMA, claim_uri, output_uris, replace_problem
 from orchestrator.workarea.layout import WorkArea
 from orchestrator.run.runner import render
 from storage_servers import s3_env, s3_server, s3_settings, unique  # noqa: F401
@@ -65,7 +65,7 @@ def test_a_manifest_cannot_replace_a_file_s2v_did_not_publish(ray_local, assets,
     assert side["schema"] == SIDECAR_SCHEMA and side["id"] == "lesson"
     # everything s2v wrote is 0644 under umask 022: outputs, poster, sidecar, report, checkpoints, run state
     work = tmp_path / "work"
-    written = [out / f"lesson.{e}" for e in ("mp4", "jpg", "json")] + [p for p in reports if p.endswith(".html")]
+    written = [out / f"lesson.{e}" for e in ("mp4", "jpg", "json")] + [p for p in reports.written if p.endswith(".html")]
     written += [p for p in work.rglob("*") if p.is_file()]
     assert len(written) > 6 and {str(p): oct(_mode(p)) for p in written} == {str(p): "0o644" for p in written}
     assert not list((work / "publishing").glob("*"))  # the publish claim is gone once the sidecar is there
@@ -127,9 +127,9 @@ def test_an_mp4_left_by_our_own_cut_short_publish_is_ours(where):
     _put(st, uris["mp4"], b"our video, sidecar never written")
     wa = WorkArea.at(s.work, s)
     claim = {"id": "intro", "key": "k1", "outputs": {k: str(u) for k, u in uris.items()}}
-    wa.storage.write_bytes(_claim(wa, uris), json.dumps({**claim, "id": "other"}).encode())
+    wa.storage.write_bytes(claim_uri(wa, uris), json.dumps({**claim, "id": "other"}).encode())
     assert replace_problem(plan, s, s.work) is not None  # a claim for another job proves nothing
-    wa.storage.write_bytes(_claim(wa, uris), json.dumps(claim).encode())
+    wa.storage.write_bytes(claim_uri(wa, uris), json.dumps(claim).encode())
     assert replace_problem(plan, s, s.work) is None
 
 

@@ -56,13 +56,13 @@ def test_render_publishes_frame_exact_outputs_on_both_gpus(ray_local, catalog, s
     assert sum(a["clips"] for a in res.actors) == sum(j.clips for j in res.jobs.values())
     # clips of each chain were rendered in order, each exactly once
     done: dict = {}
-    for _, kind, job, scene, clip in res.events:
-        if kind == "done":
-            done.setdefault((job, scene), []).append(clip)
+    for e in res.events:
+        if e.kind == "done":
+            done.setdefault((e.job, e.scene), []).append(e.clip)
     assert done and all(v == list(range(len(v))) for v in done.values())
     # longest chain first: the first submitted chain has the most clips
-    first = next(e for e in res.events if e[1] == "submit")
-    assert len(done[(first[2], first[3])]) == max(len(v) for v in done.values())
+    first = next(e for e in res.events if e.kind == "submit")
+    assert len(done[(first.job, first.scene)]) == max(len(v) for v in done.values())
 
 
 def test_same_manifest_renders_byte_identical_outputs(ray_local, catalog, settings, tmp_path):

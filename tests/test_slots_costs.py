@@ -3,13 +3,15 @@ budget check preferring a cluster's real spend over the GPU-second estimate."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from core.settings import NodePrice, Settings
 from orchestrator.render.costs import NodeLedger, NodeUse
+from orchestrator.render.inprocess import InProcessRuntime
+from orchestrator.render.scripted_worker import ScriptedWorker
 from orchestrator.render.slots import ALLOWED, IllegalTransition, Slot, SlotState
+from policy import Harness
 
 S = SlotState
 
@@ -44,7 +46,7 @@ def test_assign_and_release_keep_a_warned_slot_warned():
 
 def _ledger(prices: dict) -> NodeLedger:
     s = Settings(node_prices=prices)
-    led = NodeLedger(s, enabled=True, started=1000.0)
+    led = NodeLedger(s, True, InProcessRuntime(ScriptedWorker), started=1000.0)
     led.ended = 1000.0 + 7200  # a two-hour run
     led.nodes = {
         "head": NodeUse("head", start=0.0, end=None, gpus=0, key="m5.large", market="on-demand", head=True),
@@ -74,7 +76,7 @@ def test_a_node_without_price_is_said_never_counted_as_zero():
 
 
 def test_local_runs_keep_gpu_second_estimates():
-    led = NodeLedger(Settings(price_per_gpu_hour=3.6), enabled=False)
+    led = NodeLedger(Settings(price_per_gpu_hour=3.6), False, InProcessRuntime(ScriptedWorker))
     assert led.spent() is None and led.summary()["source"] == "gpu-seconds"
     assert led.gpu_price_per_s("anything") == pytest.approx(0.001)
 
@@ -84,13 +86,13 @@ def test_budget_uses_the_clusters_real_spend(tmp_path):
     idle nodes included): no new chain starts, and the reason says the spend came from node-hours."""
     from types import SimpleNamespace
 
-    from orchestrator.render.scheduler import Chain, Scheduler
+    from orchestrator.render.chains import Chain
 
     s = Settings(budget_usd=400.0, node_prices={"p5.48xlarge": NodePrice(on_demand=98.0, spot=40.0),
                                                 "m5.large": NodePrice(on_demand=0.1, spot=0.04)})
-    sched = Scheduler(s, str(tmp_path), [])
-    now = time.time()
-    led = sched.pool.ledger = NodeLedger(s, enabled=True, started=now - 5 * 3600)
+    sched = Harness(s, str(tmp_path)).sched
+    now = sched.rt.time()  # the runtime's wall clock: what the ledger measures node-hours against
+    led = sched.pool.ledger = NodeLedger(s, True, sched.rt, started=now - 5 * 3600)
     led.nodes = {"head": NodeUse("head", now - 6 * 3600, None, 0, "m5.large", "on-demand", head=True),
                  "g1": NodeUse("g1", now - 4.5 * 3600, None, 8, "p5.48xlarge", "on-demand")}
     chain = Chain(plan=SimpleNamespace(job=SimpleNamespace(backend="draft"), expected_clip_s=None),
@@ -106,9 +108,9 @@ def test_a_chain_advances_over_saved_clips_in_any_report_order(tmp_path):
     advances only over contiguous markers, and reaches the end once both are known (it once stalled there)."""
     from types import SimpleNamespace
 
-    from orchestrator.render.scheduler import Chain, Scheduler
+    from orchestrator.render.chains import Chain
 
-    sched = Scheduler(Settings(), str(tmp_path), [])
+    sched = Harness(Settings(), str(tmp_path)).sched
     chain = sched.chains[("j", 0)] = Chain(plan=SimpleNamespace(job=SimpleNamespace(id="j", backend="draft")),
                                            scene=SimpleNamespace(index=0, clips=[0, 0, 0]))
     sched._saved("j", 0, 1)
@@ -117,4 +119,4 @@ def test_a_chain_advances_over_saved_clips_in_any_report_order(tmp_path):
     sched._saved("j", 0, 0)  # a repeated report changes nothing
     assert chain.next_done == 2
     sched._saved("j", 0, 2)
-    assert chain.next_done == 3 and [e[4] for e in sched.events if e[1] == "done"] == [0, 1, 2]
+    assert chain.next_done == 3 and [e.clip for e in sched.events.of("done")] == [0, 1, 2]

@@ -155,3 +155,31 @@ def test_ctrl_c_records_the_run_writes_its_report_and_sends_its_webhook(assets, 
 
     assert run_cli("status", "stopped") == 0
     assert "run stopped (interrupted)" in capsys.readouterr().err
+
+
+def test_a_repost_interrupted_by_ctrl_c_ends_interrupted_never_posting(ray_local, assets, settings, tmp_path):
+    """Two published jobs whose renditions changed rerun their post step alone ("posting"). Ctrl-C lands as the
+    first one finishes: the other must be recorded as interrupted in the state file and the report (it once stayed
+    "posting": the Ctrl-C handler, the final sweep and the report's statuses knew only pending and stitching)."""
+    from core.errors import InterruptedRun
+    from orchestrator.run.results import Progress
+    from orchestrator.run.runner import render
+
+    out = tmp_path / "out"
+    rows = [{"id": f"j{i}", "audio": str(assets["speech4"]), "seed": i} for i in range(2)]
+    base = {"image": str(assets["image"]), "size": "96*96", "output": str(out)}
+    assert render(str(media.write_manifest(tmp_path / "m.yaml", rows, base)), settings).exit_code == 0
+    m = media.write_manifest(tmp_path / "m.yaml", rows, {**base, "renditions": [{"name": "small", "height": 64}]})
+
+    class CtrlC(Progress):
+        def job(self, job_id: str, status: str) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRun):
+        render(str(m), settings, progress=CtrlC(), run_id="reposting")
+    state = json.loads((Path(settings.work) / "runs" / "reposting" / "state.json").read_text())
+    statuses = sorted(j["status"] for j in state["jobs"].values())
+    assert statuses == ["interrupted", "published"], statuses
+    report = json.loads((Path(settings.work) / "runs" / "reposting" / "report.json").read_text())
+    assert report["totals"]["interrupted"] == 1 and report["totals"]["published"] == 1
+    assert sum(report["totals"][s] for s in ("published", "skipped", "failed", "invalid", "interrupted")) == 2

@@ -32,7 +32,7 @@ SECRET = "whsec-remote-7Q2xV9-do-not-leak"
 URL_TOKEN = "T0KEN-in-webhook-path-4f1c"
 DRIVER = """
 import hashlib, os, sys, time
-from orchestrator.cli.main import _settings
+from orchestrator.cli.common import settings as _settings
 code, sleep_s, manifest = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 folder = os.environ.get('S2V_SECRETS_DIR')
 s = _settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.settings import Settings
 import importlib.util
 import json
 import shutil
@@ -22,7 +23,8 @@ from orchestrator.cli.models import app as models_app  # noqa: E402
 from core.errors import ConfigError, RenderError  # noqa: E402
 from pipeline.backends import backend_spec  # noqa: E402
 from pipeline.backends.base import ClipRequest, SceneInput, clip_frame_counts  # noqa: E402
-from pipeline.backends.wan_s2v import WanS2VBackend, missing_files, official_size  # noqa: E402
+from pipeline.backends.wan_layout import missing_files  # noqa: E402
+from pipeline.backends.wan_s2v import WanS2VBackend, official_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 W = H = 64
@@ -289,7 +291,7 @@ def test_negative_prompt_default_is_resolved_in_the_plan_and_the_key(tiny_dir, t
 
     csv = tmp_path / "jobs.csv"
     csv.write_text("id,audio,image,negative_prompt\na,x.wav,x.png,\nb,x.wav,x.png,None\nc,x.wav,x.png,blurry\n")
-    a, b, c = load_manifest(str(csv)).jobs
+    a, b, c = load_manifest(str(csv), None, Settings()).jobs
     assert (a.negative_prompt, b.negative_prompt, c.negative_prompt) == (None, "", "blurry")
     base = {"model_dir": str(tiny_dir)}
     default = _plan(base, tmp_path, settings)

@@ -74,7 +74,7 @@ def test_checkpoint_protocol_and_one_tail_per_actor(ray_local, plans, settings, 
 
 def test_cuda_policy():
     from core.settings import Settings
-    from orchestrator.render.worker import cuda_policy
+    from orchestrator.render.cuda import cuda_policy
 
     local, cluster = Settings(), Settings(address="auto")
     assert cuda_policy(local, needs_cuda=True) == "prefer"  # logical GPUs on a CPU machine: tests, demos
@@ -105,4 +105,4 @@ def test_wan_actor_without_cuda_fails_with_the_reason_and_the_run_does_not_wait(
     job = res.jobs["w"]
     assert job.status == "failed" and job.clips_rendered == 0
     assert "needs a working CUDA GPU" in job.reason and "CPU-only build" in job.reason
-    assert any(e[1] == "broken" for e in res.events)
+    assert any(e.kind == "broken" for e in res.events)

@@ -108,6 +108,27 @@ def s2v_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: got.get(k, default) for k, (_t, default, _d) in META_KEYS.items()}
 
 
+def gpu_capacity(cfg: dict[str, Any], gpus_per_actor: int = 1) -> int:
+    """The most render actors (of gpus_per_actor GPUs each) a config can hold at once: the head's, plus each GPU
+    worker type's max_workers × actors per node, the types with the most per node first, within the cluster's
+    max_workers. A node too small for one actor adds none."""
+    types = cfg.get("available_node_types") or {}
+    head = cfg.get("head_node_type")
+
+    def per_node(nt) -> int:
+        return int(float(((nt or {}).get("resources") or {}).get("GPU", 0)) // gpus_per_actor)
+
+    total = per_node(types.get(head)) if head in types else 0
+    workers_left = int(cfg.get("max_workers", 0) or 0)
+    for name, nt in sorted(types.items(), key=lambda kv: -per_node(kv[1])):
+        if name == head or per_node(nt) == 0:
+            continue
+        take = max(0, min(int((nt or {}).get("max_workers", workers_left) or 0), workers_left))
+        total += take * per_node(nt)
+        workers_left -= take
+    return total
+
+
 def _did_you_mean(word: str, choices) -> str | None:
     lower = {str(c).lower(): c for c in choices}
     if word.lower() in lower:

@@ -116,54 +116,10 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
         meta["idle_stop_minutes"] = idle_stop_minutes
     cfg["cluster_name"] = settings.cluster_name
     cfg["max_workers"] = settings.cloud_max_workers
-    n = settings.cloud_gpu_count
-    p = cfg["provider"]
+    _place(cfg, prov, settings)
     types = cfg["available_node_types"]
-    if prov == "aws":
-        p["region"] = settings.cloud_region
-        p["availability_zone"] = settings.cloud_zone or ",".join(f"{settings.cloud_region}{z}" for z in "abc")
-    elif prov == "gcp":
-        p["region"] = settings.cloud_region
-        zones = [z.strip() for z in (settings.cloud_zone or "").split(",") if z.strip()] or \
-            [f"{settings.cloud_region}-{z}" for z in ("a", "c")]
-        meta["zones"] = zones
-        _set_zone(cfg, zones[0])
-        if settings.cloud_project:
-            p["project_id"] = settings.cloud_project
-            text = yaml.safe_dump(types, sort_keys=False).replace("YOUR-PROJECT", settings.cloud_project)
-            cfg["available_node_types"] = types = yaml.safe_load(text)
-    else:
-        from infra.clusters.runpod.api import DATA_CENTER_RE
-
-        # cloud_region defaults to an AWS region; only a RunPod data center id (EU-RO-1) pins one.
-        region = settings.cloud_region or ""
-        p["data_center_id"] = region if DATA_CENTER_RE.match(region) else "any"
-        if settings.cloud_image:
-            types[HEAD]["node_config"]["image_name"] = settings.cloud_image
     for name in (SPOT, ONDEMAND):
-        nt = types[name]
-        nt["max_workers"] = settings.cloud_max_workers
-        nt["resources"]["GPU"] = n
-        nt["resources"].pop(SPOT_RESOURCE, None)
-        nt["resources"].pop(ONDEMAND_RESOURCE, None)
-        nt["resources"][SPOT_RESOURCE if name == SPOT else ONDEMAND_RESOURCE] = n
-        nc = nt["node_config"]
-        if prov == "runpod":
-            nc["gpu_type_id"] = settings.cloud_gpu_type or RUNPOD_DEFAULT_GPU
-            nc["gpu_count"] = n
-            if settings.cloud_image:
-                nc["image_name"] = settings.cloud_image
-        else:
-            gtype = _gpu_types(prov, settings, "spot" if name == SPOT else "on-demand")
-            nt["resources"]["CPU"] = _resources(gtype, n)
-            if prov == "aws":
-                nc["InstanceType"] = gtype
-                if settings.cloud_image:
-                    nc["ImageId"] = settings.cloud_image
-            else:
-                nc["machineType"] = gtype
-                if settings.cloud_image:
-                    nc["disks"][0]["initializeParams"]["sourceImage"] = settings.cloud_image
+        _gpu_node_type(types[name], name, prov, settings)
     if not settings.spot:
         del types[SPOT]  # spot off: the on-demand type is the only GPU type
     for nt in types.values():
@@ -185,6 +141,60 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
         del meta[k]
     validate_cluster_config(cfg, where=f"generated {prov} config", allow_placeholders=placeholders_ok)
     return cfg
+
+
+def _place(cfg: dict, prov: str, settings) -> None:
+    """Region, zones (GCP: the first one, and the rest for `up` to try), project or data center."""
+    p, meta = cfg["provider"], cfg["metadata"]["s2v"]
+    if prov == "aws":
+        p["region"] = settings.cloud_region
+        p["availability_zone"] = settings.cloud_zone or ",".join(f"{settings.cloud_region}{z}" for z in "abc")
+    elif prov == "gcp":
+        p["region"] = settings.cloud_region
+        zones = [z.strip() for z in (settings.cloud_zone or "").split(",") if z.strip()] or \
+            [f"{settings.cloud_region}-{z}" for z in ("a", "c")]
+        meta["zones"] = zones
+        _set_zone(cfg, zones[0])
+        if settings.cloud_project:
+            p["project_id"] = settings.cloud_project
+            text = yaml.safe_dump(cfg["available_node_types"], sort_keys=False).replace("YOUR-PROJECT",
+                                                                                     settings.cloud_project)
+            cfg["available_node_types"] = yaml.safe_load(text)
+    else:
+        from infra.clusters.runpod.api import DATA_CENTER_RE
+
+        # cloud_region defaults to an AWS region; only a RunPod data center id (EU-RO-1) pins one.
+        region = settings.cloud_region or ""
+        p["data_center_id"] = region if DATA_CENTER_RE.match(region) else "any"
+        if settings.cloud_image:
+            cfg["available_node_types"][HEAD]["node_config"]["image_name"] = settings.cloud_image
+
+
+def _gpu_node_type(nt: dict, name: str, prov: str, settings) -> None:
+    """A GPU worker type (spot or on-demand): its size, its marker resource, its machine and image."""
+    n = settings.cloud_gpu_count
+    nt["max_workers"] = settings.cloud_max_workers
+    nt["resources"]["GPU"] = n
+    nt["resources"].pop(SPOT_RESOURCE, None)
+    nt["resources"].pop(ONDEMAND_RESOURCE, None)
+    nt["resources"][SPOT_RESOURCE if name == SPOT else ONDEMAND_RESOURCE] = n
+    nc = nt["node_config"]
+    if prov == "runpod":
+        nc["gpu_type_id"] = settings.cloud_gpu_type or RUNPOD_DEFAULT_GPU
+        nc["gpu_count"] = n
+        if settings.cloud_image:
+            nc["image_name"] = settings.cloud_image
+        return
+    gtype = _gpu_types(prov, settings, "spot" if name == SPOT else "on-demand")
+    nt["resources"]["CPU"] = _resources(gtype, n)
+    if prov == "aws":
+        nc["InstanceType"] = gtype
+        if settings.cloud_image:
+            nc["ImageId"] = settings.cloud_image
+    else:
+        nc["machineType"] = gtype
+        if settings.cloud_image:
+            nc["disks"][0]["initializeParams"]["sourceImage"] = settings.cloud_image
 
 
 def _aws_access(cfg: dict, key_name: str | None, ssh_key: str | None) -> None:

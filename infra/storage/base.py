@@ -87,7 +87,12 @@ def content_type_for(name: str) -> str:
 
 
 class Storage(ABC):
-    """Object-store semantics over one scheme. Keys are Uri objects of that scheme."""
+    """Object-store semantics over one scheme. Keys are Uri objects of that scheme.
+
+    Retries live here, not with the callers: every operation of a network storage (S3, GCS) runs under the
+    "storage" policy of core.retry and raises only once it gives up (a StorageError or InputError that names the
+    URI); a local filesystem has nothing transient to retry. Callers never wrap a storage call in a retry of their
+    own, which multiplied the attempts (8 × 8 against a failing endpoint) and was forgotten at some call sites."""
 
     scheme: str = ""
 

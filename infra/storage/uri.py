@@ -79,6 +79,11 @@ def _real(path: str, cwd: str) -> str:
     return str(Path(path).resolve())
 
 
+def clear_cache() -> None:
+    """Forget resolved paths (a test that moves a symlink, or a long-lived process told that paths changed)."""
+    _real.cache_clear()
+
+
 def folder_of(location: str) -> str:
     """The folder a manifest lives in, as a URI string, for resolving relative paths."""
     u = parse(location)

@@ -2,54 +2,28 @@
 
 Every launcher call gets `_launch(config)` (infra/clusters/launch.py), never the bare file: it carries the code
 bundle mount and the zone `up` chose, so all commands address the same cluster.
-The remote-run commands (dashboard, exec, jobs, logs, stop) are in cli_cluster_jobs.py, registered at the end."""
+The remote-run commands (dashboard, exec, jobs, logs, stop) are in cluster_jobs.py, merged into this group."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from core.errors import ClusterError, ConfigError, S2VError, exit_code_for
+from core.errors import ClusterError, ConfigError
+from orchestrator.cli import cluster_jobs
+from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
-
-CONFIG_ARG = typer.Argument(Path("cluster.yaml"), help="Cluster config (see `s2v cluster init`).")
-
-
-def _settings(ctx: typer.Context):
-    """Settings from the S2V_* environment, like every other `s2v` command."""
-    from core.settings import Settings
-
-    return Settings()
-
-
-def _errors_to_exit(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except S2VError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(exit_code_for(e)) from e
-
-    return wrapper
-
-
-def _checked(config: Path) -> dict:
-    """Load + validate (Ray's schema and ours, placeholders refused) before any cloud call is made."""
-    from infra.clusters.launch import checked_config
-
-    return checked_config(config)
+app.add_typer(cluster_jobs.app)  # no name: its commands join this group
 
 
 def _launch(config: Path, project: Path | None = None) -> dict:
     """The config dict every launcher call gets (bundle mount, remembered zone); see infra/clusters/launch.py."""
     from infra.clusters.launch import launch_config
 
-    return launch_config(config, project, _settings(None))
+    return launch_config(config, project, settings())
 
 
 def project_root(given: Path | None = None) -> Path:
@@ -61,9 +35,8 @@ def project_root(given: Path | None = None) -> Path:
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def init(
-    ctx: typer.Context,
     provider_arg: Optional[str] = typer.Argument(None, metavar="[PROVIDER]", help="aws | gcp | runpod."),
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Same as PROVIDER (default: settings)."),
     bucket: Optional[str] = typer.Option(None, help="Bucket for the work area (s3://BUCKET/s2v-work; gs:// on GCP)."),
@@ -93,7 +66,7 @@ def init(
     from infra.clusters.config import PROVIDERS
     from infra.clusters.generate import dump_config, generate_config
 
-    s = _settings(ctx)
+    s = settings()
     prov = provider_arg or provider or s.cloud_provider
     if prov not in PROVIDERS:
         raise ConfigError(f"unknown provider {prov!r}; expected one of {', '.join(PROVIDERS)}")
@@ -123,7 +96,7 @@ def init(
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def up(
     config: Path = CONFIG_ARG,
     project: Optional[Path] = typer.Option(None, help="Checkout whose code the nodes run (default: this one)."),
@@ -144,7 +117,7 @@ def up(
         sdk.create_or_update_cluster(c, no_restart=no_restart, restart_only=restart_only, no_config_cache=True)
 
     try:
-        zone = up_in_zones(cfg, create, _head_exists, echo=typer.echo, settings=_settings(None))
+        zone = up_in_zones(cfg, create, _head_exists, echo=typer.echo, settings=settings())
         head = sdk.get_head_node_ip(cfg)
     except ClusterError:
         raise
@@ -166,9 +139,7 @@ def _head_exists(cfg: dict) -> bool:
 
 
 def _warn_unpriced(cfg: dict) -> None:
-    from core.settings import Settings
-
-    s = Settings()
+    s = settings()
     prices = (cfg["metadata"]["s2v"].get("prices") or {})
     for name, nt in cfg["available_node_types"].items():
         labels = nt.get("labels") or {}
@@ -180,7 +151,7 @@ def _warn_unpriced(cfg: dict) -> None:
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def down(
     config: Path = CONFIG_ARG,
     workers_only: bool = typer.Option(False, "--workers-only", help="Keep the head node."),
@@ -220,7 +191,7 @@ def cluster_status(config: Path) -> dict:
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def status(config: Path = CONFIG_ARG) -> None:
     """Show the head, the workers and the autoscaler's view (`ray status` on the head)."""
     st = cluster_status(config)
@@ -230,7 +201,7 @@ def status(config: Path = CONFIG_ARG) -> None:
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def attach(
     config: Path = CONFIG_ARG,
     tmux: bool = typer.Option(False, "--tmux", help="Attach inside tmux."),
@@ -248,7 +219,3 @@ def attach(
                            no_config_cache=False, new=False, port_forward=forwards)
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ClusterError(f"attach failed: {e}") from e
-
-
-# the remote-run commands (dashboard, exec, jobs, logs, stop) register themselves on `app`
-import orchestrator.cli.cluster_jobs  # noqa: E402,F401

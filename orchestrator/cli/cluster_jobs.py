@@ -1,5 +1,5 @@
 """`s2v cluster dashboard|exec|jobs|logs|stop`: a cluster's runs and head node, reached through the launcher's SSH
-(the Jobs API only ever through a tunnel s2v opens). Registered on the `s2v cluster` group."""
+(the Jobs API only ever through a tunnel s2v opens). Merged into the `s2v cluster` group."""
 
 from __future__ import annotations
 
@@ -11,27 +11,22 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError
-from orchestrator.cli.cluster import CONFIG_ARG, _checked, _errors_to_exit, app
+from orchestrator.cli.common import CONFIG_ARG, ask, checked, errors_to_exit
 
+app = typer.Typer()
 RUN_ARG = typer.Argument(..., help="Run id (or Ray job id) printed by `s2v render --cluster`.")
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Cluster config (default: the one the run was submitted to).")
 
 
-def _ask(question: str):
-    from orchestrator.cli.main import _ask as ask
-
-    return ask(question)
-
-
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def dashboard(config: Path = CONFIG_ARG,
               port: Optional[int] = typer.Option(None, help="Local port (default: 8265 if free, else any)."),
               ) -> None:
     """Open the Ray dashboard through an SSH tunnel; prints the local URL and keeps it open until Ctrl-C."""
     from orchestrator.remote import tunnel
 
-    _checked(config)
+    checked(config)
     head = tunnel.find_head(config)
     if port is None:
         port = tunnel.DEFAULT_DASHBOARD_PORT if _free(tunnel.DEFAULT_DASHBOARD_PORT) else None
@@ -62,14 +57,14 @@ def _free(port: int) -> bool:
 
 
 @app.command("exec")
-@_errors_to_exit
+@errors_to_exit
 def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head (quote it, or put it after --)."),
           config: Path = typer.Option(Path("cluster.yaml"), "--config", "-c", help="Cluster config."),
           ) -> None:
     """Run a shell command on the head node through the launcher's SSH; exits with its exit code."""
     import shlex
 
-    _checked(config)
+    checked(config)
     from ray.autoscaler._private.commands import exec_cluster
     from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 
@@ -89,14 +84,14 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def jobs(config: Path = CONFIG_ARG) -> None:
     """List the runs (Ray jobs) on the cluster, oldest first."""
     import time
 
     from orchestrator.remote import submit
 
-    _checked(config)
+    checked(config)
     rows = submit.list_jobs(str(config))
     if not rows:
         typer.echo("no runs on this cluster")
@@ -106,7 +101,7 @@ def jobs(config: Path = CONFIG_ARG) -> None:
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
          follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the run ends."),
          ) -> None:
@@ -114,20 +109,20 @@ def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
     from orchestrator.remote import submit
 
     if config:
-        _checked(config)
-    code = submit.logs(run, str(config) if config else None, follow_=follow, echo=typer.echo, confirm=_ask)
+        checked(config)
+    code = submit.logs(run, str(config) if config else None, follow_=follow, echo=typer.echo, confirm=ask)
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
-@_errors_to_exit
+@errors_to_exit
 def stop(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT) -> None:
     """Stop a run on the cluster (its checkpoints stay: submitting the manifest again resumes it)."""
     from orchestrator.remote import submit
 
     if config:
-        _checked(config)
+        checked(config)
     status = submit.stop(run, str(config) if config else None, echo=typer.echo)
     if status != "STOPPED" and status != "SUCCEEDED" and status != "FAILED":
         typer.echo(f"the run did not stop in time (status {status})", err=True)

@@ -13,55 +13,26 @@ from pydantic import ValidationError
 
 from core.errors import InputError, S2VError, exit_code_for
 
+from orchestrator.cli.common import DefaultsOpt, SetOpt, ask, console, defaults as _defaults, settings as _settings
+from orchestrator.cli.common import styled as _styled
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Batch speech-to-video: manifest → plan → render on Ray → stitch → publish.")
 
-DefaultsOpt = typer.Option(None, "--defaults", help="YAML file of default field values (for CSV manifests).")
-SetOpt = typer.Option(None, "--set", help="Default for a field, FIELD=VALUE (repeatable); rows still win.")
 
-
-def _console():
-    from orchestrator.run.report import console
-
-    return console
-
-
-def _styled(*parts):
-    from orchestrator.run.report import styled
-
-    return styled(*parts)
-
-
-def _settings(**overrides):
-    from orchestrator.remote.forward import load_settings  # reads S2V_SECRETS_DIR on a cluster's driver
-
-    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _defaults(defaults_file, pairs):
-    from orchestrator.intake.manifest import parse_defaults
-
-    return parse_defaults(list(pairs or []), defaults_file)
-
-
-def _check(manifest, settings, deep: bool):
-    """Every problem with a manifest: fields, then inputs/outputs reachable, then media (deep)."""
+def _check(location: str, settings, cli_defaults, deep: bool):
+    """Every problem with a manifest: fields, then inputs/outputs reachable, then media (deep). Returns the
+    admission, every problem, and the plans (deep only)."""
+    from orchestrator.intake.admission import admit
     from orchestrator.plan.planner import plan_jobs
 
-    problems = list(manifest.problems)
-    jobs = list(manifest.jobs)
-    if jobs:
-        from infra.storage.checks import check_inputs
-
-        bad = check_inputs(jobs, settings)
-        problems += bad
-        jobs = [j for j in jobs if j.source not in {p.where for p in bad}]
-    plans = ()
-    if deep and jobs:
-        res = plan_jobs(jobs, settings)
+    adm = admit(location, settings, cli_defaults)
+    problems, plans = list(adm.problems), ()
+    if deep and adm.jobs:
+        res = plan_jobs(adm.jobs, settings)
         problems += list(res.problems)
         plans = res.plans
-    return problems, plans
+    return adm, problems, plans
 
 
 @app.command()
@@ -70,16 +41,14 @@ def validate(manifest: str = typer.Argument(..., help="Manifest path or URI (.ya
              deep: bool = typer.Option(True, help="Also decode every input (audio, image) to catch bad media."),
              as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON on stdout.")) -> int:
     """Report every problem in a manifest at once, on stdout (exit 2 if any). Creates nothing."""
-    from orchestrator.intake.manifest import load_manifest
-    from orchestrator.run.report import make_console, print_problems, problems_json, styled
+    from orchestrator.cli.console import make_console, print_problems, problems_json, styled
 
     settings = _settings()
-    m = load_manifest(manifest, _defaults(defaults, set_), settings)
-    problems, _ = _check(m, settings, deep)
-    ids = m.ids_by_source()
+    adm, problems, _ = _check(manifest, settings, _defaults(defaults, set_, settings), deep)
+    ids = adm.ids_by_source()
     failing = {p.where for p in problems}
-    valid = sum(1 for j in m.jobs if j.source not in failing)
-    rows = len(m.jobs) + len(m.bad_rows)
+    valid = sum(1 for j in adm.jobs if j.where not in failing)
+    rows = adm.rows
     if as_json:
         typer.echo(json.dumps({"manifest": manifest, "ok": not problems, "rows": rows, "valid": valid,
                                "problems": problems_json(problems, ids)}, indent=1))
@@ -102,20 +71,18 @@ def plan(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaults
          work: Optional[str] = typer.Option(None, help="Work area whose measured clip times the estimate uses."),
          as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout.")) -> int:
     """Scenes, clips, frames, GPU-seconds and cost per job and in total — without rendering."""
-    from orchestrator.intake.manifest import load_manifest
-    from orchestrator.plan.planner import estimate
-    from orchestrator.run.report import plan_table, print_problems
+    from orchestrator.cli.console import plan_table, print_problems
+    from orchestrator.plan.estimates import estimate
 
     settings = _settings(price_per_gpu_hour=price, gpu_type=gpu_type, spot=spot, work=work)
-    m = load_manifest(manifest, _defaults(defaults, set_), settings)
-    problems, plans = _check(m, settings, deep=True)
+    adm, problems, plans = _check(manifest, settings, _defaults(defaults, set_, settings), deep=True)
     est = estimate(plans, settings)
     if as_json:
         typer.echo(json.dumps(est, indent=1))
     else:
-        _console().print(plan_table(est))
+        console().print(plan_table(est))
     if problems:
-        print_problems(problems, f"{len(problems)} problem(s): these jobs are not in the plan", m.ids_by_source(),
+        print_problems(problems, f"{len(problems)} problem(s): these jobs are not in the plan", adm.ids_by_source(),
                        base=manifest)
         return 2
     return 0
@@ -137,8 +104,9 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
            progress: bool = typer.Option(True, help="Show progress bars."),
            run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp).")) -> int:
     """Render every job of a manifest; exit 0 all published, 1 some failed, 2 bad input."""
+    from orchestrator.cli.console import RichProgress, print_problems, results_table, styled
     from orchestrator.intake.manifest import check_run_id
-    from orchestrator.run.report import RichProgress, results_table, styled, write_reports
+    from orchestrator.run.report import write_reports
     from orchestrator.run.runner import render as run_render
 
     if run_id is not None:
@@ -147,26 +115,27 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
         return _render_on_cluster(cluster, manifest, defaults, set_, gpus=gpus, address=address, detach=detach,
                                   work=work, force=force, budget=budget, run_id=run_id)
     settings = _settings(gpus=gpus, address=address, work=work, budget_usd=budget)
-    result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_),
+    result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_, settings),
                         progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
-    con = _console()
+    con = console()
     if result.problems:
-        from orchestrator.run.report import print_problems
-
-        print_problems(result.problems, f"{len(result.problems)} input problem(s)", _ids_of(result),
+        print_problems(result.problems, f"{len(result.problems)} input problem(s)", result.ids_by_source(),
                        base=manifest)
     con.print(results_table(result.jobs))
-    for path in write_reports(result, settings):
+    reports = write_reports(result, settings)
+    for path in reports.written:
         con.print(styled("report: ", path), soft_wrap=True)
+    for failure in reports.failed:
+        con.print(styled(("could not write report to ", "yellow"), (failure, "yellow")), soft_wrap=True)
     return result.exit_code
 
 
 def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, detach, work, force, budget,
                        run_id) -> int:
-    """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/submit.py)."""
+    """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/remote/)."""
     from core.errors import ConfigError
+    from orchestrator.cli.console import print_problems
     from orchestrator.remote import submit
-    from orchestrator.run.report import print_problems
 
     if address:
         raise ConfigError("--address and --cluster exclude each other: --cluster submits to a cluster launched "
@@ -175,31 +144,10 @@ def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, deta
     def show_problems(problems):
         print_problems(problems, f"{len(problems)} problem(s): these rows were not submitted", base=manifest)
 
-    return submit.submit_run(cluster, manifest, _settings(), work=work, run_id=run_id, gpus=gpus, budget=budget,
-                             force=force, detach=detach, cli_defaults=_defaults(defaults, set_),
-                             echo=typer.echo, confirm=_ask, on_problems=show_problems)
-
-
-def _ask(question: str):
-    """A yes/no answer from the person at the terminal; None when there is nobody to ask."""
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return None
-    try:
-        return typer.confirm(question, default=False, err=True)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        return False
-
-
-def _ids_of(result) -> dict[str, str]:
-    """Row place → job id, from the run's results (an invalid row's reason names its place)."""
-    ids = {}
-    rows = [p.where for p in result.problems if p.where.endswith(")")]  # "FILE:LINE (job #N)" / "(row N)"
-    for r in result.jobs.values():
-        for where in rows:
-            label = r.id.split(" @ ")[0]
-            if r.status == "invalid" and where in (r.reason or "") and label not in (where, "(no id)"):
-                ids.setdefault(where, label)
-    return ids
+    settings = _settings()
+    return submit.submit_run(cluster, manifest, settings, work=work, run_id=run_id, gpus=gpus, budget=budget,
+                             force=force, detach=detach, cli_defaults=_defaults(defaults, set_, settings),
+                             echo=typer.echo, confirm=ask, on_problems=show_problems)
 
 
 @app.command()
@@ -207,9 +155,9 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
            work: Optional[str] = typer.Option(None, help="Work area URI the run used."),
            as_json: bool = typer.Option(False, "--json")) -> int:
     """Show a run's state from the work area (works after the driver died, from any machine)."""
-    from orchestrator.workarea.layout import WorkArea
+    from orchestrator.cli.console import results_table, styled
     from orchestrator.intake.manifest import check_run_id
-    from orchestrator.run.report import results_table, styled
+    from orchestrator.workarea.layout import WorkArea
 
     if run is not None:
         check_run_id(run)
@@ -220,12 +168,12 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
         remote = submit.job_status(run)  # a run this machine submitted to a cluster: its config and work area
         if remote:
             work = remote[0].work
-            _console().print(f"run {remote[0].run_id} on {remote[0].config}: job {remote[0].job_id} {remote[1]}",
+            console().print(f"run {remote[0].run_id} on {remote[0].config}: job {remote[0].job_id} {remote[1]}",
                              markup=False)
     settings = _settings(work=work)
     state = WorkArea.at(settings.work, settings).read_state(remote[0].run_id if remote else run)
     if state is None and remote:
-        _console().print(f"the run has written no state to {work} yet; its log: "
+        console().print(f"the run has written no state to {work} yet; its log: "
                          f"s2v cluster logs {remote[0].job_id} --follow", markup=False)
         return 0
     if state is None:
@@ -235,7 +183,7 @@ def status(run: Optional[str] = typer.Argument(None, help="Run id (default: the 
     if as_json:
         typer.echo(json.dumps(state, indent=1))
     else:
-        con = _console()
+        con = console()
         con.print(styled("run ", (state["run_id"], "bold"), f" ({state['status']}), manifest ", state["manifest"]))
         con.print(results_table(state["jobs"]))
     return 0
@@ -311,22 +259,22 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except click.exceptions.Abort:  # click's name for a KeyboardInterrupt outside a run (loading, planning)
-        _console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
+        console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
         code = 130
     except click.ClickException as e:
         e.show()
         code = 2
     except S2VError as e:  # an interrupted render ends here too (InterruptedRun: state, report, webhook done)
         code = exit_code_for(e)
-        _console().print(_styled((str(e), "yellow")) if code == 130 else _styled(("error: ", "red"), str(e)),
+        console().print(_styled((str(e), "yellow")) if code == 130 else _styled(("error: ", "red"), str(e)),
                          soft_wrap=True)  # a message is not wrapped mid-path: terminals and logs wrap themselves
     except ValidationError as e:  # a bad S2V_* variable or flag, caught when settings load
         if e.title != "Settings":
             raise
-        _console().print(_settings_error(e), markup=False)
+        console().print(_settings_error(e), markup=False)
         code = 2
     except KeyboardInterrupt:
-        _console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
+        console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
         code = 130
     sys.exit(code)
 

@@ -33,7 +33,7 @@ def make_tiny_cmd(
     seed: int = typer.Option(0, help="Seed of the random weights."),
 ) -> None:
     """Build tiny random Wan 2.2 S2V weights offline, for tests and demos (point model_dir at the folder)."""
-    from pipeline.backends.wan_s2v import missing_files
+    from pipeline.backends.wan_layout import missing_files
     from pipeline.backends.wan_tiny import make_tiny
 
     _built(make_tiny(directory, seed=seed), missing_files, "Wan2.2-S2V")
@@ -57,7 +57,7 @@ def make_tiny_lora_cmd(
 @app.command("check")
 def check_cmd(directory: Path = typer.Argument(..., help="A Wan2.2-S2V-14B folder.")) -> None:
     """List the files the wan-s2v loader needs and cannot find (exit 2 when any is missing)."""
-    from pipeline.backends.wan_s2v import missing_files
+    from pipeline.backends.wan_layout import missing_files
 
     _checked(directory, missing_files)
 

@@ -9,12 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import MediaError, Problem, RenderError, S2VError
-from core.retry import retrying
+from core.errors import RenderError, S2VError
 from core.settings import Settings
 from infra.storage import Uri, parse, storage_for
 from orchestrator.intake.delivery_fields import alpha3
-from orchestrator.plan.planner import JobPlan, local_path, sha256_file
+from orchestrator.deliver.outputs import output_uris
+from orchestrator.intake.inputs import local_path, sha256_file
+from orchestrator.plan.records import JobPlan
 from pipeline import captions as cap
 from pipeline import delivery as dv
 
@@ -82,52 +83,15 @@ def post_key(plan: JobPlan, settings: Settings) -> str | None:
 
 def post_current(plan: JobPlan, settings: Settings) -> bool:
     """True when the published sidecar records this post key (the caller checked the job key already)."""
-    from orchestrator.deliver.publish import output_uris
-
     side = output_uris(plan)["json"]
     try:
-        meta = json.loads(retrying("storage")(storage_for(side, settings).read_bytes, side))
+        meta = json.loads(storage_for(side, settings).read_bytes(side))
         return (meta.get("post") or {}).get("key") == post_key(plan, settings)
     except (S2VError, OSError, ValueError):
         return False  # unreadable here: the post task reports the real problem
 
 
-# ---------- validation (plan time) ----------
-
-def check_captions(job, audio_s: float, settings: Settings) -> list[Problem]:
-    """Problems with a row's captions: the file (encoding, syntax, timing against the audio) or, for auto, the
-    Whisper model folder and its languages."""
-    where = job.source or job.id
-    if job.captions_auto:
-        from pipeline.asr import missing_files, whisper_language
-
-        missing = missing_files(settings.asr_model_dir)
-        if missing:
-            return [Problem(where, "captions", "captions: auto needs a Whisper model folder; missing "
-                            + ", ".join(missing), "set S2V_ASR_MODEL_DIR (see docs/delivery.md)")]
-        gen = json.loads((Path(settings.asr_model_dir).expanduser() / "generation_config.json").read_text())
-        lang = whisper_language(job.caption_language)
-        known = (gen.get("lang_to_id") or {}) if gen.get("is_multilingual", True) else {"<|en|>": 0}  # *.en models
-        if f"<|{lang}|>" not in known:
-            return [Problem(where, "caption_language", f"the Whisper model does not know '{job.caption_language}'",
-                            "use a multilingual Whisper model, or give a caption file")]
-        return []
-    try:
-        path = local_path(job.captions, settings)
-        data = path.read_bytes()
-    except IsADirectoryError:
-        return [Problem(where, "captions", f"{job.captions} is a folder, not a caption file")]
-    except (OSError, S2VError) as e:
-        return [Problem(where, "captions", f"cannot read {job.captions}: {getattr(e, 'strerror', None) or e}",
-                        "check the path (relative paths start at the manifest's folder)")]
-    try:
-        dv.read_cues(data, Path(job.captions).name, audio_s, where)
-    except MediaError as e:
-        return e.problems
-    return []
-
-
-# ---------- captions: ASR as a CPU Ray task that overlaps the render ----------
+# ---------- captions: speech recognition, run as a CPU task that overlaps the render ----------
 
 def _asr_uri(plan: JobPlan, settings: Settings, work: str) -> Uri:
     return parse(work).join("asr", f"{asr_key(plan, settings)}.vtt")
@@ -144,7 +108,7 @@ def transcribe_to_work(plan: JobPlan, settings: Settings, work: str) -> list[cap
     if not cues:
         raise RenderError(f"speech recognition found no words in the audio of {plan.job.id}")
     u = _asr_uri(plan, settings, work)
-    retrying("storage")(storage_for(u, settings).write_bytes, u, cap.write_vtt(cues).encode())
+    storage_for(u, settings).write_bytes(u, cap.write_vtt(cues).encode())
     return cues
 
 
@@ -152,17 +116,11 @@ def prepare_captions(plan: JobPlan, settings: Settings, work: str) -> dict:
     """Runs as a Ray task (CPU only) while the job renders. Never raises: the post step reports the error."""
     try:
         u = _asr_uri(plan, settings, work)
-        if not retrying("storage")(storage_for(u, settings).exists, u):
+        if not storage_for(u, settings).exists(u):
             transcribe_to_work(plan, settings, work)
         return {"uri": str(u)}
     except Exception as e:  # noqa: BLE001 - carried to the post step, which fails the job with it
         return {"error": f"{type(e).__name__}: {e}"}
-
-
-def captions_task(settings: Settings):
-    import ray
-
-    return ray.remote(prepare_captions).options(num_cpus=settings.asr_cpus, num_gpus=0)
 
 
 def _cues(plan: JobPlan, settings: Settings, work: str, asr_ready) -> list[cap.Cue]:
@@ -174,8 +132,8 @@ def _cues(plan: JobPlan, settings: Settings, work: str, asr_ready) -> list[cap.C
         raise RenderError(f"captions: auto: {asr_ready['error']}")
     u = _asr_uri(plan, settings, work)
     st = storage_for(u, settings)
-    if retrying("storage")(st.exists, u):
-        return dv.read_cues(retrying("storage")(st.read_bytes, u), u.name, plan.duration_s, job.id)
+    if st.exists(u):
+        return dv.read_cues(st.read_bytes(u), u.name, plan.duration_s, job.id)
     return transcribe_to_work(plan, settings, work)
 
 
@@ -299,7 +257,7 @@ def _language_name(tag: str) -> str:
 def _still_there(entry: dict, settings: Settings) -> bool:
     try:
         u = parse(entry["uri"])
-        return bool(retrying("storage")(storage_for(u, settings).exists, u))
+        return bool(storage_for(u, settings).exists(u))
     except (S2VError, KeyError):
         return False
 

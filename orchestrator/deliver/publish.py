@@ -1,100 +1,26 @@
-"""Publish a finished job (MP4, poster, sidecar last, each atomic) and tell whether a job is already published."""
+"""Publish a finished job: stitch its clips with the original audio, check, post step, then MP4, poster,
+deliverables and sidecar (last), each atomically."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-from infra.storage import Uri, parse, storage_for
+from infra.storage import storage_for
 from orchestrator.workarea.layout import WorkArea
-from orchestrator.plan.planner import JobPlan, local_path
-from core.errors import RenderError, S2VError
+from orchestrator.intake.inputs import local_path
+from orchestrator.plan.records import JobPlan
+from core.errors import RenderError
+from orchestrator.deliver.outputs import SIDECAR_SCHEMA, claim_uri, output_uris, published_key, replace_problem
 from orchestrator.deliver.post import deliver
-from core.retry import retrying
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
 from pipeline.stitch import stitch
 
 log = logging.getLogger("s2v.publish")
-# Marks a sidecar as ours. Its `id` is the job's lineage: a re-render of the same id (any key) may replace the
-# files it describes; anything else at those names is not ours to replace.
-SIDECAR_SCHEMA = "s2v-batch/sidecar"
-_LEGACY_SIDECAR_KEYS = {"id", "job_key", "backend", "inputs", "plan"}  # sidecars written before the marker
-
-
-def output_uris(plan: JobPlan) -> dict[str, Uri]:
-    base = parse(plan.job.output)
-    return {ext: base.join(f"{plan.job.id}.{ext}") for ext in ("mp4", "jpg", "json")}
-
-
-def published_key(plan: JobPlan, settings: Settings) -> str | None:
-    """The job key recorded in the published sidecar, if any (the sidecar is written last, so it proves the rest)."""
-    uris = output_uris(plan)
-    st = storage_for(uris["json"], settings)
-    try:
-        if not retrying("storage")(st.exists, uris["json"]):
-            return None
-        meta = json.loads(retrying("storage")(st.read_bytes, uris["json"]))
-    except (ValueError, OSError):
-        return None
-    if not is_our_sidecar(meta) or not st.exists(uris["mp4"]):
-        return None
-    return meta.get("job_key")
-
-
-def is_our_sidecar(meta) -> bool:
-    return isinstance(meta, dict) and (meta.get("schema") == SIDECAR_SCHEMA or _LEGACY_SIDECAR_KEYS <= meta.keys())
-
-
-def _claim(wa: WorkArea, uris: dict[str, Uri]) -> Uri:
-    """Where a publish in progress says which outputs it is writing: if it is cut short between the MP4 and the
-    sidecar, the next run recognises the sidecar-less MP4 as its own."""
-    return wa.root.join("publishing", hashlib.sha256(str(uris["json"]).encode()).hexdigest()[:32] + ".json")
-
-
-def replace_problem(plan: JobPlan, settings: Settings, work: str) -> str | None:
-    """Why publishing this job would replace a file s2v did not publish (None when its names are free or ours).
-
-    Ours: a sidecar of ours for the same job id next to the files, or, with no sidecar, a claim in the work area
-    left by our own publish of this job that was cut short. A manifest can name any folder the user can write
-    (`output: ~/.docker`, `id: config` replaced ~/.docker/config.json), so anything else is refused."""
-    uris = output_uris(plan)
-    st = storage_for(uris["json"], settings)
-    try:
-        present = [u for u in uris.values() if retrying("storage")(st.exists, u)]
-    except S2VError as e:  # cannot tell what is there: refusing is the safe answer
-        return f"cannot check what is at {uris['json'].parent()} before publishing there: {e}"
-    if not present:
-        return None
-    hint = "move it away, or choose another output folder or job id"
-    if uris["json"] in present:
-        try:
-            meta = json.loads(retrying("storage")(st.read_bytes, uris["json"]))
-        except (ValueError, S2VError):  # not JSON (or not readable): not a sidecar of ours
-            meta = None
-        if not is_our_sidecar(meta):
-            return f"{uris['json']} exists and is not an s2v sidecar; refusing to replace a file s2v did not publish ({hint})"
-        if meta.get("id") != plan.job.id:
-            return (f"{uris['json']} is the sidecar of job {meta.get('id')!r}, not {plan.job.id!r}; refusing to replace "
-                    f"another job's files ({hint})")
-        return None
-    wa = WorkArea.at(work, settings)
-    try:
-        claim = json.loads(retrying("storage")(wa.storage.read_bytes, _claim(wa, uris)))
-    except (ValueError, S2VError):  # no claim (or an unreadable one): nothing says these files are ours
-        claim = None
-    if isinstance(claim, dict) and claim.get("id") == plan.job.id and claim.get("outputs") == {
-            k: str(u) for k, u in uris.items()}:
-        return None
-    names = ", ".join(str(u) for u in present)
-    return (f"{names} already exist{'s' if len(present) == 1 else ''} with no s2v sidecar; refusing to replace files "
-            f"s2v did not publish (move them away, or delete them if an earlier s2v run left them there)")
-
-
 def sidecar(plan: JobPlan, result, timings: dict, stats: dict) -> dict:
     return {
         "schema": SIDECAR_SCHEMA, "id": plan.job.id, "job_key": plan.key, "tags": list(plan.job.tags),
@@ -128,12 +54,12 @@ def prepare_audio(plan: JobPlan, settings: Settings, work: str) -> str | None:
             return None
         wa = WorkArea.at(work, settings)
         dest = wa.job_audio(plan.key)
-        if retrying("storage")(wa.storage.exists, dest):
+        if wa.storage.exists(dest):
             return str(dest)
         with tempfile.TemporaryDirectory(prefix="s2v-audio-") as tmp:
             out = Path(tmp) / "audio.m4a"
             run_ffmpeg(encode_audio_argv(str(src), str(out), settings.audio_bitrate), what=f"audio of {plan.job.id}")
-            retrying("storage")(wa.storage.upload, out, dest)
+            wa.storage.upload(out, dest)
         return str(dest)
     except Exception as e:  # noqa: BLE001 - see above
         log.warning("pre-encoding the audio of %s failed (the stitch will encode it): %s", plan.job.id, e)
@@ -146,11 +72,11 @@ def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -
     if source_is_aac(src):
         return src, True
     pre = wa.job_audio(plan.key)
-    if retrying("storage")(wa.storage.exists, pre):
+    if wa.storage.exists(pre):
         if pre.scheme == "file":
             return Path(pre.key), True
         local = tmpd / "audio.m4a"
-        retrying("storage")(wa.storage.download, pre, local)
+        wa.storage.download(pre, local)
         return local, True
     return src, False
 
@@ -166,7 +92,7 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
     uris = output_uris(plan)
     if published_key(plan, settings) == plan.key and not wa.done_clips(plan.key):
         # Ray retried this task after it had published and removed the checkpoints: the job is done
-        return json.loads(retrying("storage")(storage_for(uris["json"], settings).read_bytes, uris["json"]))
+        return json.loads(storage_for(uris["json"], settings).read_bytes(uris["json"]))
     with tempfile.TemporaryDirectory(prefix=f"s2v-stitch-{plan.job.id}-") as tmp:
         tmpd = Path(tmp)
         clips = []
@@ -177,7 +103,7 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
                     clips.append(Path(src.key))
                 else:
                     dst = tmpd / f"s{s.index:04d}c{c.index:04d}.mp4"
-                    retrying("storage")(wa.storage.download, src, dst)
+                    wa.storage.download(src, dst)
                     clips.append(dst)
         audio, copy = _stitch_audio(plan, settings, wa, tmpd)
         res = stitch(clips, str(audio), tmpd / f"{plan.job.id}.mp4", fps=plan.fps, expected_frames=plan.frames,
@@ -198,13 +124,13 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         refused = replace_problem(plan, settings, work)
         if refused:  # checked before rendering too; again here, where it counts
             raise RenderError(refused)
-        claim = _claim(wa, uris)
-        retrying("storage")(wa.storage.write_bytes, claim, json.dumps(
+        claim = claim_uri(wa, uris)
+        wa.storage.write_bytes(claim, json.dumps(
             {"id": plan.job.id, "key": plan.key, "outputs": {k: str(u) for k, u in uris.items()}}).encode())
         st = storage_for(uris["mp4"], settings)
-        retrying("storage")(st.publish, [(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files,
+        st.publish([(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files,
                                          (side, uris["json"])])
-        retrying("storage")(wa.storage.delete, claim)
+        wa.storage.delete(claim)
     # A master with burned-in captions is not a clean master: a later post-step change re-stitches one from the
     # clip videos (orchestrator/repost.py), so such a job keeps them (tails are gone already; `s2v gc` ages them).
     if not (settings.keep_checkpoints or keep_checkpoints or plan.job.captions_burn):

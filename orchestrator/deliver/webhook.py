@@ -94,8 +94,8 @@ class Webhook:
 
     @classmethod
     def from_settings(cls, settings) -> "Webhook | None":
-        url = getattr(settings, "webhook_url", None)
-        return cls(url, getattr(settings, "webhook_secret", None)) if url else None
+        url = settings.webhook_url
+        return cls(url, settings.webhook_secret) if url else None
 
     # ---- what the runner calls ----
     def job(self, result: dict, run_id: str | None = None) -> bool:

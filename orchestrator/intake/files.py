@@ -19,7 +19,6 @@ from orchestrator.intake import safe_yaml
 YAMLError = yaml_errors.YAMLError
 # YAML scalars whose written text is the id the user meant: `id: 007` is "007", not 7; `id: yes` is "yes"
 _TEXT_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")}
-DEFAULT_MAX_MB = 64.0
 
 
 def _norm(name: str) -> str:
@@ -36,9 +35,9 @@ def key_text(key: Any) -> str:
     return key if isinstance(key, str) else repr(key)
 
 
-def read_text(location: str, settings=None) -> str:
+def read_text(location: str, settings) -> str:
     u = uris.parse(location)
-    limit = float(getattr(settings, "manifest_max_mb", None) or DEFAULT_MAX_MB) * 1e6
+    limit = float(settings.manifest_max_mb) * 1e6
     if u.scheme == "file":
         p = Path(u.key)
         if not p.is_file():
@@ -49,9 +48,8 @@ def read_text(location: str, settings=None) -> str:
     else:
         from infra.storage import open_storage
 
-        from core.retry import retrying
 
-        raw = retrying("storage")(open_storage(str(u), settings).read_bytes, u)
+        raw = open_storage(str(u), settings).read_bytes(u)
     if len(raw) > limit:
         raise _too_big(location, len(raw), limit)
     try:

@@ -114,6 +114,11 @@ class JobSpec(DeliveryFields):
         return v
 
     @property
+    def where(self) -> str:
+        """Where the row came from (file:line), or its id for a job made in code: what its problems name."""
+        return self.source or self.id
+
+    @property
     def area(self) -> tuple[int, int]:
         w, h = self.size.split("*")
         return int(w), int(h)
@@ -128,6 +133,25 @@ class JobSpec(DeliveryFields):
 FIELDS = tuple(n for n in JobSpec.model_fields if n != "source")
 
 
+class BadRow(BaseModel):
+    """A row that does not become a job (or a job that admission turned away), carried as one record to the run's
+    result: where it is, the id it gave (None when it gave no usable one), and its problems."""
+
+    model_config = ConfigDict(frozen=True)
+
+    where: str  # file:line (row N) or file:line (job #N)
+    id: str | None = None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """Its id when it gave one, else its place."""
+        return self.where if self.id is None else self.id
+
+    def reason(self) -> str:
+        return "; ".join(str(p) for p in self.problems) or "invalid row (see problems)"
+
+
 class Manifest(BaseModel):
     """A loaded manifest: the valid jobs and every problem found (invalid rows are left out of jobs)."""
 
@@ -136,14 +160,17 @@ class Manifest(BaseModel):
     location: str
     jobs: tuple[JobSpec, ...]
     problems: tuple[Problem, ...] = ()
-    bad_rows: tuple[str, ...] = ()  # ids (or row labels) of rows that could not become jobs
-    bad_sources: tuple[str, ...] = ()  # where each of bad_rows is (file:line), to match its problems exactly
+    bad: tuple[BadRow, ...] = ()  # rows that could not become jobs
 
     def ids_by_source(self) -> dict[str, str]:
         """Row place (file:line) → the row's id, for every row that has one (to show next to its problems)."""
-        ids = {j.source: j.id for j in self.jobs}
-        ids.update((where, label) for label, where in zip(self.bad_rows, self.bad_sources) if label != where)
-        return ids
+        return ids_by_source(self.jobs, self.bad)
+
+
+def ids_by_source(jobs, bad) -> dict[str, str]:
+    ids = {j.where: j.id for j in jobs}
+    ids.update((b.where, b.id) for b in bad if b.id)
+    return ids
 
 
 def _suggest(name: str) -> str:
@@ -184,23 +211,40 @@ def _row_id(row: dict, where: str, problems: ProblemList) -> tuple[str | None, b
     return None, False
 
 
-def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, settings=None) -> Manifest:
+def load_manifest(location: str, cli_defaults: dict[str, Any] | None, settings) -> Manifest:
     """Read a manifest; never raises for row problems (they are collected), only for an unreadable file."""
     problems = ProblemList()
-    text = read_text(location, settings)
+    raw = _raw_rows(location, settings, problems)
+    defaults, bad_defaults = _defaults(raw, cli_defaults, problems)
     base = uris.folder_of(location)
+    jobs: list[JobSpec] = []
+    bad: list[tuple[str, str | None]] = []  # (where, the id it gave)
+    seen: dict[str, str] = {}
+    for where, row in raw.rows:
+        job, rid = _job(where, row, defaults, bad_defaults, where in raw.tainted, base, seen, problems)
+        if job is not None:
+            jobs.append(job)
+        else:
+            bad.append((where, rid))
+    rows = tuple(BadRow(where=w, id=rid, problems=tuple(p for p in problems.items if p.where == w)) for w, rid in bad)
+    return Manifest(location=location, jobs=tuple(jobs), problems=tuple(problems.items), bad=rows)
+
+
+def _raw_rows(location: str, settings, problems: ProblemList):
+    text = read_text(location, settings)
     if location.lower().endswith((".yaml", ".yml")):
-        raw = yaml_rows(text, location, problems)
-    elif location.lower().endswith((".csv", ".tsv", ".txt")):
-        raw = csv_rows(text, location, FIELDS, problems)
-    else:
-        raise ManifestError(
-            f"cannot tell the format of {location}",
-            [Problem(location, None, "unknown extension", "name it .yaml, .yml or .csv")],
-        )
-    rows, tainted, dwhere = raw.rows, raw.tainted, raw.defaults_where
+        return yaml_rows(text, location, problems)
+    if location.lower().endswith((".csv", ".tsv", ".txt")):
+        return csv_rows(text, location, FIELDS, problems)
+    raise ManifestError(f"cannot tell the format of {location}",
+                        [Problem(location, None, "unknown extension", "name it .yaml, .yml or .csv")])
+
+
+def _defaults(raw, cli_defaults: dict[str, Any] | None, problems: ProblemList) -> tuple[dict, list]:
+    """The defaults every row starts from (the command line over the file's), and the bad ones: (key, reason,
+    hint), each of which makes every row invalid."""
     defaults: dict[str, Any] = {}
-    bad_defaults = list(raw.bad_defaults)  # (key, reason, hint): every row would use them
+    bad_defaults = list(raw.bad_defaults)
     for k, v in raw.defaults.items():
         key = key_text(k)
         if k == "id":
@@ -210,61 +254,53 @@ def load_manifest(location: str, cli_defaults: dict[str, Any] | None = None, set
         else:
             defaults[k] = v
     for key, reason, hint in bad_defaults:
-        problems.add(dwhere, key, f"{reason} in the defaults: no job is rendered until it is fixed", hint)
+        problems.add(raw.defaults_where, key, f"{reason} in the defaults: no job is rendered until it is fixed", hint)
     defaults.update(cli_defaults or {})  # the command line wins over the file's defaults
+    return defaults, bad_defaults
 
-    jobs: list[JobSpec] = []
-    bad: list[str] = []
-    bad_where: list[str] = []
-    seen: dict[str, str] = {}
-    for where, row in rows:
-        merged = {**{k: v for k, v in defaults.items() if k in FIELDS}, **row}
-        rid, row_ok = _row_id(merged, where, problems)
-        label = rid if rid is not None and row_ok else where
-        if not row_ok:
-            merged.pop("id")
-        elif rid is not None:
-            merged["id"] = rid
-        row_ok = row_ok and where not in tainted
-        for key, reason, hint in bad_defaults:  # the scope of a bad default is every row: say so on each
-            problems.add(where, key, f"not rendered because of the defaults: {reason}", hint)
+
+def _job(where: str, row: dict, defaults: dict, bad_defaults: list, tainted: bool, base: str, seen: dict[str, str],
+         problems: ProblemList) -> tuple[JobSpec | None, str | None]:
+    """(the row's job, or None when it is invalid; the id the row gave, when it is usable text)."""
+    merged = {**{k: v for k, v in defaults.items() if k in FIELDS}, **row}
+    rid, row_ok = _row_id(merged, where, problems)
+    if not row_ok:
+        merged.pop("id")
+    elif rid is not None:
+        merged["id"] = rid
+    given = rid if row_ok else None
+    row_ok = row_ok and not tainted
+    for key, reason, hint in bad_defaults:  # the scope of a bad default is every row: say so on each
+        problems.add(where, key, f"not rendered because of the defaults: {reason}", hint)
+        row_ok = False
+    unknown = [k for k in row if k not in FIELDS]
+    for k in unknown:
+        problems.add(where, key_text(k), "unknown field", _suggest(key_text(k)))
+        merged.pop(k, None)
+    row_ok = not unknown and _resolve_locations(merged, base, where, problems) and row_ok
+    for req in ("id", "audio", "image"):
+        if req not in merged and not (req == "id" and "id" in row):
+            problems.add(where, req, "is required", None if req == "id" else "give a path or URI")
             row_ok = False
-        unknown = [k for k in row if k not in FIELDS]
-        for k in unknown:
-            problems.add(where, key_text(k), "unknown field", _suggest(key_text(k)))
-            merged.pop(k, None)
-        row_ok = not unknown and _resolve_locations(merged, base, where, problems) and row_ok
-        for req in ("id", "audio", "image"):
-            if req not in merged and not (req == "id" and "id" in row):
-                problems.add(where, req, "is required", None if req == "id" else "give a path or URI")
-                row_ok = False
-        if isinstance(rid, str) and rid in seen:
-            problems.add(where, "id", f"duplicate id '{rid}' (first at {seen[rid]})", "ids must be unique")
-            row_ok = False
-        elif isinstance(rid, str):
-            seen[rid] = where
-        try:
-            job = JobSpec(**merged, source=where)
-        except ValidationError as e:
-            # a field already reported for this row (missing, not a path) is not reported twice
-            said = {p.field for p in problems.items if p.where == where}
-            for err in e.errors():
-                field = ".".join(str(x) for x in err["loc"]) or None
-                if field not in said:
-                    problems.add(where, field, err["msg"].replace("Value error, ", ""), _hint_for(field, err))
-            bad.append(label)
-            bad_where.append(where)
-            continue
-        for field, reason in job.check_scene_policy():
-            problems.add(where, field, reason)
-            row_ok = False
-        if row_ok:
-            jobs.append(job)
-        else:
-            bad.append(label)
-            bad_where.append(where)
-    return Manifest(location=location, jobs=tuple(jobs), problems=tuple(problems.items), bad_rows=tuple(bad),
-                    bad_sources=tuple(bad_where))
+    if isinstance(rid, str) and rid in seen:
+        problems.add(where, "id", f"duplicate id '{rid}' (first at {seen[rid]})", "ids must be unique")
+        row_ok = False
+    elif isinstance(rid, str):
+        seen[rid] = where
+    try:
+        job = JobSpec(**merged, source=where)
+    except ValidationError as e:
+        # a field already reported for this row (missing, not a path) is not reported twice
+        said = {p.field for p in problems.items if p.where == where}
+        for err in e.errors():
+            field = ".".join(str(x) for x in err["loc"]) or None
+            if field not in said:
+                problems.add(where, field, err["msg"].replace("Value error, ", ""), _hint_for(field, err))
+        return None, given
+    for field, reason in job.check_scene_policy():
+        problems.add(where, field, reason)
+        row_ok = False
+    return (job if row_ok else None), given
 
 
 def _hint_for(field: str | None, err: dict) -> str | None:
@@ -277,12 +313,12 @@ def _hint_for(field: str | None, err: dict) -> str | None:
     return None
 
 
-def parse_defaults(pairs: list[str], defaults_file: str | None) -> dict[str, Any]:
+def parse_defaults(pairs: list[str], defaults_file: str | None, settings) -> dict[str, Any]:
     """Defaults from `--defaults FILE.yaml` and `--set key=value` (the latter wins)."""
     out: dict[str, Any] = {}
     if defaults_file:
         try:
-            data = safe_yaml.safe_load(read_text(str(defaults_file))) or {}
+            data = safe_yaml.safe_load(read_text(str(defaults_file), settings)) or {}
         except YAMLError as e:
             raise ManifestError(f"cannot read defaults file {defaults_file}: {e}") from None
         if isinstance(data, dict) and "defaults" in data:

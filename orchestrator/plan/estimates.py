@@ -1,4 +1,5 @@
-"""Seconds per clip that learn: measured clip times per (backend, GPU type, size, steps, CFG) kept in the work area."""
+"""What a plan will cost: seconds per clip that learn (measured per backend, GPU type, size, steps and CFG, kept in
+the work area), GPU-seconds and USD per job, and the frames a plan throws away."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from core.settings import Settings
+from orchestrator.plan.records import JobPlan, expected_clip_s
+from pipeline import audio as audio_mod
+from pipeline.backends import backend_spec
 
 log = logging.getLogger("s2v.estimates")
 
@@ -151,3 +157,41 @@ def record_run(settings, plans, results: dict, run_id: str) -> None:
         record(settings, samples)
     except Exception as e:  # noqa: BLE001 - see above
         log.warning("could not record clip times in %s: %s", settings.work, e)
+
+
+# ---------- what a plan will cost ----------
+
+def waste(plan: JobPlan) -> dict:
+    """Frames the GPU renders for this plan and how many of them are thrown away: `trimmed` at scene ends (the
+    last clip of a scene is rendered whole), `lead_in` at scene starts (Wan drops 3 frames of each first clip)."""
+    spec = backend_spec(plan.job.backend)
+    rendered = plan.clips * spec.clip_frames
+    lead_in = len(plan.scenes) * (spec.clip_frames - spec.first_clip_frames)
+    trimmed = sum(audio_mod.trimmed_frames(s.frames, spec.first_clip_frames, spec.clip_frames) for s in plan.scenes)
+    return {"rendered_frames": rendered, "trimmed_frames": trimmed, "lead_in_frames": lead_in,
+            "trimmed_share": round(trimmed / rendered, 5) if rendered else 0.0}
+
+
+def estimate(plans, settings: Settings) -> dict:
+    """GPU-seconds and cost per job and in total (learned seconds per clip where measured), frames thrown away,
+    and long silences."""
+    rows, total_s = [], 0.0
+    for p in plans:
+        clip_s = expected_clip_s(p, settings)
+        s = p.clips * clip_s
+        total_s += s
+        rows.append({"id": p.job.id, "scenes": len(p.scenes), "clips": p.clips, "frames": p.frames,
+                     "duration_s": round(p.duration_s, 3), **waste(p),
+                     "clip_s": round(clip_s, 3), "clip_s_source": p.expected_clip_source if p.expected_clip_s else "default",
+                     "gpu_s": s, "cost_usd": s / 3600 * settings.price(),
+                     "silence_s": round(sum(e - a for a, e in p.silences), 3),
+                     "long_silences": [[round(a, 3), round(e, 3)] for a, e in p.silences]})
+    tot = {k: sum(r[k] for r in rows) for k in ("scenes", "clips", "frames", "rendered_frames", "trimmed_frames",
+                                                "lead_in_frames")}
+    return {"jobs": rows, "total": {"jobs": len(rows), **tot,
+                                    "trimmed_share": round(tot["trimmed_frames"] / tot["rendered_frames"], 5)
+                                    if tot["rendered_frames"] else 0.0,
+                                    "gpu_s": total_s, "cost_usd": total_s / 3600 * settings.price(),
+                                    "price_per_gpu_hour": settings.price(),
+                                    "silence_s": round(sum(r["silence_s"] for r in rows), 3),
+                                    "long_silence_s": settings.long_silence_s}}

@@ -118,19 +118,7 @@ def load_settings(**overrides):
 
 
 def default_gpus(cfg: dict) -> int:
-    """The most GPUs the config can launch: the head's, plus worker types' max_workers × GPUs per node, taking
-    the biggest nodes first, bounded by the cluster's max_workers."""
-    types = cfg.get("available_node_types") or {}
-    head = cfg.get("head_node_type")
-    total = int(float((types.get(head, {}).get("resources") or {}).get("GPU", 0)))
-    budget = int(cfg.get("max_workers", 0) or 0)
-    workers = []
-    for name, t in types.items():
-        gpus = int(float((t.get("resources") or {}).get("GPU", 0)))
-        if name != head and gpus > 0:
-            workers.append((gpus, int(t.get("max_workers", budget) or 0)))
-    for gpus, most in sorted(workers, reverse=True):
-        n = max(0, min(most, budget))
-        total += n * gpus
-        budget -= n
-    return max(1, total)
+    """The most GPUs the config can launch (infra.clusters.config.gpu_capacity), at least one."""
+    from infra.clusters.config import gpu_capacity
+
+    return max(1, gpu_capacity(cfg))

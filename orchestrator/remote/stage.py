@@ -12,13 +12,12 @@ from typing import Callable
 import yaml
 
 from core.errors import ConfigError, ManifestError, Problem
-from core.retry import retrying
 from infra.storage import Uri, parse, storage_for
+from orchestrator.intake.inputs import sha256_file
 
 CLOUD_SCHEMES = ("s3", "gs")
 # model_dir is a node path or a bucket: weights are never staged; `captions: auto` names no file
 STAGED_FIELDS = ("audio", "image", "pose", "captions", "lora")
-_CHUNK = 1 << 20
 
 
 def work_area(flag: str | None, cfg: dict, config_path: str, env_work: str | None) -> Uri:
@@ -51,20 +50,12 @@ def local_output_problems(jobs) -> list[Problem]:
     for job in jobs:
         if parse(job.output).scheme not in CLOUD_SCHEMES:
             out.append(Problem(
-                job.source or job.id, "output",
+                job.where, "output",
                 f"resolves to the local path {job.output}, but a cluster run keeps every byte in object storage "
                 "(its nodes share no disk with this machine)",
                 "set output to s3://BUCKET/PREFIX or gs://BUCKET/PREFIX in this row, in the manifest's defaults, "
                 "or with --set output=s3://BUCKET/PREFIX"))
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _object_name(path: Path) -> str:
@@ -95,10 +86,10 @@ def stage_inputs(jobs, work: Uri, settings) -> tuple[dict[str, Uri], list[str], 
     staged, uploaded, reused = {}, [], []
     for location, path in locals_.items():
         dest = work.join("inputs", sha256_file(path), _object_name(path))
-        if retrying("storage")(storage.exists, dest):
+        if storage.exists(dest):
             reused.append(location)
         else:
-            retrying("storage")(storage.upload, path, dest)
+            storage.upload(path, dest)
             uploaded.append(location)
         staged[location] = dest
     return staged, uploaded, reused
@@ -128,21 +119,12 @@ def validate(manifest: str, settings, cli_defaults: dict | None = None):
     """Load and check the manifest on this machine, so problems name the user's file and rows: fields, local
     outputs (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
     ManifestError when no job is left to submit."""
-    from infra.storage.checks import check_inputs
-    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.intake.admission import admit
 
-    m = load_manifest(manifest, cli_defaults, settings)
-    problems = list(m.problems)
-    local_out = local_output_problems(m.jobs)
-    problems += local_out
-    jobs = [j for j in m.jobs if (j.source or j.id) not in {p.where for p in local_out}]
-    if jobs:
-        bad = check_inputs(jobs, settings)  # before anything is staged, submitted or billed
-        problems += bad
-        jobs = [j for j in jobs if (j.source or j.id) not in {p.where for p in bad}]
-    if not jobs:
-        raise ManifestError(f"nothing submitted: every job of {manifest} has a problem", problems)
-    return jobs, problems
+    adm = admit(manifest, settings, cli_defaults, checks=(lambda jobs, _: local_output_problems(jobs),))
+    if not adm.jobs:
+        raise ManifestError(f"nothing submitted: every job of {manifest} has a problem", list(adm.problems))
+    return list(adm.jobs), list(adm.problems)
 
 
 def stage(jobs, source: str, work: Uri, settings, echo: Callable[[str], None] = print) -> Staged:
@@ -152,8 +134,8 @@ def stage(jobs, source: str, work: Uri, settings, echo: Callable[[str], None] = 
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     dest = work.join("manifests", f"{digest}.yaml")
     st = storage_for(dest, settings)
-    if not retrying("storage")(st.exists, dest):
-        retrying("storage")(st.write_bytes, dest, text.encode())
+    if not st.exists(dest):
+        st.write_bytes(dest, text.encode())
     if uploaded or reused:
         echo(f"staged {len(uploaded) + len(reused)} local input(s) to {work.join('inputs')} "
              f"({len(uploaded)} uploaded, {len(reused)} already there)")

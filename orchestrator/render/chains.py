@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from core.settings import Settings
 from orchestrator.workarea.layout import first_missing
-from orchestrator.plan.planner import JobPlan, ScenePlan, expected_clip_s
+from orchestrator.plan.records import JobPlan, ScenePlan, expected_clip_s
 
 
 @dataclass
@@ -48,13 +48,11 @@ class JobState:
     scenes_left: int
     attempts: int = 0  # application errors (lost nodes and preemptions never count)
     clips_rendered: int = 0
-    clips_redone: int = 0
     gpu_s: float = 0.0
     cost_usd: float = 0.0  # its GPU-seconds at the price of the nodes that rendered them
     infra_retries: int = 0
     preemptions: int = 0
     failed: str | None = None
-    workers: set = field(default_factory=set)
 
 
 def queue_chains(plans: list[JobPlan], done: dict[str, dict[int, set[int]]],

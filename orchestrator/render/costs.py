@@ -3,11 +3,8 @@ priced by its node type's labels; local runs keep the GPU-second estimate."""
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 
-log = logging.getLogger("s2v.costs")
 PRICE_KEY, MARKET = "s2v-price-key", "s2v-market"  # Ray node labels our cluster configs set per node type
 
 
@@ -28,69 +25,29 @@ class NodeUse:
         return max(0.0, end - max(self.start, since)) / 3600.0
 
 
-def read_nodes() -> list[NodeUse]:
-    """Every node the GCS knows (dead ones keep their start and end times), without the dashboard."""
-    import ray
-
-    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
-    out = []
-    for nid, info in gcs.get_all_node_info(timeout=10).items():
-        labels = dict(info.labels)
-        out.append(NodeUse(node_id=nid.hex(), start=info.start_time_ms / 1000.0,
-                           end=info.end_time_ms / 1000.0 if info.end_time_ms else None,
-                           gpus=float(info.resources_total.get("GPU", 0.0)), key=labels.get(PRICE_KEY),
-                           market=labels.get(MARKET), head=bool(info.is_head_node)))
-    return out
-
-
-def _observed(seen: dict[str, NodeUse]) -> list[NodeUse]:
-    """The same from ray.nodes() (public API, no times): a node starts and ends when this ledger saw it so."""
-    import ray
-
-    now = time.time()
-    for n in ray.nodes():
-        nid = n["NodeID"]
-        labels = n.get("Labels") or {}
-        use = seen.get(nid)
-        if use is None:
-            use = seen[nid] = NodeUse(nid, now, None, float(n.get("Resources", {}).get("GPU", 0.0)),
-                                      labels.get(PRICE_KEY), labels.get(MARKET),
-                                      "node:__internal_head__" in n.get("Resources", {}))
-        if not n.get("Alive", True) and use.end is None:
-            use.end = now
-    return list(seen.values())
-
-
 class NodeLedger:
-    """Node-hours × node price over the run's window; `enabled` only when the run joined a cluster."""
+    """Node-hours × node price over the run's window; `enabled` only when the run joined a cluster. The runtime
+    gives the node table and the clocks."""
 
-    def __init__(self, settings, enabled: bool, started: float | None = None):
-        self.settings, self.enabled = settings, enabled
-        self.started = time.time() if started is None else started
+    def __init__(self, settings, enabled: bool, runtime, started: float | None = None):
+        self.settings, self.enabled, self.runtime = settings, enabled, runtime
+        self.started = runtime.time() if started is None else started
         self.ended: float | None = None
         self.nodes: dict[str, NodeUse] = {}
-        self._seen: dict[str, NodeUse] = {}
-        self._last = 0.0
-        self._gcs_ok = True
+        self._last = -float("inf")
         self._unknown: set[str] = set()
 
     def poll(self, force: bool = False) -> None:
-        if not self.enabled or (not force and time.monotonic() - self._last < self.settings.cost_poll_s):
+        if not self.enabled or (not force and self.runtime.now() - self._last < self.settings.cost_poll_s):
             return
-        self._last = time.monotonic()
-        try:
-            nodes = read_nodes() if self._gcs_ok else _observed(self._seen)
-        except Exception as e:  # noqa: BLE001 - private GCS client changed or unreachable: the public view
-            log.info("node table through the GCS client failed (%s); timing nodes as observed", e)
-            self._gcs_ok = False
-            nodes = _observed(self._seen)
-        for n in nodes:
+        self._last = self.runtime.now()
+        for n in self.runtime.node_table():
             if n.end is None or n.end > self.started:  # alive at some point of the run
                 self.nodes[n.node_id] = n
 
     def finish(self) -> None:
         self.poll(force=True)
-        self.ended = time.time()
+        self.ended = self.runtime.time()
 
     def price(self, n: NodeUse) -> float | None:
         return self.settings.node_price(n.key, n.market)
@@ -116,7 +73,7 @@ class NodeLedger:
         """USD so far from node-hours; None when local, or when a node of the run has no known price."""
         if not self.enabled or not self.nodes:
             return None
-        until = self.ended or time.time()
+        until = self.ended or self.runtime.time()
         total = 0.0
         for n in self.nodes.values():
             p = self.price(n)
@@ -129,7 +86,7 @@ class NodeLedger:
         """For the report: node-hours, their cost, every node's share, and what could not be priced (said)."""
         if not self.enabled:
             return {"source": "gpu-seconds", "note": "local run: cost is GPU-seconds × the GPU price table"}
-        until = self.ended or time.time()
+        until = self.ended or self.runtime.time()
         rows, hours, cost, unpriced = [], 0.0, 0.0, []
         for n in sorted(self.nodes.values(), key=lambda n: (not n.head, n.start)):
             h, p = n.hours(self.started, until), self.price(n)

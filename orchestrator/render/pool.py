@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from pathlib import Path
-from typing import Callable
 
 from core.settings import Settings
 from orchestrator.render.costs import NodeLedger
+from orchestrator.render.events import EventLog
+from orchestrator.render.runtime import ActorLost, CallFailed, NotReady, Runtime
 from orchestrator.render.slots import COUNTED, WAITING, Slot, SlotState
 
 S = SlotState
@@ -23,81 +23,61 @@ NODES_EVERY_S = 1.0
 INFO_WAIT_S = 10.0
 
 
-def make_actors(settings: Settings, n: int, backends: tuple[str, ...] = (), resources: dict | None = None) -> list:
-    """n render actors (one per GPU; num_cpus=0 so they never starve stitching of the CPUs). Never pinned to a
-    node: Ray restarts one whose process or node died wherever a GPU is (or will be) free."""
-    import ray
-
-    from orchestrator.render.worker import RenderWorker
-
-    cls = ray.remote(RenderWorker).options(num_gpus=settings.gpus_per_actor, num_cpus=0, max_restarts=-1,
-                                           max_task_retries=0, max_concurrency=1, resources=resources or {})
-    return [cls.remote(settings, backends) for _ in range(n)]
-
-
 def config_gpu_limit(gpus_per_actor: int, path: str | None = None) -> int | None:
     """Most actors the launcher's cluster config allows (head GPUs + GPU worker types within max_workers); None
     when this machine holds no such config (a fixed cluster, or a driver outside the head)."""
     import yaml
+
+    from infra.clusters.config import gpu_capacity
 
     p = Path(os.path.expanduser(path or BOOTSTRAP_CONFIG))
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
-    types = cfg.get("available_node_types") or {}
-    head = cfg.get("head_node_type")
-    per_node = lambda nt: int(float(((nt or {}).get("resources") or {}).get("GPU", 0)) // gpus_per_actor)  # noqa: E731
-    total = per_node(types.get(head)) if head in types else 0
-    workers_left = int(cfg.get("max_workers", 0) or 0)
-    for name, nt in sorted(types.items(), key=lambda kv: -per_node(kv[1])):  # the most GPUs per node first
-        if name == head or per_node(nt) == 0:
-            continue
-        take = min(int((nt or {}).get("max_workers", workers_left) or 0), workers_left)
-        total += take * per_node(nt)
-        workers_left -= take
-    return total
+    return gpu_capacity(cfg, gpus_per_actor)
 
 
 class Pool:
     """Owns the actors and their slots. Static on the embedded local Ray (N logical GPUs → N actors, as many as at
     the start); elastic when the run joined a cluster: it asks the autoscaler for min(chains left, target) GPUs,
     creates that many actors (pending ones are Ray's own demand and never count as workers), retires surplus ones,
-    asks for a replacement the moment a node gets an interruption notice, and releases everything at the end."""
+    asks for a replacement the moment a node gets an interruption notice, and releases everything at the end.
+    What it does goes to `events` (the run's one EventLog)."""
 
-    def __init__(self, settings: Settings, backends: tuple[str, ...] = (), *, actors: list | None = None,
-                 elastic: bool | None = None, note: Callable[..., None] = lambda *a: None):
-        import ray
-
+    def __init__(self, settings: Settings, runtime: Runtime, events: EventLog, backends: tuple[str, ...] = (), *,
+                 elastic: bool | None = None):
         from infra.clusters.config import ONDEMAND_RESOURCE
 
-        self.settings, self.backends, self.note = settings, backends, note
+        self.settings, self.rt, self.events, self.backends = settings, runtime, events, backends
         self.elastic = bool(settings.address) if elastic is None else elastic
         self.ondemand_resource = ONDEMAND_RESOURCE
         # an on-demand node type exists on our cluster configs (an autoscaler can add one) or is already here
-        self.can_ondemand = actors is None and (self.elastic or ONDEMAND_RESOURCE in ray.cluster_resources())
+        self.can_ondemand = self.elastic or runtime.has_resource(ONDEMAND_RESOURCE)
         self.ondemand_reason: str | None = None  # set: new actors ask for the on-demand node type
         self.leave_spot = False  # set after too many preemptions: idle spot actors are replaced as well
         self.preempt_times: list[float] = []  # within the fallback window
         self.preemptions = 0
-        self.slots: list[Slot] = [Slot(a, probe=a.ping.remote()) for a in (actors or [])]
-        self.target, self.target_source = self._target() if actors is None else (len(self.slots), "given actors")
+        self.slots: list[Slot] = []
+        self.target, self.target_source = self._target()
         self.static_n = self.target
         self.requested: list | None = None
         self.short_since: float | None = None
         self.retiring: list[tuple[Slot, object, float]] = []  # (slot, info ref, since): killed once answered
         self.infos: list[dict] = []
         self._alive: set[str] = set()
-        self._alive_at = 0.0
-        self.ledger = NodeLedger(settings, enabled=self.elastic)
+        self._alive_at = -float("inf")
+        self.ledger = NodeLedger(settings, self.elastic, runtime)
         self.peak_workers = 0
+
+    def note(self, kind: str, detail: str | None = None, slot: Slot | None = None) -> None:
+        self.events.add(kind, slot=None if slot is None else self.slots.index(slot),
+                        node=None if slot is None else slot.node, detail=detail)
 
     # ---------- size ----------
     def _target(self) -> tuple[int, str]:
-        import ray
-
         g = self.settings.gpus_per_actor
-        have = int(ray.cluster_resources().get("GPU", 0) // g)
+        have = int(self.rt.cluster_gpus() // g)
         if not self.elastic:
             return max(1, have or (self.settings.gpus or 1) // g), "local GPUs"
         limit = config_gpu_limit(g)
@@ -110,18 +90,17 @@ class Pool:
 
     def start(self, chains: int) -> None:
         self.ledger.poll(force=True)
-        if not self.slots:
-            n = self.static_n if not self.elastic else min(self.target, chains)
-            for _ in range(n):
-                self.add()
+        n = self.static_n if not self.elastic else min(self.target, chains)
+        for _ in range(n):
+            self.add()
         self.note("pool", f"target {self.target} actors ({self.target_source}); {len(self.slots)} started")
         self._request()
 
     def add(self, ondemand: bool | None = None) -> Slot:
         ondemand = self.ondemand_reason is not None if ondemand is None else ondemand
         res = {self.ondemand_resource: self.settings.gpus_per_actor} if ondemand else None
-        handle = make_actors(self.settings, 1, self.backends, res)[0]
-        slot = Slot(handle, probe=handle.ping.remote(), ondemand=ondemand)
+        handle = self.rt.start_actor(self.settings, self.backends, res)
+        slot = Slot(handle, probe=self.rt.call(handle, "ping"), ondemand=ondemand, clock=self.rt.now)
         self.slots.append(slot)
         return slot
 
@@ -133,7 +112,7 @@ class Pool:
         slot.inflight.clear()
         slot.probe = None
         if answered:
-            self.retiring.append((slot, slot.handle.info.remote(), time.monotonic()))
+            self.retiring.append((slot, self.rt.call(slot.handle, "info"), self.rt.now()))
         else:
             self._kill(slot)
 
@@ -144,9 +123,15 @@ class Pool:
     def workers(self) -> int:
         return sum(1 for s in self.slots if s.state in (SlotState.IDLE, SlotState.BUSY, SlotState.WARNED))
 
+    def capacity(self) -> dict:
+        """For the run's result: what the pool aimed for, what it got, and whether and why it left spot."""
+        return {"target": self.target, "target_source": self.target_source, "elastic": self.elastic,
+                "peak_workers": self.peak_workers, "actors_started": len(self.slots),
+                "ondemand": self.ondemand_reason, "notices": self.preemptions}
+
     # ---------- each scheduler tick ----------
     def tick(self, chains_left: int) -> None:
-        now = time.monotonic()
+        now = self.rt.now()
         self.peak_workers = max(self.peak_workers, self.workers())
         self._reap(now)
         self.ledger.poll()
@@ -201,11 +186,9 @@ class Pool:
 
     def _unplaced(self) -> int:
         """Actors no GPU of the cluster can hold now (our GPUs needed beyond the cluster's; a dedicated cluster)."""
-        import ray
-
         g = self.settings.gpus_per_actor
         need = g * sum(1 for s in self.slots if s.state not in (SlotState.RETIRED, SlotState.BROKEN))
-        return max(0, math.ceil((need - ray.cluster_resources().get("GPU", 0)) / g))
+        return max(0, math.ceil((need - self.rt.cluster_gpus()) / g))
 
     def _request(self) -> None:
         """Ask the autoscaler for a GPU bundle per actor we hold or wait for (draining ones have their
@@ -216,22 +199,20 @@ class Pool:
         bundles = [{"GPU": g, self.ondemand_resource: g} if s.ondemand else {"GPU": g}
                    for s in self.slots if s.state in COUNTED or s.state is SlotState.DRAINING]
         if bundles != self.requested:
-            request_gpus(bundles)
+            self.rt.request_gpus(bundles)
             self.requested = bundles
 
     def node_alive(self, node: str) -> bool:
-        import ray
-
-        if time.monotonic() - self._alive_at > NODES_EVERY_S:
-            self._alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-            self._alive_at = time.monotonic()
+        if self.rt.now() - self._alive_at > NODES_EVERY_S:
+            self._alive = self.rt.alive_nodes()
+            self._alive_at = self.rt.now()
         return node in self._alive
 
     # ---------- preemption ----------
     def draining(self, slot: Slot, why: str) -> None:
         """An interruption notice on its node: it refuses clips; a replacement is asked for at once."""
         slot.to(S.DRAINING, why)
-        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+        slot.retry_at = self.rt.now() + NOTICE_PROBE_S
         self.note("draining", why, slot)
         self.preempted()  # first: after too many, the replacement goes on-demand
         self.add()
@@ -240,11 +221,11 @@ class Pool:
     def warned(self, slot: Slot, why: str) -> None:
         """An early warning on its node: it finishes its chain (if any) and starts no new one until it passes."""
         slot.to(S.WARNED)
-        slot.retry_at = time.monotonic() + NOTICE_PROBE_S
+        slot.retry_at = self.rt.now() + NOTICE_PROBE_S
         self.note("warned", why, slot)
 
     def preempted(self) -> None:
-        now = time.monotonic()
+        now = self.rt.now()
         window = self.settings.fallback_window_min * 60
         self.preempt_times = [t for t in self.preempt_times if now - t <= window] + [now]
         self.preemptions += 1
@@ -259,25 +240,22 @@ class Pool:
     # ---------- the actors' health: probes, notices ----------
     def probed(self, slot: Slot, ref) -> None:
         """A ping (starting, lost) or notices call (warned, draining) answered."""
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
         slot.probe = None
-        now = time.monotonic()
+        now = self.rt.now()
         try:
-            answer = ray.get(ref, timeout=10)
-        except RayTaskError as e:  # ping raised: the actor could not set itself up (no CUDA, no weights…)
-            self.broken(slot, e.cause if getattr(e, "cause", None) is not None else e)
+            answer = self.rt.get(ref, timeout=10)
+        except CallFailed as e:  # ping raised: the actor could not set itself up (no CUDA, no weights…)
+            self.broken(slot, e.cause)
             return
-        except RayActorError as e:
-            if getattr(e, "actor_init_failed", False):
-                self.broken(slot, e)
+        except ActorLost as e:
+            if e.init_failed:
+                self.broken(slot, e.error)
             elif slot.state is S.DRAINING:
                 self.retire(slot, "died under notice (its replacement was asked for at the notice)")
             else:
                 slot.retry_at = now + 1.0  # restarting: ask again
             return
-        except GetTimeoutError:
+        except NotReady:
             slot.retry_at = now + 1.0
             return
         if slot.state in WAITING:
@@ -305,25 +283,23 @@ class Pool:
         self._kill(slot)
 
     def probe_all(self) -> None:
-        now = time.monotonic()
+        now = self.rt.now()
         for s in self.slots:
             if s.probe is not None or now < s.retry_at:
                 continue
             if s.state in WAITING:
-                s.probe = s.handle.ping.remote()
+                s.probe = self.rt.call(s.handle, "ping")
             elif s.state is S.DRAINING or (s.state is S.WARNED and not s.inflight):
-                s.probe = s.handle.notices.remote()
+                s.probe = self.rt.call(s.handle, "notices")
 
     # ---------- end ----------
     def _reap(self, now: float, wait: bool = False) -> None:
-        import ray
-
         keep = []
         for slot, ref, since in self.retiring:
-            ready, _ = ray.wait([ref], timeout=INFO_WAIT_S if wait else 0)
+            ready = self.rt.wait([ref], timeout=INFO_WAIT_S if wait else 0)
             if ready or now - since > INFO_WAIT_S or wait:
                 try:
-                    self.infos.append({**ray.get(ref, timeout=1), "retired": slot.reason})
+                    self.infos.append({**self.rt.get(ref, timeout=1), "retired": slot.reason})
                 except Exception:  # noqa: BLE001 - an actor that cannot answer has nothing to report
                     pass
                 self._kill(slot)
@@ -331,41 +307,23 @@ class Pool:
                 keep.append((slot, ref, since))
         self.retiring = keep
 
-    @staticmethod
-    def _kill(slot: Slot) -> None:
-        import ray
-
-        try:
-            ray.kill(slot.handle, no_restart=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+    def _kill(self, slot: Slot) -> None:
+        self.rt.kill(slot.handle, restart=False)
 
     def close(self) -> list[dict]:
-        """Infos of every actor that worked (retired ones included), then kill them all and drop the request."""
-        import ray
-
+        """Infos of every actor that worked (retired ones included), then kill them all and drop the request.
+        The ledger goes on: the run closes it once stitching is over (the head's time counts too)."""
         live = [s for s in self.slots if s.state is not SlotState.RETIRED]
-        asked = {s.handle.info.remote(): s for s in live if s.state is not SlotState.STARTING}
-        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=15) if asked else ([], [])
+        asked = {self.rt.call(s.handle, "info"): s for s in live if s.state is not SlotState.STARTING}
+        ready = self.rt.wait(list(asked), timeout=15, every=True) if asked else []
         for ref, s in asked.items():
             try:
-                self.infos.append(ray.get(ref, timeout=1) if ref in ready else {"dead": True, "state": s.state.value})
+                self.infos.append(self.rt.get(ref, timeout=1) if ref in ready else {"dead": True, "state": s.state.value})
             except Exception:  # noqa: BLE001 - a dead or restarting actor has no info to give
                 self.infos.append({"dead": True, "state": s.state.value})
-        self._reap(time.monotonic(), wait=True)
+        self._reap(self.rt.now(), wait=True)
         for s in live:
             self._kill(s)
         if self.elastic:
-            request_gpus([])
-        self.ledger.finish()
+            self.rt.request_gpus([])
         return self.infos
-
-
-def request_gpus(bundles: list[dict]) -> None:
-    """The autoscaler's standing request (replaces the previous one; [] gives everything back)."""
-    from ray.autoscaler.sdk import request_resources
-
-    try:
-        request_resources(bundles=bundles)
-    except Exception as e:  # noqa: BLE001 - a cluster without an autoscaler still renders on what it has
-        log.warning("could not ask the autoscaler for %d GPU bundle(s): %s", len(bundles), e)

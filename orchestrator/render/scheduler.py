@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from typing import Callable
 
 from core.errors import ChainBroken, CudaUnavailable, Preempted, Warned
 from core.settings import Settings
+from orchestrator.plan.records import JobPlan, expected_clip_s
 from orchestrator.render.chains import Chain, JobState, over_budget, queue_chains
-from orchestrator.workarea.layout import WorkArea, first_missing
-from orchestrator.plan.planner import JobPlan, expected_clip_s
 from orchestrator.render.pool import Pool
+from orchestrator.render.runtime import ActorLost, CallFailed, NotReady
 from orchestrator.render.slots import Slot, SlotState
+from orchestrator.workarea.layout import WorkArea, first_missing
 
 log = logging.getLogger("s2v.scheduler")
 WAIT_S = 0.5  # how long one ray.wait may block: progress and the watchdog tick at this rate
@@ -25,22 +25,19 @@ class Scheduler:
     """Drives the pool's actors until every chain is checkpointed or its job has failed.
 
     on_clip(job_state, result) after each clip; on_job_ready(job_state) when a job's scenes are all done
-    (the caller stitches it); on_job_failed(job_state). `pool` is a Pool or a plain list of actors (static)."""
+    (the caller stitches it); on_job_failed(job_state); on_tick() once per turn of the loop. Every Ray call goes
+    through the pool's runtime; what happens goes to the pool's event log."""
 
-    def __init__(self, settings: Settings, work: str, pool, *,
+    def __init__(self, settings: Settings, work: str, pool: Pool, *,
                  on_clip: Callable = lambda js, r: None, on_job_ready: Callable = lambda js: None,
                  on_job_failed: Callable = lambda js: None, on_tick: Callable = lambda: None):
-        self.settings, self.work = settings, work
-        self.events: list[tuple] = []  # (t, kind, job | slot, scene | node, clip | reason) for tests and the report
-        self.pool = pool if isinstance(pool, Pool) else Pool(settings, actors=list(pool), elastic=False)
-        self.pool.note = lambda kind, detail, slot=None: self.events.append(
-            (time.monotonic(), kind, None if slot is None else self.slots.index(slot),
-             None if slot is None else slot.node, detail))
+        self.settings, self.work, self.pool = settings, work, pool
+        self.rt, self.events = pool.rt, pool.events
         self.on_clip, self.on_job_ready, self.on_job_failed, self.on_tick = on_clip, on_job_ready, on_job_failed, on_tick
         self.stop_reason: str | None = None
         self.jobs: dict[str, JobState] = {}
         self.chains: dict[tuple[str, int], Chain] = {}
-        self.plan_refs: dict[tuple[str, str], list] = {}
+        self.plan_refs: dict[tuple[str, str], object] = {}
         self.queue: deque[Chain] = deque()
         self.background: list = []  # fire-and-forget calls (release), drained so their errors never echo
         self.stopped_starting = False
@@ -78,18 +75,16 @@ class Scheduler:
 
     # ---------- main loop ----------
     def run(self) -> None:
-        import ray
-
         for js in list(self.jobs.values()):
             if js.scenes_left == 0:
                 self.on_job_ready(js)
         self.pool.start(self._chains_left())
-        last_worker = time.monotonic()
+        last_worker = self.rt.now()
         while self._work_left():
             self.pool.tick(self._chains_left())
             if self.pool.workers():
-                last_worker = time.monotonic()
-            elif time.monotonic() - last_worker > self.settings.no_worker_timeout_s:
+                last_worker = self.rt.now()
+            elif self.rt.now() - last_worker > self.settings.no_worker_timeout_s:
                 self._fail_queued(f"no GPU worker came back within {self.settings.no_worker_timeout_s:.0f}s")
                 break
             if self.queue and not any(s.in_rotation for s in self.slots):
@@ -101,10 +96,9 @@ class Scheduler:
             if not refs:
                 # work is queued but nothing is in flight (a chain waiting for another actor than the one that
                 # failed it, probes not due yet): wait a tick, never spin
-                time.sleep(WAIT_S)
+                self.rt.pause(WAIT_S)
             else:
-                ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
-                for ref in ready:
+                for ref in self.rt.wait(refs, timeout=WAIT_S):
                     self._handle(ref)
             self.pool.probe_all()
             self._watchdog()
@@ -131,8 +125,7 @@ class Scheduler:
                     break
                 slot.assign(chain)
                 chain.next_submit, chain.fresh = chain.next_done, True
-                self.events.append((time.monotonic(), "assign", chain.plan.job.id, chain.scene.index,
-                                    self.slots.index(slot)))
+                self.events.add("assign", job=chain.plan.job.id, scene=chain.scene.index, slot=self.slots.index(slot))
             self._submit(slot)
 
     def _submit(self, slot: Slot) -> None:
@@ -142,18 +135,18 @@ class Scheduler:
         while chain.next_submit < chain.n and len(slot.inflight) < self.settings.clips_in_flight_per_actor:
             ci = chain.next_submit
             # more: clip ci+1 follows on this actor, so ci's checkpoint may be written while it renders
-            ref = slot.handle.render_clip.remote(self._plan_handle(chain.plan), chain.scene.index, ci, self.work,
-                                                 more=ci + 1 < chain.n, starts_chain=chain.fresh)
+            ref = self.rt.call(slot.handle, "render_clip", self._plan_handle(chain.plan), chain.scene.index, ci,
+                               self.work, more=ci + 1 < chain.n, starts_chain=chain.fresh)
             chain.fresh = False
             slot.inflight.append(ref)
-            self.events.append((time.monotonic(), "submit", chain.plan.job.id, chain.scene.index, ci))
+            self.events.add("submit", job=chain.plan.job.id, scene=chain.scene.index, clip=ci)
             chain.next_submit += 1
 
     def _next_chain(self, slot: Slot) -> Chain | None:
         """The first live chain this slot has not failed. One it failed goes to another actor first (even one
         still starting); it comes back here when every other actor failed it too, or none took it within a minute.
         Chains of failed jobs are dropped as they come up (rebuilding the queue per start is quadratic)."""
-        me, now = id(slot), time.monotonic()
+        me, now = id(slot), self.rt.now()
         skipped: list[Chain] = []
         found = None
         while self.queue:
@@ -168,25 +161,19 @@ class Scheduler:
         self.queue.extendleft(reversed(skipped))  # keep their places at the front
         return found
 
-    def _plan_handle(self, plan: JobPlan) -> list:
-        """[ObjectRef] of the plan, put once: nested in a list so Ray passes the ref and the actor caches the plan
-        (a 20-minute job's plan pickled into every clip call cost ~2 ms per call on each side)."""
-        import ray
-
+    def _plan_handle(self, plan: JobPlan):
+        """The plan, shared once through the runtime: every clip call carries a handle, never the plan itself."""
         k = (plan.key, plan.job.id)
         if k not in self.plan_refs:
-            self.plan_refs[k] = [ray.put(plan)]
+            self.plan_refs[k] = self.rt.share(plan)
         return self.plan_refs[k]
 
     # ---------- outcomes ----------
     def _handle(self, ref) -> None:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
         if ref in self.background:
             self.background.remove(ref)
             try:
-                ray.get(ref, timeout=1)
+                self.rt.get(ref, timeout=1)
             except Exception:  # noqa: BLE001 - a release to an actor that died meanwhile: nothing to do
                 pass
             return
@@ -198,23 +185,22 @@ class Scheduler:
             return
         chain = slot.chain
         try:
-            res = ray.get(ref, timeout=60)
-        except RayActorError as e:  # the actor (or its node) died: infrastructure, not the job's fault
+            res = self.rt.get(ref, timeout=60)
+        except ActorLost as e:  # the actor (or its node) died: infrastructure, not the job's fault
             self._lost(slot, chain, e)
             return
-        except RayTaskError as e:
-            self._app_error(slot, chain, e)
+        except CallFailed as e:
+            self._app_error(slot, chain, e.cause)
             return
-        except GetTimeoutError:
+        except NotReady:
             return
         slot.inflight.remove(ref)
         js = self.jobs[chain.plan.job.id]
         js.clips_rendered += 1
         js.gpu_s += res["render_s"]
         js.cost_usd += res["render_s"] * self.pool.ledger.gpu_price_per_s(res.get("node"))
-        js.workers.add(res["node"])
         slot.node = res["node"]
-        slot.clip_started = time.monotonic()
+        slot.clip_started = self.rt.now()
         # a chain advances on checkpointed clips only (a result without "saved" was checkpointed before returning)
         for job_id, si, ci in res.get("saved", [[res["job"], res["scene"], res["clip"]]]):
             self._saved(job_id, si, ci)
@@ -233,16 +219,11 @@ class Scheduler:
     def _saved(self, job_id: str, si: int, ci: int) -> None:
         chain = self.chains.get((job_id, si))
         for k in chain.mark_saved(ci) if chain is not None else ():
-            self.events.append((time.monotonic(), "done", job_id, si, k))
+            self.events.add("done", job=job_id, scene=si, clip=k)
 
     def _requeue(self, slot: Slot, chain: Chain | None) -> None:
-        import ray
-
         for r in slot.inflight:
-            try:
-                ray.cancel(r)
-            except Exception:  # noqa: BLE001 - cancelling a finished or lost ref is harmless
-                pass
+            self.rt.cancel(r)
         slot.release()
         if chain is None or self.jobs[chain.plan.job.id].failed is not None:
             return
@@ -261,23 +242,22 @@ class Scheduler:
         chain.next_submit = chain.next_done
         self.queue.appendleft(chain)  # resume first: it is already partly paid for
 
-    def _lost(self, slot: Slot, chain: Chain | None, err) -> None:
+    def _lost(self, slot: Slot, chain: Chain | None, err: ActorLost) -> None:
         if chain is not None:
             js = self.jobs[chain.plan.job.id]
             js.infra_retries += 1
-            if getattr(err, "preempted", False):
+            if err.preempted:
                 js.preemptions += 1
                 self.pool.preempted()
-            self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
+            self.events.add("lost", job=chain.plan.job.id, scene=chain.scene.index, clip=chain.next_done)
         self._requeue(slot, chain)
         if slot.state is S.DRAINING:
             self.pool.retire(slot, "died under notice")
             return
         slot.to(S.LOST)
-        slot.probe = slot.handle.ping.remote()
+        slot.probe = self.rt.call(slot.handle, "ping")
 
-    def _app_error(self, slot: Slot, chain: Chain, e) -> None:
-        cause = e.cause if getattr(e, "cause", None) is not None else e
+    def _app_error(self, slot: Slot, chain: Chain, cause: BaseException) -> None:
         js = self.jobs[chain.plan.job.id]
         if isinstance(cause, ChainBroken):
             self._requeue(slot, chain)
@@ -289,7 +269,7 @@ class Scheduler:
             return
         if isinstance(cause, Preempted):
             js.preemptions += 1
-            self.events.append((time.monotonic(), "preempted", chain.plan.job.id, chain.scene.index, chain.next_done))
+            self.events.add("preempted", job=chain.plan.job.id, scene=chain.scene.index, clip=chain.next_done)
             self._requeue(slot, chain)
             slot.node = cause.node or slot.node
             if slot.state in (S.IDLE, S.WARNED):
@@ -300,9 +280,10 @@ class Scheduler:
             self.pool.broken(slot, cause)
             return
         reason = f"{type(cause).__name__}: {cause}"
-        self.events.append((time.monotonic(), "error", chain.plan.job.id, chain.scene.index, chain.next_done))
+        self.events.add("error", job=chain.plan.job.id, scene=chain.scene.index, clip=chain.next_done,
+                        slot=self.slots.index(slot), detail=reason)
         slot.failures[js.plan.job.id] = slot.failures.get(js.plan.job.id, 0) + 1
-        chain.failed_on[id(slot)] = time.monotonic()
+        chain.failed_on[id(slot)] = self.rt.now()
         self._requeue(slot, chain)
         self._count_failure(js, reason)
         if len(slot.failures) >= self.settings.blocklist_after_jobs and slot.state in (S.IDLE, S.WARNED):
@@ -324,15 +305,13 @@ class Scheduler:
             self.queue = deque(c for c in self.queue if c.plan.job.id != js.plan.job.id)
             for s in self.slots:
                 if s.chain is not None and s.chain.plan.job.id == js.plan.job.id:
-                    if s.state in (S.BUSY, S.WARNED) and hasattr(s.handle, "release"):
-                        self.background.append(s.handle.release.remote())  # lands its checkpoint, frees the tail
+                    if s.state in (S.BUSY, S.WARNED):
+                        self.background.append(self.rt.call(s.handle, "release"))  # lands its checkpoint, frees the tail
                     self._requeue(s, None)
             self.on_job_failed(js)
 
     def _watchdog(self) -> None:
-        import ray
-
-        now = time.monotonic()
+        now = self.rt.now()
         for slot in self.slots:
             if not slot.inflight or slot.chain is None or slot.state not in (S.BUSY, S.WARNED):
                 continue
@@ -343,13 +322,14 @@ class Scheduler:
                 continue
             log.warning("watchdog: %s clip %d ran %.0fs (limit %.0fs); restarting its actor",
                         chain.plan.job.id, chain.next_done, now - slot.clip_started, limit)
-            ray.kill(slot.handle, no_restart=False)
+            self.rt.kill(slot.handle, restart=True)
             js = self.jobs[chain.plan.job.id]
             js.infra_retries += 1
-            self.events.append((time.monotonic(), "lost", chain.plan.job.id, chain.scene.index, chain.next_done))
+            self.events.add("lost", job=chain.plan.job.id, scene=chain.scene.index, clip=chain.next_done,
+                            detail="watchdog")
             self._requeue(slot, chain)
             slot.to(S.LOST, "watchdog")
-            slot.probe = slot.handle.ping.remote()
+            slot.probe = self.rt.call(slot.handle, "ping")
             self._count_failure(js, f"clip {chain.next_done} of scene {chain.scene.index} ran past the watchdog limit")
 
     def _over_budget(self, chain: Chain) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Callable
 
 
 class SlotState(Enum):
@@ -57,18 +58,24 @@ class Slot:
     failures: dict = field(default_factory=dict)  # job id → application failures on this actor
     node: str | None = None  # Ray node id, once known
     ondemand: bool = False  # created for the on-demand node type
-    since: float = field(default_factory=time.monotonic)  # when it entered its state
+    since: float | None = None  # when it entered its state (the clock's time)
     retry_at: float = 0.0  # no probe before this
     reason: str | None = None  # why BROKEN / BLOCKED / RETIRED
     history: list = field(default_factory=list)  # (t, from, to) for tests and the report
+    clock: Callable[[], float] = time.monotonic  # the runtime's clock
+
+    def __post_init__(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
 
     def to(self, new: SlotState, reason: str | None = None) -> None:
         if new is self.state:
             return
         if new not in ALLOWED[self.state]:
             raise IllegalTransition(f"slot {self.state.value} → {new.value} is not allowed ({reason or 'no reason'})")
-        self.history.append((time.monotonic(), self.state.value, new.value))
-        self.state, self.since = new, time.monotonic()
+        now = self.clock()
+        self.history.append((now, self.state.value, new.value))
+        self.state, self.since = new, now
         if reason is not None:
             self.reason = reason
 
@@ -78,7 +85,7 @@ class Slot:
             raise IllegalTransition(f"a {self.state.value} slot takes no new chain")
         self.to(SlotState.BUSY)
         self.chain = chain
-        self.clip_started = time.monotonic()
+        self.clip_started = self.clock()
 
     def release(self) -> object:
         """Drop the chain and the clip calls still queued; IDLE again (a warned slot stays WARNED)."""

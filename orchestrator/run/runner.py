@@ -1,310 +1,244 @@
-"""One run of a manifest: load → plan → skip published → schedule chains → stitch + publish per job → report."""
+"""One run of a manifest, as numbered steps: admit, plan, lease, render, publish, report. Every job ends the run in
+a terminal status, and an interrupted run still records itself, reports and says how to resume."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import Counter
 
-from pydantic import BaseModel
-
-from orchestrator.workarea.layout import WorkArea
-from core.errors import InterruptedRun, Problem, S2VError, TransientError, exit_code_for
-from orchestrator.workarea.leases import RunLeases
-from orchestrator.intake.manifest import check_run_id, load_manifest
-from orchestrator.plan.planner import JobPlan, plan_jobs
-from orchestrator.render.pool import Pool
-from orchestrator.deliver.post import captions_task, deliverables, post_current
-from orchestrator.deliver.publish import output_uris, prepare_audio, published_key, replace_problem, stitch_and_publish
-from orchestrator.render.session import ray_session
-from orchestrator.deliver.repost import run_reposts
-from orchestrator.render.scheduler import JobState, Scheduler
+from core.errors import InterruptedRun, Problem
 from core.settings import Settings
+from orchestrator.deliver.outputs import output_uris, published_key, replace_problem
+from orchestrator.deliver.post import post_current
+from orchestrator.intake.admission import admit
+from orchestrator.intake.manifest import check_run_id
+from orchestrator.plan.planner import plan_jobs
+from orchestrator.plan.records import JobPlan
+from orchestrator.render.events import EventLog
+from orchestrator.render.pool import Pool
+from orchestrator.render.runtime import Runtime
+from orchestrator.render.scheduler import Scheduler
+from orchestrator.run.publisher import Publisher, settle
+from orchestrator.run.results import JobResult, JobStatus, Progress, RunResult, run_cost
+from orchestrator.run.state import RunState
+from orchestrator.workarea.layout import WorkArea
+from orchestrator.workarea.leases import RunLeases
 
 log = logging.getLogger("s2v.runner")
-
-
-class JobResult(BaseModel):
-    id: str
-    status: str  # published | skipped | failed | invalid
-    reason: str | None = None
-    output: str | None = None
-    key: str | None = None
-    scenes: int = 0
-    clips: int = 0
-    clips_rendered: int = 0
-    retries: int = 0
-    preemptions: int = 0
-    gpu_s: float = 0.0
-    cost_usd: float = 0.0
-    duration_s: float = 0.0
-    deliverables: dict[str, str] = {}  # delivery: captions, renditions, HLS published by the post step
-
-
-class RunResult(BaseModel):
-    run_id: str
-    manifest: str
-    jobs: dict[str, JobResult]
-    problems: list[Problem] = []
-    actors: list[dict] = []
-    events: list[tuple] = []
-    wall_s: float = 0.0
-    cost: dict = {}  # orchestrator/costs.py summary: node-hours and their cost on a cluster, else the source
-    capacity: dict = {}  # the pool: target, peak workers, on-demand fallback and why
-
-    @property
-    def exit_code(self) -> int:
-        st = [j.status for j in self.jobs.values()]
-        if "invalid" in st or self.problems:  # a header or defaults problem is bad input even when no row shows it
-            return 2
-        return 1 if "failed" in st else 0
-
-
-class Progress:
-    """What the runner tells the user while it works; the CLI passes a rich implementation."""
-
-    def start(self, jobs: int, clips: int) -> None: ...
-    def clip(self, job_id: str) -> None: ...
-    def job(self, job_id: str, status: str) -> None: ...
-    def stop(self) -> None: ...
+S = JobStatus
 
 
 def render(location: str, settings: Settings, *, force: bool = False, cli_defaults: dict | None = None,
-           progress: Progress | None = None, run_id: str | None = None) -> RunResult:
-    t_start = time.monotonic()
-    progress = progress or Progress()
-    run_id = check_run_id(run_id) if run_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    manifest = load_manifest(location, cli_defaults, settings)
-    results: dict[str, JobResult] = {}
-    problems = list(manifest.problems)
-    valid_ids = {j.id for j in manifest.jobs}
-    for label, where in zip(manifest.bad_rows, manifest.bad_sources):
-        # an empty or duplicate id must neither take a valid job's entry nor be lost: key it by its row then
-        key = label if label and label not in valid_ids and label not in results else f"{label or '(no id)'} @ {where}"
-        reason = "; ".join(str(p) for p in manifest.problems if p.where == where)
-        results[key] = JobResult(id=key, status="invalid", reason=reason or "invalid row (see problems)")
-    jobs = list(manifest.jobs)
-    if jobs:
-        from infra.storage.checks import check_inputs
+           progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None) -> RunResult:
+    """Render every job of a manifest (see Run)."""
+    return Run(location, settings, force=force, cli_defaults=cli_defaults, progress=progress, run_id=run_id,
+               runtime=runtime).execute()
 
-        bad_sources: dict[str, list[Problem]] = {}
-        for p in check_inputs(jobs, settings):
-            bad_sources.setdefault(p.where, []).append(p)
-        problems += [p for ps in bad_sources.values() for p in ps]
-        for j in [j for j in jobs if j.source in bad_sources]:
-            results[j.id] = JobResult(id=j.id, status="invalid", reason="; ".join(map(str, bad_sources[j.source])))
-        jobs = [j for j in jobs if j.source not in bad_sources]
-    planned = plan_jobs(jobs, settings)
-    problems += list(planned.problems)
-    source_of = {j.id: j.source for j in jobs}
-    for jid in planned.failed:
-        reason = "; ".join(str(p) for p in planned.problems if p.where == source_of[jid])
-        results[jid] = JobResult(id=jid, status="invalid", reason=reason)
-    work = WorkArea.at(settings.work, settings)
-    todo: list[JobPlan] = []
-    repost: list[JobPlan] = []  # published, but captions or renditions changed: the post step alone reruns
-    for p in planned.plans:
-        base = JobResult(id=p.job.id, status="pending", key=p.key, scenes=len(p.scenes), clips=p.clips,
-                         duration_s=p.duration_s, output=str(output_uris(p)["mp4"]))
-        if not force and published_key(p, settings) == p.key:
-            if post_current(p, settings):
-                base.status = "skipped"
+
+class Run:
+    """runtime: where the chains render; None is Ray (the embedded local instance, or the cluster settings name)."""
+
+    def __init__(self, location: str, settings: Settings, *, force: bool = False, cli_defaults: dict | None = None,
+                 progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None):
+        self.t0 = time.monotonic()
+        self.location, self.settings, self.force, self.cli_defaults = location, settings, force, cli_defaults
+        self.progress = progress or Progress()
+        self.run_id = check_run_id(run_id) if run_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.rt = runtime
+        self.work = WorkArea.at(settings.work, settings)
+        self.results: dict[str, JobResult] = {}
+        self.problems: list[Problem] = []
+        self.todo: list[JobPlan] = []  # to render
+        self.reposts: list[JobPlan] = []  # published, but captions or renditions changed: the post step alone
+        self.state = RunState(self.work, self.run_id, location, self.results)
+        self.leases = RunLeases(self.work, self.run_id, settings)
+        self.hook = None
+        self.publisher: Publisher | None = None
+        self.actors: list[dict] = []
+        self.events: list = []
+        self.cost: dict = {}
+        self.capacity: dict = {}
+        self.done: dict[str, dict[int, set[int]]] = {}  # job key → scene → clips checkpointed already
+        self.interrupted = False
+
+    def execute(self) -> RunResult:
+        jobs = self.admit()  # 1. the manifest's rows, checked; bad ones are results already
+        self.plan(jobs)  # 2. scenes and chains per job; what is published already is skipped or reposted
+        self.lease()  # 3. the job keys this run renders, so that no other run renders them at once
+        try:
+            with self.session():
+                self.render()  # 4. chains on the GPUs; each job is stitched the moment its last chain is saved
+                self.publish()  # 5. the stitches still running, then the reposts
+        except KeyboardInterrupt:
+            self.interrupt()
+        finally:
+            self.release()
+        return self.report()  # 6. state, report, webhook: the run's account of itself
+
+    # ---------- 1. admit ----------
+    def admit(self) -> list:
+        adm = admit(self.location, self.settings, self.cli_defaults)
+        self.problems += adm.problems
+        valid = {j.id for j in adm.jobs}
+        for b in adm.bad:
+            # an empty or duplicate id must neither take a valid job's entry nor be lost: key it by its row then
+            label = b.label
+            key = label if label and label not in valid and label not in self.results else \
+                f"{label or '(no id)'} @ {b.where}"
+            self.results[key] = JobResult(id=key, status=S.INVALID, reason=b.reason(), source=b.where, row_id=b.id)
+        return list(adm.jobs)
+
+    # ---------- 2. plan ----------
+    def plan(self, jobs: list) -> None:
+        planned = plan_jobs(jobs, self.settings)
+        self.problems += planned.problems
+        where = {j.id: j.where for j in jobs}
+        for jid in planned.failed:
+            reason = "; ".join(str(p) for p in planned.problems if p.where == where[jid])
+            self.results[jid] = JobResult(id=jid, status=S.INVALID, reason=reason, source=where[jid], row_id=jid)
+        for p in planned.plans:
+            r = self.results[p.job.id] = JobResult(
+                id=p.job.id, status=S.PENDING, key=p.key, scenes=len(p.scenes), clips=p.clips,
+                duration_s=p.duration_s, output=str(output_uris(p)["mp4"]), source=p.job.where)
+            if not self.force and published_key(p, self.settings) == p.key:
+                if post_current(p, self.settings):
+                    r.to(S.SKIPPED)
+                else:
+                    self.reposts.append(p)
+            elif refused := replace_problem(p, self.settings, self.settings.work):  # never replace what s2v did not publish
+                r.to(S.FAILED, refused)
             else:
-                repost.append(p)  # published and current, but its captions or renditions changed
-        elif refused := replace_problem(p, settings, settings.work):  # never replace what s2v did not publish
-            base.status, base.reason = "failed", refused
-        else:
-            todo.append(p)
-        results[p.job.id] = base
-    state = _State(work, run_id, location, results)
-    state.write(force=True)
-    # leases (orchestrator/leases.py): a job another run is rendering is waited for or skipped, never rendered twice
-    leases = RunLeases(work, run_id, settings)
-    todo = leases.take(todo, results, published=None if force else lambda p: published_key(p, settings) == p.key)
-    state.write(force=True)
-    from orchestrator.deliver.webhook import Webhook
+                self.todo.append(p)
+        self.state.write(force=True)
 
-    hook = Webhook.from_settings(settings)  # events for published and failed jobs (invalid rows send none)
-    for r in [r for r in results.values() if r.status == "failed"] if hook else []:  # refused before rendering
-        hook.job(r.model_dump(), run_id)
-    actors_info: list[dict] = []
-    events: list[tuple] = []
-    cost: dict = {}
-    capacity: dict = {}
-    # Ctrl-C (SIGINT) while rendering: the run still records itself, writes its report and sends run.finished,
-    # then says how to resume. A second Ctrl-C during this cleanup stops at once.
-    interrupted = False
-    how = "rerun without --force to resume" if force else "rerun the same command to resume"
-    try:
-        if todo or repost:
-            notify = lambda r: (leases.done(r.id), hook.job(r.model_dump(), run_id) if hook else None)  # noqa: E731
-            done = {} if force else {p.key: work.done_clips(p.key) for p in todo}
-            progress.start(len(todo) + len(repost),
-                           sum(p.clips - sum(len(v) for v in done.get(p.key, {}).values()) for p in todo))
-            with ray_session(settings):
-                if todo:
-                    actors_info, events, cost, capacity = _schedule(todo, done, settings, work, results, state,
-                                                                    progress, notify)
-                run_reposts(repost, settings, str(work.root), results, notify, progress)
-    except KeyboardInterrupt:
-        interrupted = True
+    # ---------- 3. lease ----------
+    def lease(self) -> None:
+        """A job another run is rendering is waited for or skipped (docs/storage.md), never rendered twice."""
+        published = None if self.force else (lambda p: published_key(p, self.settings) == p.key)
+        self.todo, away = self.leases.take(self.todo, published=published)
+        for jid, (status, reason) in away.items():
+            self.results[jid].to(JobStatus(status), reason)
+        self.state.write(force=True)
+        from orchestrator.deliver.webhook import Webhook
+
+        self.hook = Webhook.from_settings(self.settings)  # events for published and failed jobs (invalid rows send none)
+        for r in [r for r in self.results.values() if r.status is S.FAILED] if self.hook else []:  # refused already
+            self.hook.job(r.model_dump(mode="json"), self.run_id)
+
+    # ---------- 4. render ----------
+    @contextlib.contextmanager
+    def session(self):
+        """Ray (or the given runtime) while there is anything to render or repost; the progress display too."""
+        if not (self.todo or self.reposts):
+            yield
+            return
+        self.done = {} if self.force else {p.key: self.work.done_clips(p.key) for p in self.todo}
+        left = sum(p.clips - sum(len(v) for v in self.done.get(p.key, {}).values()) for p in self.todo)
+        self.progress.start(len(self.todo) + len(self.reposts), left)
+        with contextlib.ExitStack() as stack:
+            if self.rt is None:
+                from orchestrator.render.ray_runtime import RayRuntime
+                from orchestrator.render.session import ray_session
+
+                stack.enter_context(ray_session(self.settings))
+                self.rt = RayRuntime()
+            shared = {k for k, n in Counter(p.key for p in self.todo).items() if n > 1}
+            self.publisher = Publisher(self.rt, self.settings, str(self.work.root), self.results, self.announce,
+                                       shared)
+            yield
+
+    def render(self) -> None:
+        if not self.todo:
+            return
+        events = EventLog(self.rt.now)
+        pool = Pool(self.settings, self.rt, events, tuple(sorted({p.job.backend for p in self.todo})))
+        pub = self.publisher
+        sched = Scheduler(self.settings, str(self.work.root), pool, on_clip=self._clip, on_job_ready=pub.job_ready,
+                          on_job_failed=pub.job_failed, on_tick=lambda: pub.collect(0))
+        sched.add_jobs(self.todo, self.done)
+        self.sched, self.pool, self.events = sched, pool, events.items
+        try:
+            sched.run()
+        finally:
+            # the actors go and the autoscaler request is dropped before stitching ends: the GPUs can scale down
+            self.actors = pool.close()
+
+    def _clip(self, js, res: dict) -> None:
+        self.publisher.clip_done(js)
+        self.progress.clip(js.plan.job.id)
+        self.state.write()
+
+    # ---------- 5. publish ----------
+    def publish(self) -> None:
+        if self.publisher is None:  # nothing to render or repost
+            return
+        if self.todo:
+            self.publisher.drain()
+            for js in self.sched.jobs.values():  # whatever the scheduler never got to
+                r = self.results[js.plan.job.id]
+                if not r.status.is_terminal():
+                    settle(r, js, S.FAILED,
+                           js.failed or self.sched.stop_reason or "not rendered (run stopped before this job)")
+            self.pool.ledger.finish()  # the head's and the stitching's time count too
+            self.cost, self.capacity = self.pool.ledger.summary(), self.pool.capacity()
+        self.publisher.repost(self.reposts)
+
+    def announce(self, r: JobResult) -> None:
+        """A job reached its final status: its lease goes, its webhook event, progress and state follow."""
+        self.leases.done(r.id)
+        if self.hook:
+            self.hook.job(r.model_dump(mode="json"), self.run_id)
+        self.progress.job(r.id, r.status.value)
+        self.state.write(force=True)
+
+    # ---------- when it stops ----------
+    def how_to_resume(self) -> str:
+        return "rerun without --force to resume" if self.force else "rerun the same command to resume"
+
+    def interrupt(self) -> None:
+        """Ctrl-C (SIGINT): every job not final yet is interrupted; the run still records and reports itself and
+        sends run.finished. A second Ctrl-C during this stops at once."""
+        self.interrupted = True
         log.warning("interrupted: recording the run and writing its report (Ctrl-C again to stop at once)")
-        for r in results.values():
-            if r.status in ("pending", "stitching"):
-                r.status, r.reason = "interrupted", f"the run was interrupted; {how}"
-    finally:
-        progress.stop()
-        leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
-        # learned estimates: this run's seconds per clip feed the next plan and budget (orchestrator/estimates.py)
+        for r in self.results.values():
+            if not r.status.is_terminal():
+                r.to(S.INTERRUPTED, f"the run was interrupted; {self.how_to_resume()}")
+
+    def release(self) -> None:
+        self.progress.stop()
+        self.leases.close()  # whatever happened: never leave another run waiting for a lease we no longer use
+        for r in self.results.values():  # nothing leaves the run without a final status
+            if not r.status.is_terminal():
+                r.to(S.FAILED, r.reason or "the run ended before this job did")
+        # learned estimates: this run's seconds per clip feed the next plan and budget (orchestrator/plan/estimates.py)
         from orchestrator.plan import estimates
 
-        estimates.record_run(settings, todo, results, run_id)
-    state.finish("interrupted" if interrupted else "finished")
-    result = RunResult(run_id=run_id, manifest=location, jobs=results, problems=problems, actors=actors_info,
-                       events=events, wall_s=time.monotonic() - t_start, cost=cost, capacity=capacity)
-    reports: list[str] = []
-    if interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
-        from orchestrator.run.report import write_reports
+        estimates.record_run(self.settings, self.todo, self.results, self.run_id)
 
-        reports = write_reports(result, settings)
-    if hook:
-        counts = {st: sum(1 for r in results.values() if r.status == st)
-                  for st in ("published", "skipped", "failed", "invalid", "interrupted")}
-        hook.run_finished({"run_id": run_id, "manifest": location, "status": "interrupted" if interrupted else
-                           "finished", **counts, "gpu_s": round(sum(r.gpu_s for r in results.values()), 3),
-                           "cost_usd": round(run_cost(results, cost), 6)})
-        hook.close(timeout_s=settings.interrupt_webhook_wait_s if interrupted else 30)
-    if interrupted:
-        raise InterruptedRun(f"interrupted: run {run_id} stopped; every finished clip is checkpointed: {how}"
-                             + (f". Report: {reports[0]}" if reports else ""))
-    return result
+    # ---------- 6. report ----------
+    def report(self) -> RunResult:
+        self.state.finish("interrupted" if self.interrupted else "finished")
+        result = RunResult(run_id=self.run_id, manifest=self.location, jobs=self.results, problems=self.problems,
+                           actors=self.actors, events=self.events, wall_s=time.monotonic() - self.t0,
+                           cost=self.cost, capacity=self.capacity)
+        written: list[str] = []
+        if self.interrupted:  # the CLI never sees this result: the report is written here, before the webhook's wait
+            from orchestrator.run.report import write_reports
 
-
-def run_cost(results: dict, cost: dict) -> float:
-    """The run's spend: node-hours on a cluster (when every node had a price), else the jobs' GPU-seconds."""
-    if cost.get("source") == "node-hours" and cost.get("priced"):
-        return float(cost["cost_usd"])
-    return sum(r.cost_usd for r in results.values())
-
-
-def _schedule(todo, done, settings: Settings, work: WorkArea, results, state, progress, notify):
-    import ray
-
-    # only transient errors are worth a second stitch: a failed check or gate would fail the same way again
-    stitch_task = ray.remote(stitch_and_publish).options(num_cpus=settings.stitch_cpus, max_retries=2,
-                                                       retry_exceptions=[TransientError])
-    backends = tuple(sorted({p.job.backend for p in todo}))
-    pool = Pool(settings, backends)
-    audio_task = ray.remote(prepare_audio).options(num_cpus=settings.stitch_cpus)
-    audio_started: dict = {}  # job id → ref: the job's audio encodes while its clips render
-    # identical rows share a job key and so its checkpoints: the first to publish must not remove them
-    shared_keys = {k for k, n in Counter(p.key for p in todo).items() if n > 1}
-    asr_task = captions_task(settings)
-    asr_started: dict = {}  # job id → ref: `captions: auto` transcribes on a CPU while its clips render
-    stitching: dict = {}  # ref → JobState
-
-    def stats(js: JobState) -> dict:
-        return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.cost_usd, 6),
-                "clips_rendered": js.clips_rendered, "retries": js.attempts + js.infra_retries,
-                "preemptions": js.preemptions, "attempts": js.attempts}
-
-    def on_clip(js: JobState, res: dict) -> None:
-        if js.plan.job.id not in audio_started:
-            audio_started[js.plan.job.id] = audio_task.remote(js.plan, settings, str(work.root))
-            if js.plan.job.captions_auto:
-                asr_started[js.plan.job.id] = asr_task.remote(js.plan, settings, str(work.root))
-        r = results[js.plan.job.id]
-        r.clips_rendered, r.gpu_s = js.clips_rendered, js.gpu_s
-        progress.clip(js.plan.job.id)
-        state.write()
-
-    def on_ready(js: JobState) -> None:
-        results[js.plan.job.id].status = "stitching"
-        # the audio task's ref as an argument: Ray starts the stitch after it, the driver never waits
-        audio_ref = audio_started.get(js.plan.job.id)
-        asr_ref = asr_started.get(js.plan.job.id)
-        stitching[stitch_task.remote(js.plan, settings, str(work.root), stats(js), audio_ref,
-                                     js.plan.key in shared_keys, asr_ref)] = js
-
-    def on_failed(js: JobState) -> None:
-        _finish(results[js.plan.job.id], js, "failed", js.failed)
-        notify(results[js.plan.job.id])
-        progress.job(js.plan.job.id, "failed")
-        state.write(force=True)
-
-    def collect(timeout: float) -> None:
-        if not stitching:
-            return
-        ready, _ = ray.wait(list(stitching), num_returns=len(stitching), timeout=timeout)
-        for ref in ready:
-            js = stitching.pop(ref)
-            try:
-                meta = ray.get(ref, timeout=60)
-                _finish(results[js.plan.job.id], js, "published", None)
-                results[js.plan.job.id].deliverables = deliverables(meta)
-            except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
-                cause = getattr(e, "cause", None) or e
-                _finish(results[js.plan.job.id], js, "failed", f"stitch/publish: {cause}")
-            notify(results[js.plan.job.id])
-            progress.job(js.plan.job.id, results[js.plan.job.id].status)
-            state.write(force=True)
-
-    sched = Scheduler(settings, str(work.root), pool, on_clip=on_clip, on_job_ready=on_ready,
-                      on_job_failed=on_failed, on_tick=lambda: collect(0))
-    sched.add_jobs(todo, done)
-    try:
-        sched.run()
-    finally:
-        # the actors go and the autoscaler request is dropped before stitching ends: the GPUs can scale down
-        infos = pool.close()
-    deadline = time.monotonic() + 3600
-    while stitching and time.monotonic() < deadline:
-        collect(1.0)
-    for ref, js in stitching.items():
-        _finish(results[js.plan.job.id], js, "failed", "stitch did not finish within an hour")
-    for js in sched.jobs.values():
-        r = results[js.plan.job.id]
-        if r.status in ("pending", "stitching"):
-            _finish(r, js, "failed", js.failed or sched.stop_reason or "not rendered (run stopped before this job)")
-    pool.ledger.finish()  # head and stitching time count too
-    capacity = {"target": pool.target, "target_source": pool.target_source, "elastic": pool.elastic,
-                "peak_workers": pool.peak_workers, "actors_started": len(pool.slots),
-                "ondemand": pool.ondemand_reason, "notices": pool.preemptions}
-    return infos, sched.events, pool.ledger.summary(), capacity
-
-
-def _finish(r: JobResult, js: JobState, status: str, reason: str | None) -> None:
-    r.status, r.reason = status, reason
-    r.clips_rendered, r.gpu_s = js.clips_rendered, round(js.gpu_s, 3)
-    r.retries, r.preemptions = js.attempts + js.infra_retries, js.preemptions
-    r.cost_usd = round(js.cost_usd, 6)
-
-
-class _State:
-    """Run state in the work area, throttled, so `s2v status` works from anywhere, even after a crash."""
-
-    def __init__(self, work: WorkArea, run_id: str, manifest: str, results: dict[str, JobResult]):
-        self.work, self.run_id, self.manifest, self.results = work, run_id, manifest, results
-        self.last = 0.0
-        self.started = time.time()
-        self.announced = False  # runs/LATEST names this run once, at its start: never flipped back later
-
-    def _doc(self, status: str) -> dict:
-        return {"run_id": self.run_id, "manifest": self.manifest, "status": status, "started": self.started,
-                "updated": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
-                "jobs": {k: v.model_dump() for k, v in self.results.items()}}
-
-    def write(self, force: bool = False) -> None:
-        if force or time.monotonic() - self.last > 2.0:
-            try:
-                self.work.write_state(self.run_id, self._doc("running"), latest=not self.announced)
-                self.announced = True
-            except S2VError as e:
-                log.warning("could not write run state: %s (exit code %d)", e, exit_code_for(e))
-            self.last = time.monotonic()
-
-    def finish(self, status: str = "finished") -> None:
-        self.work.write_state(self.run_id, self._doc(status), latest=not self.announced)
+            written = write_reports(result, self.settings).written
+        if self.hook:
+            counts = {s.value: sum(1 for r in self.results.values() if r.status is s)
+                      for s in (S.PUBLISHED, S.SKIPPED, S.FAILED, S.INVALID, S.INTERRUPTED)}
+            self.hook.run_finished({
+                "run_id": self.run_id, "manifest": self.location,
+                "status": "interrupted" if self.interrupted else "finished", **counts,
+                "gpu_s": round(sum(r.gpu_s for r in self.results.values()), 3),
+                "cost_usd": round(run_cost(self.results, self.cost), 6)})
+            self.hook.close(timeout_s=self.settings.interrupt_webhook_wait_s if self.interrupted else 30)
+        if self.interrupted:
+            raise InterruptedRun(f"interrupted: run {self.run_id} stopped; every finished clip is checkpointed: "
+                                 f"{self.how_to_resume()}" + (f". Report: {written[0]}" if written else ""))
+        return result

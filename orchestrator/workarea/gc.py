@@ -4,16 +4,14 @@ entries), listed as a dry run or removed — never anything a running run holds.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 
 from infra.storage import Uri, parse, storage_for
 from infra.storage.base import is_stale_temp
-from core.retry import retrying
+from orchestrator.workarea import liveness
 from orchestrator.workarea.layout import DONE_RE, LEGACY_TAIL_SUFFIX, TAIL_SUFFIX, WorkArea
 
 DAY_S = 86400.0
@@ -60,16 +58,9 @@ class GcPlan:
 
 
 def driver_alive(state: dict) -> bool | None:
-    """True/False when the run's driver ran on this machine (its pid tells); None when it ran elsewhere."""
-    if state.get("host") != socket.gethostname() or not state.get("pid"):
-        return None
-    try:
-        os.kill(int(state["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's process: alive
-        return True
-    return True
+    """True/False when the run's driver ran on this machine (its pid and start time tell); None when it ran
+    elsewhere."""
+    return liveness.alive(state)
 
 
 def run_is_live(state: dict | None, now: float) -> bool:
@@ -92,11 +83,11 @@ def _runs(work: WorkArea, infos: list) -> dict[str, list]:
 
 
 def _states(work: WorkArea, run_ids) -> dict[str, dict | None]:
-    st, r, out = work.storage, retrying("storage"), {}
+    st, out = work.storage, {}
     for rid in run_ids:
         u = work.run_dir(rid).join("state.json")
         try:
-            out[rid] = json.loads(r(st.read_bytes, u)) if r(st.exists, u) else None
+            out[rid] = json.loads(st.read_bytes(u)) if st.exists(u) else None
         except (ValueError, UnicodeDecodeError):
             out[rid] = None  # unreadable: it cannot claim to be running
     return out
@@ -109,11 +100,11 @@ def _held(states: dict[str, dict | None], now: float) -> tuple[list[str], set[st
 
 
 def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps_in: tuple[str, ...] = (),
-            cache: bool = False, settings=None, now: float | None = None) -> GcPlan:
+            cache: bool = False, settings, now: float | None = None) -> GcPlan:
     """Look, remove nothing: one listing of the work area (and of each temps_in prefix) and each run's state."""
     now = time.time() if now is None else now
     plan = GcPlan(work, now, days)
-    infos = list(retrying("storage")(lambda: list(work.storage.list_info(work.root))))
+    infos = list(list(work.storage.list_info(work.root)))
     run_infos = _runs(work, infos)
     states = _states(work, run_infos)
     plan.live_runs, plan.held = _held(states, now)
@@ -148,7 +139,7 @@ def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps
                 gone.add(i.uri)
     for prefix, listing in [(work.root, infos), *[(parse(p), None) for p in temps_in]]:
         if listing is None:
-            listing = retrying("storage")(lambda: list(storage_for(prefix, settings).list_info(prefix)))
+            listing = list(storage_for(prefix, settings).list_info(prefix))
         for i in listing:
             # only names the storages write (infra.storage.base's temp contract): --temps-in points into users'
             # output folders, where a look-alike name is theirs
@@ -167,10 +158,10 @@ def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps
     return plan
 
 
-def apply(plan: GcPlan, settings=None) -> int:
+def apply(plan: GcPlan, settings) -> int:
     """Remove what collect() found, after asking the runs again (one may have started since); returns bytes."""
     work = plan.work
-    runs = retrying("storage")(lambda: list(work.storage.list_info(work.root.join("runs"))))
+    runs = list(work.storage.list_info(work.root.join("runs")))
     live, held = _held(_states(work, _runs(work, runs)), plan.now + (time.time() - plan.made))
     freed = 0
     for f in plan.findings:

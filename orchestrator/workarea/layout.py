@@ -1,18 +1,17 @@
-"""The run's work area: per-clip checkpoints (clip video, compressed lossless motion tail, done marker) and run state."""
+"""The work area's layout: per-clip checkpoints (clip video, compressed lossless motion tail, done marker) and run
+state, readable from any machine."""
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from infra.storage import Uri, parse, storage_for
-from core.errors import StorageError
-from core.retry import retrying
+from orchestrator.workarea.tails import decode_tail, encode_tail
 
 DONE_RE = re.compile(r"scene-(\d{4})/clip-(\d{4})\.done\.json$")
 TAIL_SUFFIX = ".tail"  # compressed (see encode_tail); markers name their tail
@@ -24,10 +23,10 @@ class WorkArea:
     """Layout: <work>/jobs/<job key>/scene-NNNN/clip-NNNN.{mp4,tail,done.json}, <work>/runs/<run id>/…"""
 
     root: Uri
-    settings: object = None
+    settings: object  # the run's Settings: storage credentials, endpoints, file modes
 
     @classmethod
-    def at(cls, location: str, settings=None) -> "WorkArea":
+    def at(cls, location: str, settings) -> "WorkArea":
         return cls(parse(location), settings)
 
     @property
@@ -63,34 +62,34 @@ class WorkArea:
         Then the previous clip's tail goes: a chain resumes from its first clip without a marker, so tail k-1 is
         needed only while marker k is missing, and a chain keeps one tail in the work area. tail=None (the
         chain's last clip, which nothing continues) stores no tail at all."""
-        st, r = self.storage, retrying("storage")
-        r(st.upload, video_path, self.clip_video(key, scene, clip))
+        st = self.storage
+        st.upload(video_path, self.clip_video(key, scene, clip))
         marker = dict(marker, tail=None)
         if tail is not None:
             data = encode_tail(tail)
-            r(st.write_bytes, self.clip_tail(key, scene, clip), data)
+            st.write_bytes(self.clip_tail(key, scene, clip), data)
             marker.update(tail=self.clip_tail(key, scene, clip).name, tail_bytes=len(data))
-        r(st.write_bytes, self.clip_done(key, scene, clip), json.dumps(marker, sort_keys=True).encode())
+        st.write_bytes(self.clip_done(key, scene, clip), json.dumps(marker, sort_keys=True).encode())
         if clip > 0:
-            r(st.delete, self.clip_tail(key, scene, clip - 1))
+            st.delete(self.clip_tail(key, scene, clip - 1))
 
     def load_tail(self, key: str, scene: int, clip: int) -> np.ndarray | None:
         """The tail clip `clip` left for its successor; None when the clip is not done or stored no tail."""
-        st, r = self.storage, retrying("storage")
+        st = self.storage
         done = self.clip_done(key, scene, clip)
-        if not r(st.exists, done):
+        if not st.exists(done):
             return None
-        marker = json.loads(r(st.read_bytes, done))
+        marker = json.loads(st.read_bytes(done))
         if "tail" not in marker:  # a checkpoint from before compressed tails
-            return decode_tail(r(st.read_bytes, _suffixed(self.clip_base(key, scene, clip), LEGACY_TAIL_SUFFIX)))
+            return decode_tail(st.read_bytes(_suffixed(self.clip_base(key, scene, clip), LEGACY_TAIL_SUFFIX)))
         if marker["tail"] is None:
             return None
-        return decode_tail(r(st.read_bytes, done.parent().join(marker["tail"])))
+        return decode_tail(st.read_bytes(done.parent().join(marker["tail"])))
 
     def done_clips(self, key: str) -> dict[int, set[int]]:
         """scene → completed clip indices for a job key (one listing per job)."""
         out: dict[int, set[int]] = {}
-        for u in retrying("storage")(lambda: list(self.storage.list(self.job_dir(key)))):
+        for u in list(self.storage.list(self.job_dir(key))):
             m = DONE_RE.search(u.key)
             if m:
                 out.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
@@ -99,7 +98,7 @@ class WorkArea:
     def remove_job(self, key: str) -> int:
         """Delete every checkpoint of a job key (markers first, so a reader never trusts a half-removed clip);
         returns how many objects went."""
-        objs = retrying("storage")(lambda: list(self.storage.list(self.job_dir(key))))
+        objs = list(self.storage.list(self.job_dir(key)))
         self.delete_objects(objs)
         return len(objs)
 
@@ -110,8 +109,8 @@ class WorkArea:
         markers = [u for u in uris if u.key.endswith(".done.json")]
         rest = [u for u in uris if not u.key.endswith(".done.json")]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for group in (markers, rest):  # a Retrying per call: its attempt state is not for sharing across threads
-                list(pool.map(lambda u: retrying("storage")(st.delete, u), group))
+            for group in (markers, rest):  # every marker is gone before any clip or tail goes
+                list(pool.map(st.delete, group))
         if self.root.scheme == "file":
             _prune_empty_dirs({u.parent() for u in uris}, self.root)
 
@@ -120,9 +119,9 @@ class WorkArea:
         """latest: also point runs/LATEST here (a run does so once, when it starts, so a concurrent older run
         that keeps writing its state never flips LATEST back to itself)."""
         data = json.dumps(state, indent=1, sort_keys=True).encode()
-        retrying("storage")(self.storage.write_bytes, self.run_dir(run_id).join("state.json"), data)
+        self.storage.write_bytes(self.run_dir(run_id).join("state.json"), data)
         if latest:
-            retrying("storage")(self.storage.write_bytes, self.root.join("runs", "LATEST"), run_id.encode())
+            self.storage.write_bytes(self.root.join("runs", "LATEST"), run_id.encode())
 
     def read_state(self, run_id: str | None = None) -> dict | None:
         st = self.storage
@@ -163,91 +162,3 @@ def first_missing(done: set[int], n_clips: int) -> int:
     while k < n_clips and k in done:
         k += 1
     return k
-
-
-# --- the tail codec -------------------------------------------------------------------------------------------
-# A Wan tail is float32 (1,3,73,H,W): 350 MB at 832×480. Byte-shuffled (byte i of every value together) and
-# compressed with zstd, bit-exactly. Values decoded from bf16 activations have two zero low bytes, so a 14B run's
-# tails shrink ~4×; full float32 ones ~1.35×. Chunks are independent zstd frames (each with its checksum),
-# coded on a few threads, so neither side ever holds a second full-size copy of the tail.
-TAIL_MAGIC = b"S2VTAIL1"
-CHUNK_ITEMS = 1 << 21  # 8 MiB of float32 per frame: ratios as good as one frame, and parallel
-ZSTD_LEVEL = 3
-_KINDS = "fiub"  # plain numbers only: a tail never unpickles anything
-
-
-def _zstd():
-    try:
-        from compression import zstd  # Python ≥ 3.14
-    except ImportError:
-        from backports import zstd
-    return zstd
-
-
-def _threads(n_chunks: int) -> int:
-    import os
-
-    return max(1, min(4, os.cpu_count() or 1, n_chunks))
-
-
-def encode_tail(tail: np.ndarray) -> bytes:
-    """Header (magic, length, JSON: dtype, shape, chunk sizes) + one zstd frame per chunk of byte-shuffled values."""
-    zstd = _zstd()
-    a = np.asarray(tail, order="C")  # not ascontiguousarray: that turns a 0-d array into 1-d
-    if a.dtype.kind not in _KINDS:
-        raise ValueError(f"a motion tail must hold numbers, not {a.dtype}")
-    flat, isz = a.reshape(-1), a.dtype.itemsize
-    opts = {zstd.CompressionParameter.compression_level: ZSTD_LEVEL, zstd.CompressionParameter.checksum_flag: 1}
-
-    def one(i: int) -> bytes:
-        block = flat[i : i + CHUNK_ITEMS].view(np.uint8).reshape(-1, isz).T.tobytes()  # the shuffle is the copy
-        return zstd.compress(block, options=opts)
-
-    starts = range(0, max(flat.size, 1), CHUNK_ITEMS)
-    with ThreadPoolExecutor(max_workers=_threads(len(starts))) as pool:
-        frames = list(pool.map(one, starts))
-    head = json.dumps({"dtype": a.dtype.str, "shape": list(a.shape), "chunk_items": CHUNK_ITEMS, "codec": "zstd",
-                       "shuffle": isz, "frames": [len(f) for f in frames]}).encode()
-    return b"".join([TAIL_MAGIC, struct.pack("<I", len(head)), head, *frames])
-
-
-def decode_tail(data: bytes) -> np.ndarray:
-    """Inverse of encode_tail; also reads plain .npy tails (work areas from before compression)."""
-    if data[:6] == b"\x93NUMPY":
-        import io
-
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    if data[: len(TAIL_MAGIC)] != TAIL_MAGIC:
-        raise StorageError("not a motion tail checkpoint (unknown format); delete the job's checkpoints to re-render")
-    zstd = _zstd()
-    view = memoryview(data)
-    n_head = struct.unpack_from("<I", data, len(TAIL_MAGIC))[0]
-    off = len(TAIL_MAGIC) + 4 + n_head
-    head = json.loads(bytes(view[len(TAIL_MAGIC) + 4 : off]))
-    dtype = np.dtype(head["dtype"])
-    if dtype.kind not in _KINDS or head.get("codec") != "zstd" or head.get("shuffle") != dtype.itemsize:
-        raise StorageError(f"motion tail checkpoint with an unsupported layout {head}")
-    if off + sum(head["frames"]) != len(data):
-        raise StorageError("motion tail checkpoint is truncated; delete the job's checkpoints to re-render")
-    n, chunk, isz, offsets = int(np.prod(head["shape"], dtype=np.int64)), int(head["chunk_items"]), dtype.itemsize, []
-    if chunk <= 0 or len(head["frames"]) != max(1, -(-n // chunk)):
-        raise StorageError(f"motion tail checkpoint with an inconsistent header {head}")
-    out = np.empty(n, dtype=dtype)
-    for size in head["frames"]:
-        offsets.append((off, size))
-        off += size
-
-    def one(i: int) -> None:
-        start, size = offsets[i]
-        try:
-            raw = zstd.decompress(view[start : start + size])  # checks the frame's checksum
-        except zstd.ZstdError as e:
-            raise StorageError(f"motion tail checkpoint is corrupt ({e}); delete the job's checkpoints") from None
-        dest = out[i * chunk : (i + 1) * chunk]
-        if len(raw) != dest.nbytes:
-            raise StorageError("motion tail checkpoint does not match its header; delete the job's checkpoints")
-        dest.view(np.uint8).reshape(-1, isz)[:] = np.frombuffer(raw, np.uint8).reshape(isz, -1).T
-
-    with ThreadPoolExecutor(max_workers=_threads(len(offsets))) as pool:
-        list(pool.map(one, range(len(offsets))))
-    return out.reshape(head["shape"])

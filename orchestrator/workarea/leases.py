@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -21,38 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from infra.storage import Uri, storage_for
-from infra.storage.base import temp_name
 from core.errors import S2VError, StorageError
+from infra.storage.base import temp_name
+from orchestrator.workarea import liveness
 
 log = logging.getLogger("s2v.leases")
 SCHEMA = "s2v-batch/lease"
 LEASE_DIR = "leases"
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
-
-
-def _boot_id() -> str:
-    return _read("/proc/sys/kernel/random/boot_id")
-
-
-def _pid_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' when it does not exist): tells a reused pid apart."""
-    stat = _read(f"/proc/{int(pid)}/stat")
-    return stat.rpartition(")")[2].split()[19] if stat else ""
-
-
 def holder_gone(doc: dict) -> bool:
     """True only when the holder ran on this machine (same host name and boot) and its process no longer exists."""
-    if doc.get("host") != socket.gethostname() or not doc.get("boot_id") or doc.get("boot_id") != _boot_id():
-        return False
-    start = _pid_start(doc.get("pid") or 0)
-    return not start or start != doc.get("pid_start")
+    return liveness.alive(doc) is False
 
 
 def parallel(fn, items: list) -> list:
@@ -82,7 +60,7 @@ class Leases:
 
     def __init__(self, root: Uri, settings, run_id: str, *, clock=time.time):
         self.root, self.settings, self.run_id, self.clock = root, settings, run_id, clock
-        self.ttl_s = float(getattr(settings, "lease_ttl_s", 120.0))
+        self.ttl_s = float(settings.lease_ttl_s)
         self.holder = uuid.uuid4().hex
         self.storage = storage_for(root, settings)
         self.held: dict[str, tuple[str, dict]] = {}  # key → (version we last wrote, the document)
@@ -93,8 +71,7 @@ class Leases:
         self._locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._me = {"holder": self.holder, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                    "pid_start": _pid_start(os.getpid()), "boot_id": _boot_id()}
+        self._me = {"holder": self.holder, "run_id": run_id, **liveness.this_process()}
 
     def uri(self, key: str) -> Uri:
         return self.root.join(LEASE_DIR, f"{key}.json")
@@ -251,13 +228,14 @@ class RunLeases:
 
     def __init__(self, work, run_id: str, settings):
         self.leases = Leases(work.root, settings, run_id)
-        self.wait_s = float(getattr(settings, "lease_wait_s", 0.0))
+        self.wait_s = float(settings.lease_wait_s)
         self.key_of: dict[str, str] = {}
         self.open: dict[str, set[str]] = {}  # key → job ids of this run still being worked on
 
-    def take(self, todo: list, results: dict, published=None) -> list:
-        """The plans this run may render now. A job another run holds is waited for (up to lease_wait_s) and
-        then skipped with the holder named; one published meanwhile (published(plan) is True) is skipped too."""
+    def take(self, todo: list, published=None) -> tuple[list, dict[str, tuple[str, str]]]:
+        """(the plans this run may render now, {job id: (status, reason)} for the others). A job another run
+        holds is waited for (up to lease_wait_s) and then skipped with the holder named; one published meanwhile
+        (published(plan) is True) is skipped too; one whose lease cannot be taken fails."""
         by_key: dict[str, list] = {}
         for p in todo:
             by_key.setdefault(p.key, []).append(p)
@@ -265,6 +243,28 @@ class RunLeases:
             self.leases.check_store()
         except S2VError as e:
             log.warning("could not check the work area's conditional writes (%s); taking leases anyway", e)
+        busy, failed = self._attempt_all(by_key)
+        keep, away = [], {}
+        for key, plans in by_key.items():
+            if key in failed:
+                away.update((p.job.id, ("failed", failed[key])) for p in plans)
+            elif key in busy:
+                why = (f"another run is rendering it: {busy[key].describe()}; rerun when it is done, or set "
+                       "lease_wait_s (S2V_LEASE_WAIT_S) to wait for it")
+                away.update((p.job.id, ("skipped", why)) for p in plans)
+            # we hold it now; if another run held it before us, it may have published it in the meantime
+            elif published is not None and key in self.leases.taken_over and all(published(p) for p in plans):
+                away.update((p.job.id, ("skipped", "published meanwhile by another run")) for p in plans)
+                self.leases.release(key)
+            else:
+                self.open[key] = {p.job.id for p in plans}
+                self.key_of.update({p.job.id: key for p in plans})
+                keep += plans
+        self.leases.start()
+        return keep, away
+
+    def _attempt_all(self, by_key: dict[str, list]) -> tuple[dict[str, Holder], dict[str, str]]:
+        """Try every key at once, then the busy ones again until lease_wait_s is over: (busy, failed)."""
         busy: dict[str, Holder] = {}
         failed: dict[str, str] = {}
 
@@ -286,29 +286,7 @@ class RunLeases:
             time.sleep(min(max(0.2, self.leases.ttl_s / 20), 5.0, max(0.0, deadline - time.monotonic())))
             for key in list(busy):
                 attempt(key)
-        keep = []
-        for key, plans in by_key.items():
-            if key in failed:
-                for p in plans:
-                    results[p.job.id].status, results[p.job.id].reason = "failed", failed[key]
-                continue
-            if key in busy:
-                for p in plans:
-                    results[p.job.id].status = "skipped"
-                    results[p.job.id].reason = (f"another run is rendering it: {busy[key].describe()}; rerun when it "
-                                                "is done, or set lease_wait_s (S2V_LEASE_WAIT_S) to wait for it")
-                continue
-            # we hold it now; if another run held it before us, it may have published it in the meantime
-            if published is not None and key in self.leases.taken_over and all(published(p) for p in plans):
-                for p in plans:
-                    results[p.job.id].status, results[p.job.id].reason = "skipped", "published meanwhile by another run"
-                self.leases.release(key)
-                continue
-            self.open[key] = {p.job.id for p in plans}
-            self.key_of.update({p.job.id: key for p in plans})
-            keep += plans
-        self.leases.start()
-        return keep
+        return busy, failed
 
     def done(self, job_id: str) -> None:
         """A job of this run was published or failed: release its key once no other job of the run shares it."""

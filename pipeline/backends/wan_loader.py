@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from core.errors import ConfigError
-from pipeline.backends.wan_tiny import DIT_CONFIG, DIT_INDEX, T5_FILE, TOKENIZER_DIR, VAE_FILE, WAV2VEC_DIR
+from pipeline.backends.wan_layout import DIT_CONFIG, DIT_INDEX, T5_FILE, TOKENIZER_DIR, VAE_FILE, WAV2VEC_DIR, dit_shards
 
 # Every name Settings.wan_dtype accepts, and the torch dtype it means (a test checks the two agree).
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
@@ -18,14 +18,6 @@ DIT_DEFAULTS = {"dim": 5120, "in_dim": 16, "ffn_dim": 13824, "out_dim": 16, "tex
                 "eps": 1e-6, "patch_size": (1, 2, 2), "num_heads": 40, "num_layers": 40, "cond_dim": 16,
                 "audio_dim": 1024, "num_audio_token": 4}
 DIT_OPTIONAL = ("enable_adain", "audio_inject_layers", "zero_timestep", "add_last_motion", "framepack_drop_mode")
-
-
-def dit_shards(root: Path) -> list[str]:
-    """The DiT weight files: the shards named by the index, else the single unsharded file."""
-    index = root / DIT_INDEX
-    if index.is_file():
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    return ["diffusion_pytorch_model.safetensors"]
 
 
 def torch_dtype(name: str | None, device: str):

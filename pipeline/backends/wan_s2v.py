@@ -11,8 +11,8 @@ import numpy as np
 
 from core.errors import ConfigError, MediaError, RenderError
 from pipeline.backends.base import Backend, BackendSpec, ClipOutput, ClipRequest, SceneInput, fit_size
-from pipeline.backends.wan_loader import dit_shards, settings_problem
-from pipeline.backends.wan_tiny import DIT_CONFIG, DIT_INDEX, T5_FILE, TOKENIZER_DIR, VAE_FILE, WAV2VEC_DIR
+from pipeline.backends.wan_layout import missing_files, weights_files
+from pipeline.backends.wan_loader import settings_problem
 
 DIFFSYNTH_VERSION = "2.1.12"
 DEFAULT_STEPS, DEFAULT_GUIDANCE, DEFAULT_SHIFT = 40, 4.5, 3.0
@@ -27,34 +27,6 @@ OFFICIAL_SIZE_DIVISOR = 64  # upstream picks sizes on a 64-pixel grid; the model
 UPSTREAM_NEGATIVE_PROMPT = (
     "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，画得不好的手部，"
     "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
-
-
-def missing_files(model_dir: str | Path) -> list[str]:
-    """Every file of the official layout that the loader needs and cannot find (no torch needed)."""
-    root = Path(model_dir)
-    if not root.is_dir():
-        return [f"{root} (not a directory)"]
-    need = [DIT_CONFIG, T5_FILE, VAE_FILE, f"{TOKENIZER_DIR}/tokenizer_config.json",
-            f"{WAV2VEC_DIR}/config.json", f"{WAV2VEC_DIR}/preprocessor_config.json"]
-    out = [n for n in need if not (root / n).is_file()]
-    if not any((root / TOKENIZER_DIR / n).is_file() for n in ("tokenizer.json", "spiece.model")):
-        out.append(f"{TOKENIZER_DIR}/tokenizer.json (or spiece.model)")
-    if not any((root / WAV2VEC_DIR / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
-        out.append(f"{WAV2VEC_DIR}/model.safetensors (or pytorch_model.bin)")
-    out += [n for n in dit_shards(root) if not (root / n).is_file()]
-    return out
-
-
-def weights_files(root: Path) -> list[str]:
-    """Every file the loader reads, relative to the folder: what the job key's weights fingerprint covers."""
-    out = [DIT_CONFIG, T5_FILE, VAE_FILE, *dit_shards(root)]
-    if (root / DIT_INDEX).is_file():
-        out.append(DIT_INDEX)
-    for sub in (TOKENIZER_DIR, WAV2VEC_DIR):
-        if (root / sub).is_dir():
-            out += sorted(str(p.relative_to(root)) for p in (root / sub).rglob("*")
-                          if p.is_file() and not p.name.startswith("."))
-    return out
 
 
 def official_size(image_wh: tuple[int, int], area_wh: tuple[int, int], divisor: int = OFFICIAL_SIZE_DIVISOR):

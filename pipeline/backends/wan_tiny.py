@@ -7,13 +7,7 @@ import re
 import string
 from pathlib import Path
 
-# The official Wan2.2-S2V-14B folder, as the loader in wan_s2v.py reads it.
-DIT_CONFIG = "config.json"
-DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
-VAE_FILE = "Wan2.1_VAE.pth"
-TOKENIZER_DIR = "google/umt5-xxl"
-WAV2VEC_DIR = "wav2vec2-large-xlsr-53-english"
+from pipeline.backends.wan_layout import DIT_CONFIG, DIT_INDEX, T5_FILE, TOKENIZER_DIR, VAE_FILE, WAV2VEC_DIR, dit_shards
 
 # Tiny but structurally faithful: head dim 24 (the 3-D RoPE splits it into 8/8/8), z_dim 16 (the frame packer
 # hard-codes 16 latent channels), and a wav2vec2 with 24 layers because the DiT's audio encoder learns a
@@ -119,7 +113,6 @@ def make_tiny_lora(weights_dir: str | Path, out_file: str | Path, rank: int = 4,
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from pipeline.backends.wan_loader import dit_shards
 
     root = Path(weights_dir)
     gen = torch.Generator().manual_seed(seed)
