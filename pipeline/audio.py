@@ -241,13 +241,21 @@ def _cheapest_cuts(start: int, nodes: np.ndarray, total: int, min_f: int, max_f:
     return None, path(int(np.flatnonzero(best < inf)[-1]))
 
 
-def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=None) -> list[int]:
+CUT_RULE = 3  # see cut_points; the planner keys each job by the rule its cuts need
+
+
+def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=None, *, rule: int = CUT_RULE
+               ) -> list[int]:
     """Frame indices where scenes start (excluding 0). Cuts sit inside pauses, chosen together so the job renders
     the fewest clips (`spec`: the backend's clip sizes, so scene lengths land on clip boundaries and little is
     trimmed; none = the fewest, longest scenes), then the fewest scenes. Where a window of max_scene_s holds no
     pause, that cut goes to the window's quietest frame. Scenes stay within [min, max] wherever the length
     allows. A pause too long for one scene is cut at its far end (speech resumes on a fresh scene) and covered
-    by the fewest waste-free scenes, never by a run of minimum-length scenes."""
+    by the fewest waste-free scenes, never by a run of minimum-length scenes.
+
+    rule 3 (rule 2 is what came before, kept so unchanged jobs keep their keys): the scene before a long pause can
+    end inside it, and where a remainder cannot honour min_scene_s at both ends a pause still wins over speech —
+    rule 2 cut in speech in both places."""
     fps, total = a.fps, a.frames
     max_f = max(1, int(max_scene_s * fps))
     min_f = max(1, int(np.ceil(min_scene_s * fps)))
@@ -265,10 +273,14 @@ def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=No
         inside = [r1]  # backwards from the far end until what is left of the pause fits the scene before it
         while inside[-1] - r0 > max_f:
             inside.append(inside[-1] - step)
-        cuts += _segment(a, start, inside[-1], cands[(cands < inside[-1]) | (cands > r1)], min_f, max_f, first, clip)
+        if rule >= 3 and len(inside) > 1 and inside[-1] - r0 < min_f:
+            # what is left is shorter than a scene: the scene before could not end in the pause, and cut in speech
+            inside.pop()
+        cuts += _segment(a, start, inside[-1], cands[(cands < inside[-1]) | (cands > r1)], min_f, max_f, first, clip,
+                         rule)
         cuts += inside[::-1]
         start = r1
-    return cuts + _segment(a, start, total, cands[cands > start], min_f, max_f, first, clip)
+    return cuts + _segment(a, start, total, cands[cands > start], min_f, max_f, first, clip, rule)
 
 
 def _runs(frames: np.ndarray):
@@ -280,7 +292,7 @@ def _runs(frames: np.ndarray):
 
 
 def _segment(a: AudioAnalysis, start: int, end: int, cands: np.ndarray, min_f: int, max_f: int, first: int,
-             clip: int) -> list[int]:
+             clip: int, rule: int = CUT_RULE) -> list[int]:
     """Cuts strictly between start and end (both scene boundaries already)."""
     cuts: list[int] = []
     while end - start > max_f:
@@ -292,8 +304,8 @@ def _segment(a: AudioAnalysis, start: int, end: int, cands: np.ndarray, min_f: i
         start = cuts[-1] if cuts else start
         lo = start + min_f
         hi = min(start + max_f, end - min_f)
-        if hi < lo:  # the remainder cannot honour min_scene_s: a plain max-length scene
-            lo = hi = start + max_f
+        if hi < lo:  # the remainder cannot honour min_scene_s at both ends: the last scene will be short
+            lo, hi = (lo, start + max_f) if rule >= 3 else (start + max_f, start + max_f)
         edge = _candidates(a, lo, hi, margin_s=0.0)  # a pause reaching into the window only by its margin
         if edge.size:
             start = int(edge[-1])

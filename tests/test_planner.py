@@ -6,7 +6,7 @@ from core.settings import Settings
 import json
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
 import media
 from orchestrator.plan.planner import chains_for, plan_job
@@ -46,6 +46,10 @@ def test_frames_are_exact_for_any_length(samples, max_scene, min_scene, spec, se
 @hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(minutes=st.floats(0.5, 12), max_scene=st.floats(4, 60), min_scene=st.floats(0, 3), seed=st.integers(0, 10**6),
        long_pauses=st.integers(0, 3), spec=st.sampled_from([None, DRAFT, WAN_LIKE]))
+# found by this test: the scene before a 260 s pause had no room to end inside it, so a cut fell in speech; a
+# remainder too short for two minimum scenes was cut at max length, in speech, with a pause in reach
+@example(minutes=5.0, max_scene=7.5625, min_scene=2.0, seed=4, long_pauses=2, spec=None)
+@example(minutes=4.0, max_scene=4.0, min_scene=3.0, seed=1, long_pauses=1, spec=None)
 def test_cuts_stay_in_pauses_and_within_scene_limits(minutes, max_scene, min_scene, seed, long_pauses, spec):
     rng = np.random.default_rng(seed)
     dur, pauses, t = minutes * 60, [], 0.0
@@ -307,3 +311,16 @@ def test_audio_analysis_memory_does_not_grow_with_length(tmp_path):
     assert peak < 12 * 2**20, peak  # a 30 s chunk and its copies; the whole-file decode peaked at ~70 MB here
     whole = audio.analyse(audio.decode(str(wav)), 16, 0.3)
     assert a.pauses == whole.pauses and np.allclose(a.frame_energy, whole.frame_energy, atol=1e-6)
+
+
+def test_a_cut_rule_change_keeps_the_keys_of_jobs_it_does_not_touch(tmp_path, assets, settings):
+    """Rule 3 changed cuts only where rule 2 cut in speech beside a pause (before long pauses, in short
+    remainders): every other job keeps its rule-2 key, so a catalog is not re-rendered for a change that does not
+    touch it."""
+    from orchestrator.plan.planner import job_key
+
+    m = load_manifest(str(media.write_manifest(tmp_path / "m.yaml", [{"id": "a", "audio": str(assets["speech13"])}],
+                                               {"image": str(assets["image"])})), None, settings)
+    p = plan_job(m.jobs[0], settings)
+    assert p.key == job_key(p.job, p.backend_version, p.audio_sha256, p.image_sha256, None, True, None, None, "2")
+    assert p.key != job_key(p.job, p.backend_version, p.audio_sha256, p.image_sha256, None, True, None, None, "3")

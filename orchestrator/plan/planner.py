@@ -23,12 +23,16 @@ from pipeline.backends.base import clip_frame_counts
 from pipeline.media import COLOUR
 
 log = logging.getLogger("s2v.planner")
-PLAN_POLICY_VERSION = "2"  # bump when cutting rules change: it changes every job key (2: cuts chosen for least waste)
+# The cut rule (pipeline.audio.CUT_RULE) is part of every job key. 2: cuts chosen for least waste. 3: cuts in a pause
+# where rule 2 cut in speech (before long pauses; in short remainders). Only jobs whose cuts differ from rule 2 carry
+# 3: the rest keep their keys, so a catalog is not re-rendered for a change that does not touch it.
+PLAN_POLICY_VERSION = str(audio_mod.CUT_RULE)
 AUDIO_ANALYSIS_BYTES = audio_mod.CHUNK_S * audio_mod.SR * 4 * 6  # a chunk, its float64 squares and VAD copies
 
 
 def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, pose_sha: str | None,
-            id_in_pixels: bool = False, weights_id: str | None = None, lora_sha: str | None = None) -> str:
+            id_in_pixels: bool = False, weights_id: str | None = None, lora_sha: str | None = None,
+            policy: str = PLAN_POLICY_VERSION) -> str:
     """Content hash of everything that changes the job's pixels (not output, priority or tags; the id only for
     backends that draw it). The weights enter by content (weights_id), never by folder name; the negative prompt
     as resolved against the backend's default."""
@@ -37,7 +41,7 @@ def job_key(job: JobSpec, backend_version: str, audio_sha: str, image_sha: str, 
         "audio": audio_sha, "image": image_sha, "pose": pose_sha,
         "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed, "size": job.size,
         "backend": job.backend, "backend_version": backend_version,
-        "policy": [PLAN_POLICY_VERSION, job.max_scene_s, job.min_scene_s, job.min_pause_s],
+        "policy": [policy, job.max_scene_s, job.min_scene_s, job.min_pause_s],
         "sampling": [job.steps, job.guidance, job.shift], "model": weights_id,
         "lora": [lora_sha, job.lora_scale] if lora_sha else None, "colour": COLOUR,
     }
@@ -68,9 +72,12 @@ def _analysis(audio_path: str, audio_sha: str, fps: int, min_pause_s: float, max
 
 
 @lru_cache(maxsize=4096)
-def _cuts(a: audio_mod.AudioAnalysis, max_scene_s: float, min_scene_s: float, spec) -> tuple[int, ...]:
-    # rows sharing an audio file and a policy share their cuts: the optimisation runs once, not once per row
-    return tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec))
+def _cuts(a: audio_mod.AudioAnalysis, max_scene_s: float, min_scene_s: float, spec) -> tuple[tuple[int, ...], str]:
+    """(cuts, the policy version they follow). Rows sharing an audio file and a policy share their cuts: the
+    optimisation runs once, not once per row."""
+    cuts = tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec))
+    before = tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec, rule=2))
+    return cuts, PLAN_POLICY_VERSION if cuts != before else "2"
 
 
 def _weights_id(job: JobSpec, settings: Settings, cls, memo: dict | None = None) -> str | None:
@@ -129,14 +136,14 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None,
         caption_problems = check_captions(job, a.duration_s, settings)
         if caption_problems:
             raise MediaError(f"{job.source}: captions", caption_problems)
-    cuts = list(_cuts(a, job.max_scene_s, job.min_scene_s, spec))
+    cuts, policy = _cuts(a, job.max_scene_s, job.min_scene_s, spec)
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
         job=job, key=job_key(job, spec.version, a_sha, i_sha, pose_sha, spec.id_in_pixels,
-                             _weights_id(job, settings, cls, weights_memo), lora_sha),
+                             _weights_id(job, settings, cls, weights_memo), lora_sha, policy),
         backend_version=spec.version, fps=spec.fps,
         duration_s=a.duration_s, frames=a.frames, width=w, height=h, audio_sha256=a_sha, image_sha256=i_sha,
-        pose_sha256=pose_sha, scenes=chains_for(a.frames, cuts, spec, job.seed),
+        pose_sha256=pose_sha, scenes=chains_for(a.frames, list(cuts), spec, job.seed),
         silences=audio_mod.long_silences(a, settings.long_silence_s),
     )
 
