@@ -18,9 +18,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/s2v render manifests/example.yaml
 
-# Installs everything and runs the whole test suite. pytest's "no tests collected" (5) is a failure.
+# Installs everything and runs the whole test suite, on two workers that each take a whole test file at a time
+# (module fixtures and the shared local Ray stay per worker). pytest's "no tests collected" (5) is a failure.
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 clean:

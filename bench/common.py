@@ -58,12 +58,16 @@ def _gpu_name() -> str | None:
         return None
 
 
-def start_ray(gpus: int, cpus: int = 2) -> None:
+def start_ray(gpus: int, cpus: int = 2) -> bool:
+    """A local Ray with `gpus` logical GPUs; True when this call started it (the caller shuts down only what it
+    started: a smoke test's shared Ray stays up for the next test)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_gpus=gpus, num_cpus=cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():
+        return False
+    ray.init(address="local", num_gpus=gpus, num_cpus=cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    return True
 
 
 class GivenActors(RayRuntime):

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     plans = catalog(a.jobs)
     settings = Settings(gpus=a.gpus)
-    start_ray(a.gpus)
+    started = start_ray(a.gpus)
     with tempfile.TemporaryDirectory(prefix="s2v-bench-faults-") as tmp:
         try:
             base_dir, fault_dir = Path(tmp, "base"), Path(tmp, "faults")
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             # before the folder goes: ray.kill returns before a killed (restarting) actor is gone, and one
             # still starting up would open its log file in there while the folder is being removed
-            ray.shutdown()
+            if started:
+                ray.shutdown()
     kills = max(1, faulted["kills"])
     extra_s = faulted["makespan_s"] - base["makespan_s"]
     clips = sum(p.clips for p in plans)

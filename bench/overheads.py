@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                 srv, bucket, env = s3
                 areas["s3"] = (f"s3://{bucket}/work", {"s3_endpoint_url": srv.endpoint, "s3_region": "us-east-1",
                                                        "s3_addressing_style": "path"}, env)
-            start_ray(1)
+            started = start_ray(1)
             try:
                 for label in a.works.split(","):
                     work, kw, env = areas[label]
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
                                             env))
                         tails += tail_costs(size, work, label, kw, tmp, a.tail_repeat)
             finally:
-                ray.shutdown()
+                if started:
+                    ray.shutdown()
     return emit("overheads", {"clip_s": a.clip_s, "target_clip_s": TARGET_CLIP_S, "wan_clip_s": WAN_CLIP_S,
                               "rows": rows, "tails": tails}, a.out)
 

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         settings = Settings(gpus=a.gpus, work=str(tmp / "work"), cache_dir=tmp / "cache")
         lecture = plan_catalog(tmp / "lecture", [a.lecture_min * 60], settings)
         catalog = plan_catalog(tmp / "catalog", [float(x) for x in a.lengths.split(",")], settings)
-        start_ray(a.gpus)
+        started = start_ray(a.gpus)
         try:
             for k in a.steps.split(","):
                 res["lecture"][f"{k}_steps"] = scenario(f"lecture{k}", lecture, settings, a.gpus, a.clip_s,
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                 res["catalog"][f"{k}_steps"] = scenario(f"catalog{k}", catalog, settings, a.gpus, a.clip_s,
                                                          kinds[k], tmp, alone=False, kind=a.actors)
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
     return emit("pool", res, a.out)
 
 

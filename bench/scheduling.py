@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> dict:
     from core.settings import Settings
 
     plans = catalog(a.jobs)
-    start_ray(a.gpus)
+    started = start_ray(a.gpus)
     try:
         measured = {"chains_longest_first": run_chains(plans, a.clip_s, a.gpus, Settings(gpus=a.gpus))}
         if not a.no_fifo:
             measured["fifo_whole_jobs"] = run_fifo(plans, a.clip_s, a.gpus)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     rep = efficiency_report(plans, a.clip_s, a.gpus, measured)
     ch = measured["chains_longest_first"]
     # time lost per clip beyond the bound: a fixed dispatch cost, which a real clip of minutes hides

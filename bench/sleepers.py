@@ -96,9 +96,22 @@ def run_chains(plans, base_s: float, gpus: int, settings, *, kill_every_s: float
     out = {"makespan_s": makespan, "clips_done": done, "failed_jobs": len(failed), "kills": len(kills),
            "lost_events": len(sched.events.of("lost")),
            "infra_retries": sum(s.infra_retries for s in sched.jobs.values())}
+    _kill_and_wait(actors)
+    return out
+
+
+def _kill_and_wait(actors: list) -> None:
+    """Kill for good and wait until each is gone: one still restarting would open its log in a folder the
+    caller is about to remove."""
+    import ray
+
     for a in actors:
         ray.kill(a, no_restart=True)
-    return out
+    for a in actors:
+        try:
+            ray.get(a.ping.remote(), timeout=30)
+        except Exception:  # noqa: BLE001 - dead: what we waited for
+            pass
 
 
 def run_fifo(plans, base_s: float, gpus: int) -> dict:

@@ -58,6 +58,12 @@ def no_ray():
     yield
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Modules that stop the shared local Ray (STOPS_SHARED_RAY = True: their tests start clusters or drivers of
+    their own) run last, each module whole and in order: every other test shares one Ray start."""
+    items.sort(key=lambda item: bool(getattr(item.module, "STOPS_SHARED_RAY", False)))
+
+
 def pytest_sessionfinish(session, exitstatus):
     try:
         import ray

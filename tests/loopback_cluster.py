@@ -102,18 +102,23 @@ def node_pids(node_id: str) -> list[int]:
 
 
 def kill_node(node_id: str) -> None:
-    """Stop only the processes started for this node (never a machine-wide `ray stop`)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = node_pids(node_id)
+    kill_nodes([node_id])
+
+
+def kill_nodes(node_ids: list[str], grace_s: float = 1.0) -> None:
+    """Stop only the processes started for these nodes (never a machine-wide `ray stop`), all at once: SIGTERM,
+    then SIGKILL for what is still there after grace_s — an instance going away, not a polite shutdown."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        pids = [p for n in node_ids for p in node_pids(n)]
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        end = time.time() + 5
+        end = time.time() + wait_s
         while pids and time.time() < end:
             time.sleep(0.1)
-            pids = node_pids(node_id)
+            pids = [p for n in node_ids for p in node_pids(n)]
         if not pids:
             return
 
@@ -240,9 +245,13 @@ class LocalNodeProvider(NodeProvider):
             nodes[node_id]["tags"].update(tags)
 
     def terminate_node(self, node_id):
-        kill_node(node_id)
+        self.terminate_nodes([node_id])
+
+    def terminate_nodes(self, node_ids):
+        kill_nodes(list(node_ids))
         with self._nodes() as nodes:
-            nodes[node_id]["state"] = "terminated"
+            for nid in node_ids:
+                nodes[nid]["state"] = "terminated"
 
     def node_home(self, node_id) -> Path:
         return self.state.parent / node_id
@@ -256,8 +265,7 @@ class LocalNodeProvider(NodeProvider):
 
     def stop_all(self) -> None:
         """Test cleanup: kill every node's processes, whatever state the file says, and remove Ray's temp dir."""
-        for nid in json.loads(self.state.read_text()) if self.state.exists() else []:
-            kill_node(nid)
+        kill_nodes(list(json.loads(self.state.read_text())) if self.state.exists() else [])
         if self.provider_config.get("ray_temp_dir"):
             shutil.rmtree(self.provider_config["ray_temp_dir"], ignore_errors=True)
 
@@ -274,7 +282,9 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
     # Its own Ray temp dir (short: Unix socket paths are limited to 107 bytes): in the shared /tmp/ray, the head
     # would be "the current cluster" that any `address="auto"` on this machine joins — other tests' included.
     temp = f"/tmp/s2v-ray-{uuid.uuid4().hex[:8]}"  # created by `ray start`, removed by stop_all
-    head_start = (f"ray start --head --node-ip-address=127.0.0.1 --port={gcs} --dashboard-host=127.0.0.1 "
+    # the autoscaler looks every second, not every 5 s: a test waits for what it does, never for its idle loop
+    head_start = (f"AUTOSCALER_UPDATE_INTERVAL_S=1 ray start --head --node-ip-address=127.0.0.1 --port={gcs} "
+                  "--dashboard-host=127.0.0.1 "
                   f"--dashboard-port={dash} --ray-client-server-port={client} --dashboard-agent-listen-port={agent} "
                   f"--num-cpus={head_cpus} --num-gpus={head_gpus} --disable-usage-stats --temp-dir={temp} "
                   "--autoscaling-config=~/ray_bootstrap_config.yaml")

@@ -5,7 +5,6 @@ operator flags, a manifest in a bucket) are cases of their own, none of which st
 
 from __future__ import annotations
 
-from core.settings import Settings
 import contextlib
 import io
 import json
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from core.settings import Settings
 import media
 from core.errors import ManifestError, Problem
 from orchestrator.run.results import JobResult

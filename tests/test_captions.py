@@ -3,10 +3,10 @@ with its line), normalisation to WebVTT, auto-caption cue rules, and the manifes
 
 from __future__ import annotations
 
-from core.settings import Settings
 import numpy as np
 import pytest
 
+from core.settings import Settings
 import media
 from pipeline.captions import (MAX_CHARS, Word, clean_words, cues_from_words, parse_captions, plain_text, write_ass,
                                write_vtt)

@@ -3,7 +3,6 @@ nothing left once a job is published (on local, S3 via SeaweedFS and GCS via fak
 
 from __future__ import annotations
 
-from core.settings import Settings
 import json
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.settings import Settings
 from orchestrator.workarea.layout import WorkArea
 from orchestrator.workarea.tails import decode_tail, encode_tail
 from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)

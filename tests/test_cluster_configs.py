@@ -317,6 +317,28 @@ def test_bundle_is_exactly_the_fingerprinted_files(tmp_path):
     assert (out / "constraints.txt").read_text().startswith("ray==")
 
 
+def test_an_unchanged_checkout_reuses_its_wheel_and_a_changed_one_builds_again(tmp_path, monkeypatch):
+    import shutil
+
+    from infra.clusters import ship
+
+    project = tmp_path / "project"
+    for rel in source_files(ROOT):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, project / rel)
+    cache, builds = tmp_path / "wheels", []
+    real = ship._pip_wheel
+    monkeypatch.setattr(ship, "_pip_wheel", lambda src, out: (builds.append(src), real(src, out)))
+    first = build_bundle(project, tmp_path / "a", cache)
+    second = build_bundle(project, tmp_path / "b", cache)  # another cluster, the same checkout: no build
+    assert len(builds) == 1 and second.fingerprint == first.fingerprint
+    assert second.wheel.read_bytes() == first.wheel.read_bytes()
+    (project / "orchestrator" / "__init__.py").write_text('"""changed"""\n__version__ = "0.1.0"\n')
+    third = build_bundle(project, tmp_path / "b", cache)
+    assert len(builds) == 2 and third.fingerprint != first.fingerprint
+    assert [p.name for p in (tmp_path / "b").glob("*.whl")] == [third.wheel.name]
+
+
 HOSTILE = ["s3://b/x'; touch PWNED1; echo '", "s3://b/$(touch PWNED2)", "/models/`touch PWNED3`\"; touch PWNED4 #"]
 
 

@@ -4,7 +4,6 @@ fake-gcs-server (GCS), both on 127.0.0.1."""
 
 from __future__ import annotations
 
-from core.settings import Settings
 import json
 import os
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from orchestrator.workarea import gc
 from orchestrator.workarea.layout import WorkArea
 from storage_servers import bucket_settings, gcs_server, s3_server  # noqa: F401  (fixtures)
@@ -162,3 +162,25 @@ def test_a_run_that_starts_between_looking_and_removing_keeps_its_job(tmp_path):
     put(work, "runs/new/state.json", state("running", time.time(), ["kjob"]))  # resumes kjob's checkpoints
     assert gc.apply(plan, work.settings) == 0 and plan.kept == ["kjob"]
     assert (tmp_path / "work" / "jobs" / "kjob" / "scene-0000" / "clip-0000.mp4").is_file()
+
+
+def test_a_run_whose_pid_was_reused_is_not_alive(tmp_path):
+    """A dead driver's pid may belong to another process by now: `os.kill(pid, 0)` said "alive" and gc kept the
+    dead run's jobs forever (leases already compared the pid's start time). The run state records the start time
+    and boot, and one check (workarea/liveness.py) answers for runs and leases alike."""
+    from orchestrator.run.state import RunState
+    from orchestrator.workarea import liveness
+
+    work = WorkArea.at(str(tmp_path / "work"), Settings())
+    me = RunState(work, "r", "m.yaml", {})._doc("running")
+    assert me["pid"] == os.getpid() and me["pid_start"] and me["boot_id"]
+    assert gc.driver_alive(me) is True and liveness.alive(me) is True
+    other = subprocess.Popen(["sleep", "30"])  # a live process that is not the run's driver
+    try:
+        reused = {**me, "pid": other.pid}  # its start time is not the one the state recorded
+        assert gc.driver_alive(reused) is False and not gc.run_is_live(reused, time.time())
+    finally:
+        other.kill()
+        other.wait(10)
+    assert gc.driver_alive({**me, "host": "another-host"}) is None  # elsewhere: only the state's age can tell
+    assert gc.driver_alive({**me, "boot_id": "another-boot"}) is None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from core.settings import Settings
 import json
 
 import numpy as np
 from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
 
+from core.settings import Settings
 import media
 from orchestrator.plan.planner import chains_for, plan_job
 from orchestrator.intake.manifest import load_manifest

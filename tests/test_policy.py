@@ -183,7 +183,7 @@ def test_the_pool_grows_with_each_gpu_that_joins_shrinks_and_grows_again_priced_
     h.run([plan(f"j{i}", 8) for i in range(4)])
     assert sorted(h.ready) == [f"j{i}" for i in range(4)]
     assert rt.requests[0] == [{"GPU": 1}] * 3  # three of the four chains could run at once: three GPUs
-    assert rt.requests[-1] == []  # given back at the end
+    assert rt.requests[-1] == [] and all(a.state == "dead" for a in rt.actors)  # everything given back at the end
     ready = [e for e in h.kinds("ready")]
     assert {e.node for e in ready[:3]} == set(gpus[:3]) and ready[-1].node == gpus[3]  # grew again on the new node
     assert h.pool.peak_workers == 3 and len(h.kinds("lost")) == 1
@@ -195,6 +195,7 @@ def test_the_pool_grows_with_each_gpu_that_joins_shrinks_and_grows_again_priced_
     assert cost["priced"] and rows[gpus[0]]["hours"] == pytest.approx(45 / 3600)  # joined at 5 s, gone at 50 s
     assert rows["node-0"]["head"] and rows["node-0"]["usd_per_hour"] == 0.36
     assert cost["cost_usd"] == pytest.approx(sum(r["hours"] * r["usd_per_hour"] for r in rows.values()), rel=1e-4)
+    assert cost["node_hours"] == pytest.approx(sum(r["hours"] for r in rows.values()), rel=1e-4)
     assert h.sched.jobs["j0"].cost_usd == pytest.approx(h.sched.jobs["j0"].gpu_s * 3.6 / 3600)
 
 
@@ -221,6 +222,9 @@ def test_spot_that_never_comes_turns_into_on_demand_and_says_so(s):
     od = h.kinds("ondemand")[0]
     assert 600 <= od.t < 602 and "did not come within 600 s" in h.pool.ondemand_reason
     assert [e.node for e in h.kinds("ready")] == ["node-1"]
+    h.pool.ledger.finish()
+    rows = {r["node"]: r for r in h.pool.ledger.summary()["nodes"]}
+    assert rows["node-1"]["market"] == "on-demand" and rows["node-1"]["usd_per_hour"] == 8.0  # priced on-demand
 
 
 def test_repeated_preemptions_move_new_work_to_on_demand(s):
@@ -240,20 +244,23 @@ def test_repeated_preemptions_move_new_work_to_on_demand(s):
 # ---------- spot notices ----------
 
 def test_an_interruption_drains_the_actor_its_chain_moves_on_and_the_notice_clears(s):
+    """Three spot nodes; A gets an interruption notice mid-chain that passes with the node alive: A refuses its next
+    clip, a replacement GPU is asked for at once, A's chain goes on elsewhere, A works again once the notice passed
+    and the replacement, not needed after all, is given back. Nothing is rendered twice; no job counts an error."""
     w = ScriptedWorker.configure()
-    rt = InProcessRuntime(w, gpus=None)
-    a, b, c = rt.add_node(gpus=1), rt.add_node(gpus=1), rt.add_node(gpus=1)
+    h = _elastic(s.model_copy(update={"gpus": 3}), w)
+    rt = h.rt
+    a, b, c = (rt.add_node(gpus=1, labels=GPU) for _ in range(3))
     rt.at(1.5, rt.notice, a, interruption="terminate in 2 min")
     rt.at(6.0, rt.notice, a)  # it passes with the node alive
-    h = Harness(s.model_copy(update={"gpus": 3}), s.work, runtime=rt, worker=w).run(
-        [plan(f"j{i}", 4) for i in range(6)])
+    h.run([plan(f"j{i}", 4) for i in range(6)])
     assert sorted(h.ready) == [f"j{i}" for i in range(6)]
     slot_a = next(e.slot for e in h.kinds("ready") if e.node == a)
     drain = next(e for e in h.kinds("draining") if e.slot == slot_a)
     cleared = next(e for e in h.kinds("cleared") if e.slot == slot_a)
     preempted = h.kinds("preempted")
     assert 1.5 < drain.t < 3 and 6 <= cleared.t < 8 and len(preempted) == 1
-    assert len(h.pool.slots) == 4  # a replacement was started at the notice…
+    assert len(h.pool.slots) == 4 and [{"GPU": 1}] * 4 in rt.requests  # a replacement was asked for at the notice…
     assert any("surplus" in e.detail for e in h.kinds("retired"))  # …and given back once A was usable again
     assert [e for e in h.kinds("assign") if e.slot == slot_a and e.t >= cleared.t]  # A took chains again
     assert len(w.starts) == len(w.saved) == 24  # A refused before rendering: nothing done twice
@@ -261,9 +268,11 @@ def test_an_interruption_drains_the_actor_its_chain_moves_on_and_the_notice_clea
 
 
 def test_an_early_warning_lets_the_actor_finish_its_chain_and_start_no_new_one_until_it_passes(s):
+    """Node A gets an early warning (an AWS rebalance recommendation) mid-chain: it finishes that chain, takes
+    no new one while warned (node B renders the queue), and works again once the warning passes."""
     w = ScriptedWorker.configure()
     rt = InProcessRuntime(w, gpus=None)
-    a, b = rt.add_node(gpus=1), rt.add_node(gpus=1)
+    a, _ = rt.add_node(gpus=1), rt.add_node(gpus=1)
     rt.at(0.5, rt.notice, a, warning="rebalance recommendation")
     rt.at(10.0, rt.notice, a)
     h = Harness(s, s.work, runtime=rt, worker=w).run([plan(f"j{i}", 3) for i in range(6)])
@@ -288,3 +297,25 @@ def test_the_budget_stops_new_chains_and_says_why(s):
     assert len(h.ready) == 2 and set(h.failed) <= {"j2", "j3"}
     assert h.sched.stop_reason.startswith("budget $0.01 reached") and "GPU-seconds" in h.sched.stop_reason
     assert len(w.starts) == 4  # nothing of the jobs past the budget was rendered
+
+
+# ---------- sizing from a launcher config ----------
+
+def test_config_gpu_limit_reads_the_launcher_config(tmp_path):
+    """--gpus unset on a launcher cluster: the most actors its config allows (global max_workers binds); the same
+    arithmetic is what `render --cluster` asks for by default."""
+    import yaml
+
+    from orchestrator.remote.forward import default_gpus
+    from orchestrator.render.pool import config_gpu_limit
+
+    cfg = {"max_workers": 5, "head_node_type": "head",
+           "available_node_types": {"head": {"resources": {"CPU": 4, "GPU": 0}, "max_workers": 0},
+                                    "gpu_spot": {"resources": {"GPU": 4}, "max_workers": 2},
+                                    "gpu_ondemand": {"resources": {"GPU": 1}, "max_workers": 10}}}
+    p = tmp_path / "bootstrap.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert config_gpu_limit(1, str(p)) == 2 * 4 + 3 * 1 == default_gpus(cfg)
+    assert config_gpu_limit(2, str(p)) == 2 * 2  # a 1-GPU node cannot hold a 2-GPU actor
+    assert config_gpu_limit(1, str(tmp_path / "missing.yaml")) is None
+    assert default_gpus({"available_node_types": {}}) == 1

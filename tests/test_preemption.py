@@ -30,6 +30,9 @@ from infra.preemption import (
     write_sigterm_flag,
 )
 
+# the test that needs Ray absent, or a cluster of its own, stops the shared local Ray (conftest)
+STOPS_SHARED_RAY = True
+
 
 class FakeMeta:
     """State shared by the emulated metadata servers; tests flip it mid-watch."""

@@ -14,6 +14,9 @@ from infra.storage.uri import Uri, parse
 from core.errors import InputError, StorageError
 from storage_servers import gcs_env, gcs_server, gcs_settings, s3_env, s3_server, s3_settings, unique  # noqa: F401
 
+# the test that needs Ray absent, or a cluster of its own, stops the shared local Ray (conftest)
+STOPS_SHARED_RAY = True
+
 
 @dataclass
 class Backend:
@@ -147,6 +150,11 @@ def _restart_ray_with_env() -> None:
     start_local_ray()
 
 
+# what is checked is where things land, not how they are encoded (tests/test_delivery.py checks that): the
+# fastest x264 preset for the renditions
+FAST = {"rendition_preset": "ultrafast"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cloud", ["s3", "gs"])
 def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypatch):
@@ -161,14 +169,14 @@ def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypat
     pytest.importorskip({"s3": "boto3", "gs": "google.cloud.storage"}[cloud])
     if cloud == "s3":
         srv = request.getfixturevalue("s3_env")
-        settings = s3_settings(srv.endpoint, tmp_path, gpus=2, work=str(tmp_path / "work"))
+        settings = s3_settings(srv.endpoint, tmp_path, gpus=2, work=str(tmp_path / "work"), **FAST)
         # the manifest is read before a Settings object reaches storage: configure it the way a user would
         monkeypatch.setenv("S2V_S3_ENDPOINT_URL", srv.endpoint)
         monkeypatch.setenv("S2V_S3_ADDRESSING_STYLE", "path")
         monkeypatch.setenv("S2V_S3_REGION", "us-east-1")
     else:
         srv = request.getfixturevalue("gcs_env")
-        settings = gcs_settings(tmp_path, gpus=2, work=str(tmp_path / "work"))
+        settings = gcs_settings(tmp_path, gpus=2, work=str(tmp_path / "work"), **FAST)
     monkeypatch.setattr(base, "_instances", OrderedDict())  # clients bound to another test's emulator go
     bucket = srv.make_bucket(unique("e2e"))
     st = storage_for(f"{cloud}://{bucket}/x", settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from core.settings import Settings
 import importlib.util
 import json
 import shutil
@@ -19,6 +18,7 @@ if importlib.util.find_spec("diffsynth") is None or importlib.util.find_spec("to
 
 from typer.testing import CliRunner  # noqa: E402
 
+from core.settings import Settings
 from orchestrator.cli.models import app as models_app  # noqa: E402
 from core.errors import ConfigError, RenderError  # noqa: E402
 from pipeline.backends import backend_spec  # noqa: E402

@@ -58,7 +58,8 @@ def launch_config(path: Path, project_root: Path | None = None, settings=None) -
     name = cfg["cluster_name"]
     dist = state_dir(name, settings) / "dist"
     if project_root is not None:
-        bundle = build_bundle(project_root, dist)
+        cache = Path(settings.cache_dir) / "wheels" if settings is not None else None
+        bundle = build_bundle(project_root, dist, cache)
         node = {"cluster_name": name, "metadata": s2v_meta(cfg), "fingerprint": bundle.fingerprint}
         (dist / NODE_JSON).write_text(json.dumps(node, indent=1) + "\n")
     record = read_record(dist)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,25 +81,28 @@ def _pip_wheel(src: Path, out: Path) -> None:
         raise ConfigError(f"building the project wheel failed:\n{(r.stderr or r.stdout)[-3000:]}")
 
 
-def build_bundle(project_root: Path, out_dir: Path) -> Bundle:
+def build_bundle(project_root: Path, out_dir: Path, cache: Path | None = None) -> Bundle:
     """Build a wheel of project_root into out_dir, write s2v-build.json and constraints.txt beside it, and remove
     older wheels there (the nodes install `~/s2v-dist/*.whl`, so exactly one may be present).
 
     The build runs on a copy of exactly source_files(): a stale build/ folder or a stray file in the checkout never
-    reaches the nodes, and the fingerprint describes the wheel's contents.
+    reaches the nodes, and the fingerprint describes the wheel's contents. With `cache`, a wheel built before from
+    the same fingerprint (the same bytes of the same files) is reused from <cache>/<fingerprint>/ instead of built
+    again: `up` on an unchanged checkout, or for a second cluster, costs no build.
     """
     root, out = Path(project_root).resolve(), Path(out_dir)
-    files = source_files(root)
     fingerprint = source_fingerprint(root)
     version = _version(root)
     out.mkdir(parents=True, exist_ok=True)
+    kept = sorted((cache / fingerprint).glob("*.whl")) if cache is not None else []
     with tempfile.TemporaryDirectory(prefix="s2v-build-") as tmp:
-        src, wheels = Path(tmp) / "src", Path(tmp) / "wheels"
-        for rel in files:
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / rel, src / rel)
-        _pip_wheel(src, wheels)
-        (built,) = list(wheels.glob("*.whl"))
+        if kept:
+            built = Path(tmp) / kept[-1].name
+            shutil.copy2(kept[-1], built)
+        else:
+            built = _build(root, Path(tmp))
+            if cache is not None:
+                _keep(built, cache / fingerprint)
         for old in out.glob("*.whl"):
             old.unlink()
         wheel = out / built.name
@@ -108,6 +112,24 @@ def build_bundle(project_root: Path, out_dir: Path) -> Bundle:
     (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     (out / CONSTRAINTS).write_text(_constraints())
     return Bundle(wheel=wheel, fingerprint=fingerprint, version=version)
+
+
+def _build(root: Path, tmp: Path) -> Path:
+    src, wheels = tmp / "src", tmp / "wheels"
+    for rel in source_files(root):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, src / rel)
+    _pip_wheel(src, wheels)
+    (built,) = list(wheels.glob("*.whl"))
+    return built
+
+
+def _keep(wheel: Path, folder: Path) -> None:
+    """Into the cache atomically (a concurrent `up` sees a whole wheel or none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{wheel.name}.{os.getpid()}.partial"  # two `up`s at once never share a temp
+    shutil.copy2(wheel, tmp)
+    tmp.replace(folder / wheel.name)
 
 
 def _constraints() -> str:
