@@ -244,8 +244,8 @@ def _cheapest_cuts(start: int, nodes: np.ndarray, total: int, min_f: int, max_f:
 CUT_RULE = 3  # see cut_points; the planner keys each job by the rule its cuts need
 
 
-def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=None, *, rule: int = CUT_RULE
-               ) -> list[int]:
+def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=None, *, rule: int = CUT_RULE,
+               differs: list | None = None) -> list[int]:
     """Frame indices where scenes start (excluding 0). Cuts sit inside pauses, chosen together so the job renders
     the fewest clips (`spec`: the backend's clip sizes, so scene lengths land on clip boundaries and little is
     trimmed; none = the fewest, longest scenes), then the fewest scenes. Where a window of max_scene_s holds no
@@ -255,7 +255,8 @@ def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=No
 
     rule 3 (rule 2 is what came before, kept so unchanged jobs keep their keys): the scene before a long pause can
     end inside it, and where a remainder cannot honour min_scene_s at both ends a pause still wins over speech —
-    rule 2 cut in speech in both places."""
+    rule 2 cut in speech in both places. `differs` (a list) gets an entry each time rule 3 took a step rule 2 would
+    not: when it stays empty, rule 2 gives the same cuts."""
     fps, total = a.fps, a.frames
     max_f = max(1, int(max_scene_s * fps))
     min_f = max(1, int(np.ceil(min_scene_s * fps)))
@@ -276,11 +277,13 @@ def cut_points(a: AudioAnalysis, max_scene_s: float, min_scene_s: float, spec=No
         if rule >= 3 and len(inside) > 1 and inside[-1] - r0 < min_f:
             # what is left is shorter than a scene: the scene before could not end in the pause, and cut in speech
             inside.pop()
+            if differs is not None:
+                differs.append(("long pause", r0))
         cuts += _segment(a, start, inside[-1], cands[(cands < inside[-1]) | (cands > r1)], min_f, max_f, first, clip,
-                         rule)
+                         rule, differs)
         cuts += inside[::-1]
         start = r1
-    return cuts + _segment(a, start, total, cands[cands > start], min_f, max_f, first, clip, rule)
+    return cuts + _segment(a, start, total, cands[cands > start], min_f, max_f, first, clip, rule, differs)
 
 
 def _runs(frames: np.ndarray):
@@ -292,7 +295,7 @@ def _runs(frames: np.ndarray):
 
 
 def _segment(a: AudioAnalysis, start: int, end: int, cands: np.ndarray, min_f: int, max_f: int, first: int,
-             clip: int, rule: int = CUT_RULE) -> list[int]:
+             clip: int, rule: int = CUT_RULE, differs: list | None = None) -> list[int]:
     """Cuts strictly between start and end (both scene boundaries already)."""
     cuts: list[int] = []
     while end - start > max_f:
@@ -306,6 +309,8 @@ def _segment(a: AudioAnalysis, start: int, end: int, cands: np.ndarray, min_f: i
         hi = min(start + max_f, end - min_f)
         if hi < lo:  # the remainder cannot honour min_scene_s at both ends: the last scene will be short
             lo, hi = (lo, start + max_f) if rule >= 3 else (start + max_f, start + max_f)
+            if rule >= 3 and differs is not None:
+                differs.append(("short remainder", start))
         edge = _candidates(a, lo, hi, margin_s=0.0)  # a pause reaching into the window only by its margin
         if edge.size:
             start = int(edge[-1])

@@ -75,7 +75,10 @@ def _analysis(audio_path: str, audio_sha: str, fps: int, min_pause_s: float, max
 def _cuts(a: audio_mod.AudioAnalysis, max_scene_s: float, min_scene_s: float, spec) -> tuple[tuple[int, ...], str]:
     """(cuts, the policy version they follow). Rows sharing an audio file and a policy share their cuts: the
     optimisation runs once, not once per row."""
-    cuts = tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec))
+    differs: list = []
+    cuts = tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec, differs=differs))
+    if not differs:  # rule 3 took no step of its own: rule 2 gives these cuts too
+        return cuts, "2"
     before = tuple(audio_mod.cut_points(a, max_scene_s, min_scene_s, spec, rule=2))
     return cuts, PLAN_POLICY_VERSION if cuts != before else "2"
 
