@@ -40,9 +40,11 @@ class ObjectInfo:
 # notification filtered on `.mp4` or `.json` never fires for an object still being written.
 TEMP_PREFIX = ".tmp-"
 TEMP_SUFFIX = ".partial"
-# current names, the S3 temp keys of earlier versions (`.tmp-<12 hex>-<name>`), tempfile.mkstemp names of earlier
-# local writes (`.tmp-` + 8 chars) and write probes: all ours, all safe to remove once stale
-_TEMP_RE = re.compile(r"\.tmp-(?:[0-9a-f]{12}-.+|[a-z0-9_]{8}|write-probe-[0-9a-z]+)\Z", re.S)
+# Current names, the S3 temp keys of earlier versions (`.tmp-<12 hex>-<name>`) and write probes: ours anywhere.
+# tempfile.mkstemp names of earlier local writes (`.tmp-` + 8 chars) are ours only where s2v alone writes (inside a
+# work area's own folders): anywhere else `.tmp-settings` is as likely a user's.
+_TEMP_RE = re.compile(r"\.tmp-(?:[0-9a-f]{12}-.+|write-probe-[0-9a-z]+)\Z", re.S)
+_LEGACY_TEMP_RE = re.compile(r"\.tmp-[a-z0-9_]{8}\Z")
 
 
 def temp_name(final_name: str) -> str:
@@ -50,16 +52,19 @@ def temp_name(final_name: str) -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final_name}{TEMP_SUFFIX}"
 
 
-def is_temp_name(name: str) -> bool:
-    """True for a file or object name (or a whole key/path) that s2v wrote as a temp and may clean up."""
-    return bool(_TEMP_RE.match(posixpath.basename(str(name))))
+def is_temp_name(name: str, legacy: bool = False) -> bool:
+    """True for a file or object name (or a whole key/path) that s2v wrote as a temp and may clean up; with
+    legacy, the 8-character names of earlier versions too (only where nothing but s2v writes)."""
+    base = posixpath.basename(str(name))
+    return bool(_TEMP_RE.match(base) or (legacy and _LEGACY_TEMP_RE.match(base)))
 
 
-def is_stale_temp(name: str, modified: float, older_than_s: float, now: float | None = None) -> bool:
+def is_stale_temp(name: str, modified: float, older_than_s: float, now: float | None = None,
+                  legacy: bool = False) -> bool:
     """A temp left behind (a killed upload, a crashed process): a temp name whose last write, by the store's own
     timestamp (`modified`, epoch seconds), is older than older_than_s. Live writers rewrite or finish well within
     any sensible threshold; an unknown timestamp must be passed as "now" (never old)."""
-    return is_temp_name(name) and (time.time() if now is None else now) - modified > older_than_s
+    return is_temp_name(name, legacy) and (time.time() if now is None else now) - modified > older_than_s
 
 
 # Types a browser or CDN needs to show a file instead of downloading it; text types carry their charset.

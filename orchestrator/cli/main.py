@@ -198,12 +198,18 @@ def gc_command(work: Optional[str] = typer.Option(None, help="Work area URI (def
                                                             "objects under this output location (repeatable)."),
                cache: bool = typer.Option(False, "--cache", help="Also prune this machine's input cache."),
                yes: bool = typer.Option(False, "--yes", help="Remove; without it, only list what would go."),
+               adopt: bool = typer.Option(False, "--adopt", help="Mark a work area from before s2v marked them "
+                                          "(its layout is checked first)."),
                as_json: bool = typer.Option(False, "--json")) -> int:
-    """Clean a work area: old runs, abandoned jobs, superseded tails, stale temps. A dry run unless --yes."""
+    """Clean a work area: old runs, abandoned jobs, superseded tails, stale temps. A dry run unless --yes. Only a
+    folder s2v marked as a work area, and in it only what s2v wrote."""
     from orchestrator.workarea import gc
     from orchestrator.workarea.layout import WorkArea
 
     settings = _settings(work=work)
+    if adopt:
+        gc.adopt(WorkArea.at(settings.work, settings))
+        typer.echo(f"marked {settings.work} as an s2v work area")
     plan = gc.collect(WorkArea.at(settings.work, settings), days=days, temp_hours=temp_hours,
                       temps_in=tuple(temps_in or ()), cache=cache, settings=settings)
     freed = gc.apply(plan, settings) if yes else None

@@ -129,6 +129,9 @@ def validate(manifest: str, settings, cli_defaults: dict | None = None):
 
 def stage(jobs, source: str, work: Uri, settings, echo: Callable[[str], None] = print) -> Staged:
     """Stage the jobs' local inputs and their resolved manifest to the work area (each written once)."""
+    from orchestrator.workarea.layout import WorkArea
+
+    WorkArea.at(str(work), settings).ensure_marker()  # what is staged there is s2v's: `s2v gc` may clean it
     staged, uploaded, reused = stage_inputs(jobs, work, settings)
     text = staged_manifest_text(jobs, staged, source)
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]

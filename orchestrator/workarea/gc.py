@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 from infra.storage import Uri, parse, storage_for
 from infra.storage.base import is_stale_temp
 from orchestrator.workarea import liveness
-from orchestrator.workarea.layout import DONE_RE, LEGACY_TAIL_SUFFIX, TAIL_SUFFIX, WorkArea
+from core.errors import InputError
+from orchestrator.workarea.layout import DONE_RE, LEGACY_TAIL_SUFFIX, MARKER, TAIL_SUFFIX, WorkArea
 
 DAY_S = 86400.0
 # A run on another machine counts as running while its state was written within this window: its driver writes
 # after every clip and every job, and a run waiting for GPU nodes or loading a model is silent for far less.
 RUN_SILENT_S = 24 * 3600.0
 TAIL_RE = re.compile(r"(scene-\d{4}/clip-)(\d{4})(" + re.escape(LEGACY_TAIL_SUFFIX) + "|" + re.escape(TAIL_SUFFIX) + ")$")
+# What s2v writes, by name: gc removes nothing else, even inside a marked work area.
+RUN_FILES = frozenset({"state.json", "report.json", "report.html"})
+JOB_KEY_RE = re.compile(r"[0-9a-f]{24}\Z")
+JOB_FILE_RE = re.compile(r"(?:scene-\d{4}/clip-\d{4}(?:\.mp4|\.tail|\.tail\.npy|\.done\.json)|audio\.m4a)\Z")
+OUR_FOLDERS = ("jobs/", "runs/", "publishing/", "inputs/", "manifests/", "leases/", "asr/")
 
 
 @dataclass
@@ -99,14 +105,51 @@ def _held(states: dict[str, dict | None], now: float) -> tuple[list[str], set[st
     return live, keys
 
 
+def not_a_work_area(work: WorkArea) -> InputError:
+    return InputError(f"{work.root} is not an s2v work area (no {MARKER} in it): gc removes nothing there. Check "
+                      f"--work / S2V_WORK; a work area from before s2v wrote that file is marked by its next run, or "
+                      f"now by `s2v gc --adopt --work {work.root}`, which checks its layout first")
+
+
+def adopt(work: WorkArea) -> None:
+    """Mark a work area written before the marker existed, once its layout proves it is one: a run's state of ours
+    (run id, jobs) under runs/."""
+    infos = list(work.storage.list_info(work.root.join("runs")))
+    states = _states(work, _runs(work, infos))
+    if not any(_is_our_state(rid, s) for rid, s in states.items()):
+        raise InputError(f"{work.root} holds no run state of s2v's (runs/<id>/state.json): not marking it as a work "
+                         "area; check the path")
+    work.ensure_marker()
+
+
+def _is_our_state(rid: str, s) -> bool:
+    return isinstance(s, dict) and s.get("run_id") == rid and isinstance(s.get("jobs"), dict)
+
+
+def _ours(work: WorkArea, infos: list, states: dict) -> tuple[dict[str, list], dict[str, list]]:
+    """(run id → its files, job key → its files): only the names s2v writes, in folders its layout names."""
+    runs = {rid: [i for i in objs if posixpath.basename(i.uri.key) in RUN_FILES]
+            for rid, objs in _runs(work, infos).items() if _is_our_state(rid, states.get(rid))}
+    jobs_base, by_key = work.job_dir("").key, {}
+    for i in infos:
+        rest = i.uri.key[len(jobs_base):] if i.uri.key.startswith(jobs_base) else ""
+        key, _, name = rest.partition("/")
+        if JOB_KEY_RE.match(key) and JOB_FILE_RE.match(name):
+            by_key.setdefault(key, []).append(i)
+    return {k: v for k, v in runs.items() if v}, by_key
+
+
 def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps_in: tuple[str, ...] = (),
             cache: bool = False, settings, now: float | None = None) -> GcPlan:
-    """Look, remove nothing: one listing of the work area (and of each temps_in prefix) and each run's state."""
+    """Look, remove nothing: one listing of the work area (and of each temps_in prefix) and each run's state.
+    Refuses a folder that is not a work area; within one, considers only what s2v writes (names and layout)."""
+    if not work.is_marked():
+        raise not_a_work_area(work)
     now = time.time() if now is None else now
     plan = GcPlan(work, now, days)
-    infos = list(list(work.storage.list_info(work.root)))
-    run_infos = _runs(work, infos)
-    states = _states(work, run_infos)
+    infos = list(work.storage.list_info(work.root))
+    states = _states(work, _runs(work, infos))
+    run_infos, by_key = _ours(work, infos, states)
     plan.live_runs, plan.held = _held(states, now)
     latest = work.latest_run()
     for rid, objs in sorted(run_infos.items()):
@@ -116,11 +159,6 @@ def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps
             plan.findings.append(Finding("run", rid, [i.uri for i in objs], sum(i.size for i in objs), age,
                                          f"run older than {days:g} days", run=rid))
     gone: set[Uri] = set()
-    jobs_base = work.job_dir("")
-    by_key: dict[str, list] = {}
-    for i in infos:
-        if i.uri.key.startswith(jobs_base.key):
-            by_key.setdefault(i.uri.key[len(jobs_base.key):].split("/", 1)[0], []).append(i)
     for key, objs in sorted(by_key.items()):
         if key in plan.held:
             continue
@@ -137,13 +175,16 @@ def collect(work: WorkArea, *, days: float = 7.0, temp_hours: float = 1.0, temps
                 plan.findings.append(Finding("tail", str(i.uri), [i.uri], i.size, now - i.mtime,
                                              "superseded: the next clip is done", key=key))
                 gone.add(i.uri)
+    root = work.root.join("").key
     for prefix, listing in [(work.root, infos), *[(parse(p), None) for p in temps_in]]:
+        inside = listing is not None  # the work area's own listing (temps_in point into users' output folders)
         if listing is None:
             listing = list(storage_for(prefix, settings).list_info(prefix))
         for i in listing:
-            # only names the storages write (infra.storage.base's temp contract): --temps-in points into users'
-            # output folders, where a look-alike name is theirs
-            if i.uri not in gone and is_stale_temp(i.uri.key, i.mtime, temp_hours * 3600, now):
+            # only names the storages write (infra.storage.base's temp contract); the short names of earlier
+            # versions only inside the work area's own folders, where nothing but s2v writes
+            legacy = inside and i.uri.key[len(root):].startswith(OUR_FOLDERS)
+            if i.uri not in gone and is_stale_temp(i.uri.key, i.mtime, temp_hours * 3600, now, legacy):
                 plan.findings.append(Finding("temp", str(i.uri), [i.uri], i.size, now - i.mtime,
                                              f"temp object older than {temp_hours:g} h (an interrupted write)"))
                 gone.add(i.uri)

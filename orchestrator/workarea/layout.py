@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from infra.storage import Uri, parse, storage_for
 from orchestrator.workarea.tails import decode_tail, encode_tail
 
 DONE_RE = re.compile(r"scene-(\d{4})/clip-(\d{4})\.done\.json$")
+MARKER, MARKER_SCHEMA = "s2v-work-area.json", "s2v-batch/work-area"
+_MARKED: set[str] = set()  # roots this process knows to be marked
 TAIL_SUFFIX = ".tail"  # compressed (see encode_tail); markers name their tail
 LEGACY_TAIL_SUFFIX = ".tail.npy"  # plain .npy, written before tails were compressed; still read
 
@@ -114,10 +117,33 @@ class WorkArea:
         if self.root.scheme == "file":
             _prune_empty_dirs({u.parent() for u in uris}, self.root)
 
+    # --- the marker: what makes a folder (or a bucket prefix) a work area, for `s2v gc` ---
+    @property
+    def marker(self) -> Uri:
+        return self.root.join(MARKER)
+
+    def is_marked(self) -> bool:
+        try:
+            doc = json.loads(self.storage.read_bytes(self.marker)) if self.storage.exists(self.marker) else None
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(doc, dict) and doc.get("schema") == MARKER_SCHEMA
+
+    def ensure_marker(self) -> None:
+        """Written the first time s2v writes here (once per process and root): gc removes things only under it."""
+        if str(self.root) in _MARKED:
+            return
+        if not self.is_marked():
+            self.storage.write_bytes(self.marker, json.dumps(
+                {"schema": MARKER_SCHEMA, "created": time.time(), "note": "an s2v-batch work area: `s2v gc` cleans "
+                 "it, and only what s2v wrote in it"}, indent=1).encode())
+        _MARKED.add(str(self.root))
+
     # --- run state (readable after the driver died, from any machine) ---
     def write_state(self, run_id: str, state: dict, latest: bool = True) -> None:
         """latest: also point runs/LATEST here (a run does so once, when it starts, so a concurrent older run
         that keeps writing its state never flips LATEST back to itself)."""
+        self.ensure_marker()
         data = json.dumps(state, indent=1, sort_keys=True).encode()
         self.storage.write_bytes(self.run_dir(run_id).join("state.json"), data)
         if latest:
