@@ -76,7 +76,8 @@ def test_temp_names_follow_the_contract():
     assert m and m.group("final") == "lesson-1.mp4" and not n.endswith(".mp4") and is_temp_name(n)
     assert is_temp_name(f"s3-prefix/out/{n}") and temp_name("a.json") != temp_name("a.json")
     # what earlier versions left behind is recognised too, so it can be cleaned
-    assert is_temp_name(".tmp-0123456789ab-lesson.mp4") and is_temp_name(".tmp-k2_x9abc")
+    assert is_temp_name(".tmp-0123456789ab-lesson.mp4") and is_temp_name(".tmp-k2_x9abc", legacy=True)
+    assert not is_temp_name(".tmp-settings")  # eight letters: a user's file, unless inside a work area's folders
     for not_ours in ("lesson.mp4", ".tmp-", ".tmpfoo.mp4", "report.json", ".tmp-notours-at-all.mp4"):
         assert not is_temp_name(not_ours), not_ours
     assert is_stale_temp(n, modified=1000.0, older_than_s=3600, now=1000.0 + 3601)
