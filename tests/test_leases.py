@@ -5,6 +5,7 @@ a controlled clock; and two real concurrent renders on the faults backend (one s
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -114,7 +115,13 @@ def test_a_crashed_holder_on_this_machine_is_taken_over_without_waiting(tmp_path
         (tmp_path / "work" / "leases" / "k-junk.json").write_text("not a lease")
         assert rerun.acquire("k-junk", ["j"]) is None
         assert holder_gone({"host": socket.gethostname(), "boot_id": open("/proc/sys/kernel/random/boot_id").read()
-                            .strip(), "pid": int(dead.stdout), "pid_start": "1"})
+                            .strip(), "pid": int(dead.stdout), "pid_start": "1", "pid_ns": os.readlink("/proc/self/ns/pid")})
+        # the review's reproduction: a live run in a container with host networking (same host name and boot,
+        # its own PID namespace) looked dead because its pid does not exist here, and was taken over
+        container = Leases(root, Settings(), "container-run", clock=clock)
+        container._me.update(pid=int(dead.stdout), pid_start="1", pid_ns="pid:[4026532999]")
+        assert container.acquire("k-container", ["j"]) is None
+        assert rerun.acquire("k-container", ["j"]).run_id == "container-run"  # only its expiry frees it
     finally:
         alive.kill()
         alive.wait(10)
@@ -145,8 +152,8 @@ def _starts(faults_dir) -> dict[str, int]:
 
 
 def test_two_concurrent_renders_of_one_manifest_render_each_clip_once(ray_local, assets, settings, tmp_path):
-    """Run A renders (slowly); run B starts meanwhile and skips A's jobs, naming A; run C starts meanwhile too but
-    waits, and finds them published by A. Every clip rendered once; LATEST names the last run started. The
+    """Run A renders (slowly); run B starts meanwhile and skips A's jobs, naming A — another version of one of them
+    too, which would publish to the same output; run C starts meanwhile too but waits, and finds them published by A. Every clip rendered once; LATEST names the last run started. The
     lease lives 3 s and A renders for longer, so A's renewals are what keep B and C off."""
     from orchestrator.run.runner import render
 
@@ -165,9 +172,15 @@ def test_two_concurrent_renders_of_one_manifest_render_each_clip_once(ray_local,
     while not list((faults / "starts").glob("*")) and run_a.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)  # until A is rendering its first clip
     assert run_a.is_alive()
-    res_b = render(str(m), s, run_id="run-b")
+    # B asks for another version of job a (another seed: another key, the same output) and the same job b
+    m_b = media.write_manifest(tmp_path / "m-b.yaml", [{"id": "a", "audio": str(assets["speech4"]), "seed": 7},
+                                                       {"id": "b", "audio": str(assets["speech4"]), "seed": 2}],
+                               {"image": str(assets["image"]), "size": "96*96", "backend": "faults", "output": str(out)})
+    res_b = render(str(m_b), s, run_id="run-b")
     assert {j.status for j in res_b.jobs.values()} == {"skipped"} and res_b.exit_code == 0
     assert all("run run-a" in j.reason and "another run is rendering it" in j.reason for j in res_b.jobs.values())
+    # its key was free (B took that lease and let it go); the output's lease is what kept it off
+    assert json.loads((leases / f"{res_b.jobs['a'].key}.json").read_text())["released"] is True
     run_c = threading.Thread(target=lambda: got.update(c=render(str(m), s.model_copy(update={"lease_wait_s": 120}),
                                                               run_id="run-c")))
     run_c.start()
@@ -181,3 +194,65 @@ def test_two_concurrent_renders_of_one_manifest_render_each_clip_once(ray_local,
     assert all(json.loads(p.read_text())["released"] for p in leases.glob("*.json"))
     state_b = json.loads((tmp_path / "work" / "runs" / "run-b" / "state.json").read_text())
     assert "run-a" in state_b["jobs"]["a"]["reason"]  # `s2v status` and the report say why
+
+
+def test_a_run_that_loses_its_lease_stops_the_job_publishes_nothing_and_keeps_the_checkpoints(
+        ray_local, assets, settings, tmp_path):
+    """The review's reproduction: a run that stalled past its lease's expiry went on rendering after another run
+    took the lease over, and then deleted the checkpoints that run was using. Here another run takes A's lease
+    over while A renders (its clock is past A's expiry); A learns at its next renewal, stops the job, publishes
+    nothing and leaves the checkpoints; the lease stays the other run's."""
+    from core.settings import Settings
+    from orchestrator.run.runner import render
+
+    faults = tmp_path / "faults"
+    s = settings.model_copy(update={"faults": [{"action": "slow", "seconds": 1.5}], "faults_dir": str(faults),
+                                    "lease_ttl_s": 3.0})
+    out, work = tmp_path / "out", tmp_path / "work"
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": "a", "audio": str(assets["speech4"])}],
+                             {"image": str(assets["image"]), "size": "96*96", "backend": "faults", "output": str(out)})
+    got: dict[str, object] = {}
+    run_a = threading.Thread(target=lambda: got.update(a=render(str(m), s, run_id="run-a")))
+    run_a.start()
+    deadline = time.monotonic() + 120
+    while not list((faults / "starts").glob("*")) and run_a.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    key = next(p.stem for p in (work / "leases").glob("*.json") if not p.name.startswith("out-"))
+    thief = Leases(WorkArea.at(str(work), s).root, Settings(lease_ttl_s=600), "run-b", clock=lambda: time.time() + 10)
+    assert thief.acquire(key, ["a"]) is None  # A's lease looks expired to B: taken over
+    run_a.join(300)
+    a = got["a"].jobs["a"]
+    assert a.status == "failed" and "lost its lease" in a.reason, a.reason
+    assert not (out / "a.mp4").exists() and not (out / "a.json").exists()
+    assert list((work / "jobs" / key).rglob("clip-*.done.json"))  # B resumes from them
+    doc = json.loads((work / "leases" / f"{key}.json").read_text())
+    assert doc["run_id"] == "run-b" and not doc["released"]  # A's release never wrote over B's lease
+
+
+def test_a_repost_takes_the_leases_too(ray_local, assets, settings, tmp_path):
+    """A published job whose renditions changed is reposted: a CPU task that writes into its output folder, so
+    it takes the job's leases like a render, and another run holding one keeps it off."""
+    from orchestrator.deliver.outputs import lease_names
+    from orchestrator.run.runner import render
+
+    out = tmp_path / "out"
+    jobs = [{"id": "a", "audio": str(assets["speech4"])}]
+    m = media.write_manifest(tmp_path / "m.yaml", jobs, {"image": str(assets["image"]), "size": "96*96",
+                                                         "output": str(out)})
+    first = render(str(m), settings)
+    assert first.jobs["a"].status == "published"
+    media.write_manifest(m, jobs, {"image": str(assets["image"]), "size": "96*96", "output": str(out),
+                                   "renditions": [{"name": "r64", "height": 64, "fps": 24}]})
+    from orchestrator.plan.planner import plan_jobs
+    from orchestrator.intake.manifest import load_manifest
+
+    plan = plan_jobs(list(load_manifest(str(m), None, settings).jobs), settings).plans[0]
+    other = Leases(WorkArea.at(settings.work, settings).root, settings, "run-other")
+    assert other.acquire(lease_names(plan)[1], ["a"]) is None  # the output's lease
+    try:
+        res = render(str(m), settings, run_id="run-repost")
+    finally:
+        other.close()
+    assert res.jobs["a"].status == "skipped" and "run run-other" in res.jobs["a"].reason
+    assert not (out / "a.r64.mp4").exists()
+    assert render(str(m), settings).jobs["a"].status == "published" and (out / "a.r64.mp4").exists()

@@ -9,6 +9,7 @@ import stat
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 import media
 from infra.storage.checks import within_roots
@@ -116,7 +117,7 @@ def test_what_counts_as_ours(where):
     assert "sidecar of job 'Intro'" in replace_problem(plan, s, s.work)
     st.delete(uris["json"])
     problem = replace_problem(plan, s, s.work)  # an MP4 with no sidecar: somebody else's file
-    assert str(uris["mp4"]) in problem and "no s2v sidecar" in problem
+    assert str(uris["mp4"]) in problem and "s2v did not publish it" in problem
 
 
 def test_an_mp4_left_by_our_own_cut_short_publish_is_ours(where):
@@ -131,6 +132,79 @@ def test_an_mp4_left_by_our_own_cut_short_publish_is_ours(where):
     assert replace_problem(plan, s, s.work) is not None  # a claim for another job proves nothing
     wa.storage.write_bytes(claim_uri(wa, uris), json.dumps(claim).encode())
     assert replace_problem(plan, s, s.work) is None
+
+
+def test_a_published_name_is_ours_only_where_a_sidecar_or_claim_records_it(where):
+    """The check at publish time, over the exact files about to be written (HLS segments included): a file our
+    sidecar or our cut-short publish's claim records is ours; a sidecar from before that record owns its tree."""
+    st, out, s = where
+    plan = _plan(out)
+    uris = output_uris(plan)
+    seg = parse(out).join("intro.hls/h96-0a1b2c3d/seg_00000.m4s")
+    _put(st, uris["mp4"], b"our video")
+    _put(st, seg, b"hand-made segment")
+    dests = [uris["mp4"], seg, uris["json"]]
+    ours = {"schema": SIDECAR_SCHEMA, "id": "intro", "job_key": "k0", "files": [str(uris[k]) for k in ("mp4", "json")]}
+    _put(st, uris["json"], json.dumps(ours).encode())
+    assert str(seg) in replace_problem(plan, s, s.work, dests)
+    assert replace_problem(plan, s, s.work, [uris["mp4"], uris["json"]]) is None
+    _put(st, uris["json"], json.dumps({**ours, "files": [*ours["files"], str(seg)]}).encode())
+    assert replace_problem(plan, s, s.work, dests) is None
+    before_record = {k: v for k, v in ours.items() if k != "files"}
+    _put(st, uris["json"], json.dumps(before_record).encode())
+    assert str(seg) in replace_problem(plan, s, s.work, dests)
+    _put(st, uris["json"], json.dumps({**before_record, "hls": {"master": "m"}}).encode())
+    assert replace_problem(plan, s, s.work, dests) is None  # it published HLS: the tree was its own
+    st.delete(uris["json"])
+    wa = WorkArea.at(s.work, s)
+    claim = {"id": "intro", "key": "k1", "outputs": {k: str(u) for k, u in uris.items()}, "files": [str(uris["mp4"])]}
+    wa.storage.write_bytes(claim_uri(wa, uris), json.dumps(claim).encode())
+    assert str(seg) in replace_problem(plan, s, s.work, dests)
+    wa.storage.write_bytes(claim_uri(wa, uris), json.dumps({**claim, "files": [str(u) for u in dests]}).encode())
+    assert replace_problem(plan, s, s.work, dests) is None
+
+
+def test_foreign_deliverables_reports_and_hls_files_stop_their_job(ray_local, assets, tmp_path, run_cli, monkeypatch):
+    """The review's reproduction: a hand-made report.html, report.json, <id>.vtt, <id>.<rendition>.mp4 and
+    <id>.hls/* next to an output were all replaced by a render with captions and renditions. Each now stops its
+    job before any GPU work with a reason naming the file, which stays byte-identical; the job in a clean folder
+    publishes, and its repost stops the same way at a hand-made file it would replace."""
+    monkeypatch.setenv("S2V_WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("S2V_GPUS", "2")
+    (tmp_path / "talk.srt").write_text("1\n00:00:00,300 --> 00:00:01,800\nWelcome\n")
+    out = tmp_path / "out"
+    foreign = {"t1": "report.html", "t2": "report.json", "t3": "t3.vtt", "t4": "t4.r64.mp4", "t5": "t5.hls/master.m3u8"}
+    for jid, name in foreign.items():
+        (out / jid / name).parent.mkdir(parents=True)
+        (out / jid / name).write_bytes(f"hand-made {name}".encode())
+    renditions = [{"name": "r64", "height": 64, "fps": 24}, {"name": "h64", "height": 64, "fps": 24, "format": "hls"}]
+    jobs = [{"id": jid, "audio": str(assets["speech4"]), "output": str(out / jid)} for jid in [*foreign, "clean"]]
+    m = media.write_manifest(tmp_path / "m.yaml", jobs, {"image": str(assets["image"]), "size": "96*96",
+                                                         "captions": "talk.srt", "renditions": renditions})
+    assert run_cli("render", m, "--no-progress") == 1
+    latest = (tmp_path / "work" / "runs" / "LATEST").read_text()
+    report = json.loads((tmp_path / "work" / "runs" / latest / "report.json").read_text())["jobs"]
+    for jid, name in foreign.items():
+        assert report[jid]["status"] == "failed" and str(out / jid / name) in report[jid]["reason"], jid
+        assert report[jid]["clips_rendered"] == 0
+        assert (out / jid / name).read_bytes() == f"hand-made {name}".encode()
+        assert not (out / jid / f"{jid}.mp4").exists()
+    assert report["clean"]["status"] == "published"
+    side = json.loads((out / "clean" / "clean.json").read_text())
+    published = {str(p) for p in (out / "clean").rglob("*") if p.is_file() and not p.name.startswith("report.")}
+    assert len(published) > 8 and set(side["files"]) == published  # every file it wrote, HLS segments too
+
+    (out / "clean" / "clean.r80.mp4").write_bytes(b"hand-made rendition")
+    master = (out / "clean" / "clean.mp4").read_bytes()
+    doc = yaml.safe_load(m.read_text())
+    doc["defaults"]["renditions"] = [*renditions, {"name": "r80", "height": 80, "fps": 24}]
+    m.write_text(yaml.safe_dump(doc))
+    assert run_cli("render", m, "--no-progress") == 1
+    latest = (tmp_path / "work" / "runs" / "LATEST").read_text()
+    again = json.loads((tmp_path / "work" / "runs" / latest / "report.json").read_text())["jobs"]["clean"]
+    assert again["status"] == "failed" and str(out / "clean" / "clean.r80.mp4") in again["reason"]
+    assert (out / "clean" / "clean.r80.mp4").read_bytes() == b"hand-made rendition"
+    assert (out / "clean" / "clean.mp4").read_bytes() == master
 
 
 def test_outputs_outside_the_allowed_roots_are_refused_at_validate(tmp_path, run_cli, monkeypatch, capsys, assets):

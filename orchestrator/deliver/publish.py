@@ -13,8 +13,9 @@ from infra.storage import storage_for
 from orchestrator.workarea.layout import WorkArea
 from orchestrator.intake.inputs import local_path
 from orchestrator.plan.records import JobPlan
-from core.errors import RenderError
-from orchestrator.deliver.outputs import SIDECAR_SCHEMA, claim_uri, output_uris, published_key, replace_problem
+from core.errors import S2VError
+from orchestrator.deliver.outputs import (SIDECAR_SCHEMA, check_lease, files_record, is_our_sidecar, output_uris, publish_owned,
+                                         published_key)
 from orchestrator.deliver.post import deliver
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
@@ -38,6 +39,17 @@ def sidecar(plan: JobPlan, result, timings: dict, stats: dict) -> dict:
                              "clips": [{"frames": c.frames, "seed": c.seed} for c in s.clips]} for s in plan.scenes]},
         "timings": timings, **stats,
     }
+
+
+def _sidecar_here(plan: JobPlan, settings: Settings) -> dict | None:
+    """The sidecar already published for this job (ours, or None): what it records stays ours."""
+    u = output_uris(plan)["json"]
+    st = storage_for(u, settings)
+    try:
+        meta = json.loads(st.read_bytes(u)) if st.exists(u) else None
+    except (ValueError, OSError, S2VError):
+        return None
+    return meta if is_our_sidecar(meta) else None
 
 
 def source_is_aac(path: Path) -> bool:
@@ -82,11 +94,12 @@ def _stitch_audio(plan: JobPlan, settings: Settings, wa: WorkArea, tmpd: Path) -
 
 
 def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict, audio_ready=None,
-                       keep_checkpoints: bool = False, captions_ready=None) -> dict:
+                       keep_checkpoints: bool = False, captions_ready=None, lease: str | None = None) -> dict:
     """Runs as a Ray task: gather the job's checkpointed clips, stitch, check, post step, publish, then drop the
     job's checkpoints (unless settings.keep_checkpoints, or keep_checkpoints: another job of the run shares the
     key). Returns the sidecar. audio_ready is prepare_audio's result, passed only so Ray runs this after it;
-    captions_ready is post.prepare_captions' result (speech recognition for `captions: auto`)."""
+    captions_ready is post.prepare_captions' result (speech recognition for `captions: auto`); lease is the run's
+    lease holder id: a run that lost the job's lease to another run publishes nothing and keeps the checkpoints."""
     t0 = time.monotonic()
     wa = WorkArea.at(work, settings)
     uris = output_uris(plan)
@@ -119,22 +132,17 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready)
         meta.update(post.meta)
         meta["outputs"].update(post.meta["delivered"])
+        files = [(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files]
+        previous = _sidecar_here(plan, settings)
+        meta["files"] = files_record(previous, plan, [u for _, u in files] + [uris["json"]], settings)
         side = tmpd / f"{plan.job.id}.json"
         side.write_text(json.dumps(meta, indent=1, sort_keys=True))
-        refused = replace_problem(plan, settings, work)
-        if refused:  # checked before rendering too; again here, where it counts
-            raise RenderError(refused)
-        claim = claim_uri(wa, uris)
-        wa.storage.write_bytes(claim, json.dumps(
-            {"id": plan.job.id, "key": plan.key, "outputs": {k: str(u) for k, u in uris.items()}}).encode())
-        st = storage_for(uris["mp4"], settings)
-        st.publish([(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files,
-                                         (side, uris["json"])])
-        wa.storage.delete(claim)
+        publish_owned(plan, settings, work, files + [(side, uris["json"])], lease)
     # A master with burned-in captions is not a clean master: a later post-step change re-stitches one from the
     # clip videos (orchestrator/repost.py), so such a job keeps them (tails are gone already; `s2v gc` ages them).
     if not (settings.keep_checkpoints or keep_checkpoints or plan.job.captions_burn):
         try:  # they have served; failing to remove them costs disk (`s2v gc` finds them later), never the job
+            check_lease(plan, settings, work, lease)  # a run that took the job over may be using them now
             wa.remove_job(plan.key)
         except Exception as e:  # noqa: BLE001
             log.warning("could not remove the checkpoints of %s: %s", plan.job.id, e)

@@ -13,7 +13,7 @@ from core.settings import Settings
 from infra.storage import storage_for
 from orchestrator.workarea.layout import WorkArea
 from orchestrator.plan.records import JobPlan
-from orchestrator.deliver.outputs import output_uris
+from orchestrator.deliver.outputs import files_record, output_uris, publish_owned
 from orchestrator.deliver.post import STATS_KEYS, deliver
 
 
@@ -23,7 +23,7 @@ def _clips_complete(plan: JobPlan, work: WorkArea) -> bool:
     return all(len(done.get(s.index, ())) >= len(s.clips) for s in plan.scenes)
 
 
-def repost(plan: JobPlan, settings: Settings, work: str) -> dict:
+def repost(plan: JobPlan, settings: Settings, work: str, lease: str | None = None) -> dict:
     """Runs as a Ray task: the post step alone for a published job. Returns the new sidecar."""
     from orchestrator.deliver.publish import stitch_and_publish
 
@@ -37,7 +37,8 @@ def repost(plan: JobPlan, settings: Settings, work: str) -> dict:
         if not _clips_complete(plan, wa):
             raise RenderError("the published master has burned-in captions and the job's clips are no longer in "
                               f"the work area {work}: rerun with --force to render the job again")
-        return stitch_and_publish(plan, settings, work, {k: previous[k] for k in STATS_KEYS if k in previous})
+        return stitch_and_publish(plan, settings, work, {k: previous[k] for k in STATS_KEYS if k in previous},
+                                  lease=lease)
     with tempfile.TemporaryDirectory(prefix=f"s2v-post-{plan.job.id}-") as tmp:
         tmpd = Path(tmp)
         master = tmpd / "published.mp4"
@@ -48,8 +49,9 @@ def repost(plan: JobPlan, settings: Settings, work: str) -> dict:
         meta["outputs"] = {k: v for k, v in (previous.get("outputs") or {}).items()
                            if k in ("mp4", "jpg", "json")} | d.meta.get("delivered", {})
         meta["timings"] = {**(previous.get("timings") or {}), "post_s": round(time.monotonic() - t0, 3)}
+        files = ([(d.master, uris["mp4"])] if d.master else []) + d.files
+        meta["files"] = files_record(previous, plan, [u for _, u in files] + [uris["json"]], settings)
         side = tmpd / f"{plan.job.id}.json"
         side.write_text(json.dumps(meta, indent=1, sort_keys=True))
-        files = ([(d.master, uris["mp4"])] if d.master else []) + d.files + [(side, uris["json"])]
-        st.publish(files)
+        publish_owned(plan, settings, work, files + [(side, uris["json"])], lease)
     return meta

@@ -301,14 +301,22 @@ class Scheduler:
     def _count_failure(self, js: JobState, reason: str) -> None:
         js.attempts += 1
         if js.attempts >= self.settings.max_attempts and js.failed is None:
-            js.failed = f"failed after {js.attempts} attempts: {reason}"
-            self.queue = deque(c for c in self.queue if c.plan.job.id != js.plan.job.id)
-            for s in self.slots:
-                if s.chain is not None and s.chain.plan.job.id == js.plan.job.id:
-                    if s.state in (S.BUSY, S.WARNED):
-                        self.background.append(self.rt.call(s.handle, "release"))  # lands its checkpoint, frees the tail
-                    self._requeue(s, None)
-            self.on_job_failed(js)
+            self.abandon(js.plan.job.id, f"failed after {js.attempts} attempts: {reason}")
+
+    def abandon(self, job_id: str, reason: str) -> None:
+        """Stop working on a job (failed, or its lease lost to another run): its chains leave the queue and the
+        actors, whose clips in flight still land their checkpoints."""
+        js = self.jobs.get(job_id)
+        if js is None or js.failed is not None or js.scenes_left == 0:
+            return  # unknown, failed already, or stitching (the stitch checks its leases before it publishes)
+        js.failed = reason
+        self.queue = deque(c for c in self.queue if c.plan.job.id != job_id)
+        for s in self.slots:
+            if s.chain is not None and s.chain.plan.job.id == job_id:
+                if s.state in (S.BUSY, S.WARNED):
+                    self.background.append(self.rt.call(s.handle, "release"))  # lands its checkpoint, frees the tail
+                self._requeue(s, None)
+        self.on_job_failed(js)
 
     def _watchdog(self) -> None:
         now = self.rt.now()

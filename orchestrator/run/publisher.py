@@ -37,8 +37,9 @@ class Publisher:
     """`announce(result)` is called once per job that reaches a final status here."""
 
     def __init__(self, runtime: Runtime, settings: Settings, work: str, results: dict[str, JobResult],
-                 announce: Callable[[JobResult], None], shared_keys: set[str]):
+                 announce: Callable[[JobResult], None], shared_keys: set[str], lease: str | None = None):
         self.rt, self.settings, self.work, self.results, self.announce = runtime, settings, work, results, announce
+        self.lease = lease  # the run's lease holder: a stitch or repost publishes only while the run holds the job
         # identical rows share a job key and so its checkpoints: the first to publish must not remove them
         self.shared_keys = shared_keys
         # only transient errors are worth a second stitch: a failed check or gate would fail the same way again
@@ -66,7 +67,7 @@ class Publisher:
         self.results[jid].to(JobStatus.STITCHING)
         # the audio task's ref as an argument: the stitch starts after it, and the driver never waits
         ref = self._stitch(js.plan, self.settings, self.work, job_stats(js), self.audio_started.get(jid),
-                           js.plan.key in self.shared_keys, self.asr_started.get(jid))
+                           js.plan.key in self.shared_keys, self.asr_started.get(jid), self.lease)
         self.stitching[ref] = js
 
     def job_failed(self, js: JobState) -> None:
@@ -104,7 +105,7 @@ class Publisher:
         if not plans:
             return
         task = self.rt.task(repost, cpus=self.settings.stitch_cpus, retries=2, retry_on=(TransientError,))
-        pending = {task(p, self.settings, self.work): p for p in plans}
+        pending = {task(p, self.settings, self.work, self.lease): p for p in plans}
         for p in plans:
             self.results[p.job.id].to(JobStatus.POSTING)
         deadline = self.rt.now() + within_s

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from orchestrator.deliver.outputs import REPORT_GENERATOR, REPORT_SCHEMA, report_problem
 from orchestrator.run.results import TERMINAL, JobStatus, run_cost
 
 log = logging.getLogger("s2v.report")
@@ -38,7 +39,7 @@ def report_doc(result, jobs: dict | None = None, scope: str = "run") -> dict:
         totals["node_cost_usd"] = cost["cost_usd"]
     if cost.get("note"):
         totals["cost_note"] = cost["note"]
-    doc = {"run_id": result.run_id, "manifest": result.manifest, "scope": scope,
+    doc = {"schema": REPORT_SCHEMA, "run_id": result.run_id, "manifest": result.manifest, "scope": scope,
            "wall_s": round(result.wall_s, 3), "exit_code": result.exit_code,
            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "totals": totals,
            "jobs": jobs, "problems": [p.__dict__ for p in result.problems] if whole else []}
@@ -79,7 +80,7 @@ def report_html(doc: dict, base=None) -> str:
     t = doc["totals"]
     scope = ("" if doc.get("scope", "run") == "run" else
              "<p>Only the jobs of this run published to this folder; the run's full report is in its work area.</p>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>s2v run {html.escape(doc['run_id'])}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8">{REPORT_GENERATOR}<title>s2v run {html.escape(doc['run_id'])}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background:#efe}}</style></head><body>
 <h1>Run {html.escape(doc['run_id'])}</h1>{scope}<p>{html.escape(doc['manifest'])} — {t['published']} published,
@@ -100,7 +101,8 @@ class Reports:
 def write_reports(result, settings) -> Reports:
     """report.json + report.html: the whole run in the run's folder of the work area; in each output folder,
     only the jobs published (or failed) there — one team's folder never lists another's ids, URIs or reasons.
-    A report that cannot be written never fails the run: it is said, in `failed`."""
+    A report that cannot be written never fails the run: it is said, in `failed`; nor does one replace a
+    report.json or report.html s2v did not write."""
     from infra.storage import parse, storage_for
     from orchestrator.workarea.layout import WorkArea
 
@@ -115,6 +117,10 @@ def write_reports(result, settings) -> Reports:
     for base, jobs in targets:
         doc = report_doc(result, jobs, "run" if jobs is None else "folder")
         st = storage_for(base, settings)
+        if jobs is not None and (refused := report_problem(base, settings)):
+            log.warning("%s", refused)
+            out.failed.append(f"{base}: {refused}")
+            continue
         try:
             st.write_bytes(base.join("report.json"), json.dumps(doc, indent=1).encode())
             st.write_bytes(base.join("report.html"), report_html(doc, base).encode())

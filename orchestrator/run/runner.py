@@ -4,6 +4,7 @@ a terminal status, and an interrupted run still records itself, reports and says
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -11,7 +12,8 @@ from collections import Counter
 
 from core.errors import InterruptedRun, Problem
 from core.settings import Settings
-from orchestrator.deliver.outputs import output_uris, published_key, replace_problem
+from infra.storage import parse
+from orchestrator.deliver.outputs import lease_names, output_uris, published_key, replace_problem, report_problem
 from orchestrator.deliver.post import post_current
 from orchestrator.intake.admission import admit
 from orchestrator.intake.manifest import check_run_id
@@ -54,7 +56,7 @@ class Run:
         self.todo: list[JobPlan] = []  # to render
         self.reposts: list[JobPlan] = []  # published, but captions or renditions changed: the post step alone
         self.state = RunState(self.work, self.run_id, location, self.results)
-        self.leases = RunLeases(self.work, self.run_id, settings)
+        self.leases = RunLeases(self.work, self.run_id, settings, names=lease_names)
         self.hook = None
         self.publisher: Publisher | None = None
         self.actors: list[dict] = []
@@ -96,6 +98,7 @@ class Run:
         planned = plan_jobs(jobs, self.settings)
         self.problems += planned.problems
         where = {j.id: j.where for j in jobs}
+        reports = functools.cache(lambda folder: report_problem(parse(folder), self.settings))  # once per folder
         for jid in planned.failed:
             reason = "; ".join(str(p) for p in planned.problems if p.where == where[jid])
             self.results[jid] = JobResult(id=jid, status=S.INVALID, reason=reason, source=where[jid], row_id=jid)
@@ -103,22 +106,27 @@ class Run:
             r = self.results[p.job.id] = JobResult(
                 id=p.job.id, status=S.PENDING, key=p.key, scenes=len(p.scenes), clips=p.clips,
                 duration_s=p.duration_s, output=str(output_uris(p)["mp4"]), source=p.job.where)
-            if not self.force and published_key(p, self.settings) == p.key:
-                if post_current(p, self.settings):
-                    r.to(S.SKIPPED)
-                else:
-                    self.reposts.append(p)
-            elif refused := replace_problem(p, self.settings, self.settings.work):  # never replace what s2v did not publish
-                r.to(S.FAILED, refused)
+            current = not self.force and published_key(p, self.settings) == p.key
+            if current and post_current(p, self.settings):
+                r.to(S.SKIPPED)
+            elif refused := replace_problem(p, self.settings, self.settings.work) or reports(p.job.output):
+                r.to(S.FAILED, refused)  # never replace what s2v did not publish
             else:
-                self.todo.append(p)
+                (self.reposts if current else self.todo).append(p)
         self.state.write(force=True)
 
     # ---------- 3. lease ----------
     def lease(self) -> None:
-        """A job another run is rendering is waited for or skipped (docs/storage.md), never rendered twice."""
-        published = None if self.force else (lambda p: published_key(p, self.settings) == p.key)
-        self.todo, away = self.leases.take(self.todo, published=published)
+        """A job another run is rendering (or reposting, or rendering another version of to the same output) is
+        waited for or skipped (docs/storage.md), never rendered twice."""
+        reposts = {p.job.id for p in self.reposts}
+
+        def published(p: JobPlan) -> bool:  # by the run that held a lease before us
+            return published_key(p, self.settings) == p.key and (p.job.id not in reposts or post_current(p, self.settings))
+
+        keep, away = self.leases.take(self.todo + self.reposts, published=None if self.force else published)
+        self.todo = [p for p in keep if p.job.id not in reposts]
+        self.reposts = [p for p in keep if p.job.id in reposts]
         for jid, (status, reason) in away.items():
             self.results[jid].to(JobStatus(status), reason)
         self.state.write(force=True)
@@ -147,7 +155,7 @@ class Run:
                 self.rt = RayRuntime()
             shared = {k for k, n in Counter(p.key for p in self.todo).items() if n > 1}
             self.publisher = Publisher(self.rt, self.settings, str(self.work.root), self.results, self.announce,
-                                       shared)
+                                       shared, self.leases.holder)
             yield
 
     def render(self) -> None:
@@ -157,7 +165,7 @@ class Run:
         pool = Pool(self.settings, self.rt, events, tuple(sorted({p.job.backend for p in self.todo})))
         pub = self.publisher
         sched = Scheduler(self.settings, str(self.work.root), pool, on_clip=self._clip, on_job_ready=pub.job_ready,
-                          on_job_failed=pub.job_failed, on_tick=lambda: pub.collect(0))
+                          on_job_failed=pub.job_failed, on_tick=self._tick)
         sched.add_jobs(self.todo, self.done)
         self.sched, self.pool, self.events = sched, pool, events.items
         try:
@@ -165,6 +173,12 @@ class Run:
         finally:
             # the actors go and the autoscaler request is dropped before stitching ends: the GPUs can scale down
             self.actors = pool.close()
+
+    def _tick(self) -> None:
+        self.publisher.collect(0)
+        for jid, why in self.leases.lost_jobs().items():  # another run took over: it renders the job now
+            log.warning("%s: %s", jid, why)
+            self.sched.abandon(jid, why)
 
     def _clip(self, js, res: dict) -> None:
         self.publisher.clip_done(js)

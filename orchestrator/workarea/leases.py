@@ -1,9 +1,10 @@
-"""Leases per job key in the work area: two runs of one manifest never render the same job at the same time.
+"""Leases in the work area, per job key and per output: two runs never render the same job, nor publish two versions
+of a job to one place, at the same time.
 
-A lease is one small object, `<work>/leases/<job key>.json`, created only if absent (local O_EXCL under a folder
+A lease is one small object, `<work>/leases/<name>.json` (the job key, or `out-` and a digest of the output), created only if absent (local O_EXCL under a folder
 lock, GCS generation-0 create, S3 `If-None-Match: *`) and renewed or released only by compare-and-swap on the
-version the holder last wrote (GCS generation, S3 `If-Match` ETag). It names its holder (run id, host, pid) and
-an expiry; the holder renews it every third of its lifetime. A lease that was released, or expired, or whose
+version the holder last wrote (GCS generation, S3 `If-Match` ETag). It names its holder (a random id per run,
+with run id, host, pid and pid namespace for people and for `liveness`) and an expiry; the holder renews it every third of its lifetime. A lease that was released, or expired, or whose
 holder ran on this very machine and is gone, is taken over by compare-and-swap, so of several runs racing for
 it exactly one wins. Expiry compares the holder's clock with the reader's: keep hosts NTP-synced.
 """
@@ -222,80 +223,123 @@ class Leases:
                         "one manifest may render the same jobs at once", self.root)
 
 
-class RunLeases:
-    """What the runner needs: take the leases of the jobs to render (waiting or skipping), release each when its
-    job is done, release the rest at the end."""
+def holds(root: Uri, names: list[str], holder: str, settings) -> str | None:
+    """Why the run whose Leases carry `holder` no longer holds every lease in `names` (None while it does): checked
+    by a task right before it publishes or deletes checkpoints, so a run that stalled past its leases' expiry
+    never writes over the run that took them over."""
+    lz = Leases(root, settings, "check")
+    for name in names:
+        try:
+            doc = Leases._parse(lz.storage.read_bytes(lz.uri(name)))
+        except S2VError as e:
+            return f"could not read its lease {lz.uri(name)}: {e}"
+        if not doc or doc.get("holder") != holder or doc.get("released"):
+            other = f"run {doc.get('run_id')}" if doc and doc.get("holder") != holder else "nobody"
+            return f"this run lost its lease {name} (it stalled past the lease's expiry; {other} holds it now)"
+        if float(doc.get("expires") or 0) <= time.time():  # anyone may take it over now: not ours to act on
+            return f"this run's lease {name} expired (the run stopped renewing it)"
+    return None
 
-    def __init__(self, work, run_id: str, settings):
+
+class RunLeases:
+    """What the runner needs: take the leases of the jobs to render (waiting or skipping) — one on the job key (its
+    checkpoints) and one on its output (two versions of a job must not publish to one place at once) — say which
+    jobs lost one, release each job's when it is done, release the rest at the end."""
+
+    def __init__(self, work, run_id: str, settings, names=lambda plan: [plan.key]):
         self.leases = Leases(work.root, settings, run_id)
+        self.root, self.settings = work.root, settings
         self.wait_s = float(settings.lease_wait_s)
-        self.key_of: dict[str, str] = {}
-        self.open: dict[str, set[str]] = {}  # key → job ids of this run still being worked on
+        self.names_of_plan = names
+        self.names: dict[str, list[str]] = {}  # job id → the leases it needs
+        self.open: dict[str, set[str]] = {}  # lease name → job ids of this run still being worked on
+        self._reported: set[str] = set()
+
+    @property
+    def holder(self) -> str | None:
+        """What a task checks before it publishes (None when leases are off: nothing to check)."""
+        return self.leases.holder if self.leases.enabled else None
 
     def take(self, todo: list, published=None) -> tuple[list, dict[str, tuple[str, str]]]:
         """(the plans this run may render now, {job id: (status, reason)} for the others). A job another run
-        holds is waited for (up to lease_wait_s) and then skipped with the holder named; one published meanwhile
-        (published(plan) is True) is skipped too; one whose lease cannot be taken fails."""
-        by_key: dict[str, list] = {}
+        holds a lease of is waited for (up to lease_wait_s) and then skipped with the holder named; one published
+        meanwhile (published(plan) is True) is skipped too; one whose lease cannot be taken fails."""
+        need: dict[str, list] = {}
         for p in todo:
-            by_key.setdefault(p.key, []).append(p)
+            for name in self.names_of_plan(p):
+                need.setdefault(name, []).append(p)
         try:
             self.leases.check_store()
         except S2VError as e:
             log.warning("could not check the work area's conditional writes (%s); taking leases anyway", e)
-        busy, failed = self._attempt_all(by_key)
+        busy, failed = self._attempt_all(need)
         keep, away = [], {}
-        for key, plans in by_key.items():
-            if key in failed:
-                away.update((p.job.id, ("failed", failed[key])) for p in plans)
-            elif key in busy:
-                why = (f"another run is rendering it: {busy[key].describe()}; rerun when it is done, or set "
-                       "lease_wait_s (S2V_LEASE_WAIT_S) to wait for it")
-                away.update((p.job.id, ("skipped", why)) for p in plans)
-            # we hold it now; if another run held it before us, it may have published it in the meantime
-            elif published is not None and key in self.leases.taken_over and all(published(p) for p in plans):
-                away.update((p.job.id, ("skipped", "published meanwhile by another run")) for p in plans)
-                self.leases.release(key)
+        for p in todo:
+            names = self.names_of_plan(p)
+            if bad := next((failed[n] for n in names if n in failed), None):
+                away[p.job.id] = ("failed", bad)
+            elif holder := next((busy[n] for n in names if n in busy), None):
+                away[p.job.id] = ("skipped", f"another run is rendering it (or another version of it to the same "
+                                  f"output): {holder.describe()}; rerun when it is done, or set lease_wait_s "
+                                  "(S2V_LEASE_WAIT_S) to wait for it")
+            # we hold them now; if another run held one before us, it may have published it in the meantime
+            elif published is not None and any(n in self.leases.taken_over for n in names) and all(
+                    published(q) for q in need[names[0]]):
+                away[p.job.id] = ("skipped", "published meanwhile by another run")
             else:
-                self.open[key] = {p.job.id for p in plans}
-                self.key_of.update({p.job.id: key for p in plans})
-                keep += plans
+                keep.append(p)
+                self.names[p.job.id] = names
+                for n in names:
+                    self.open.setdefault(n, set()).add(p.job.id)
+        for name in set(need) - set(self.open):  # taken for jobs that do not go ahead
+            self.leases.release(name)
         self.leases.start()
         return keep, away
 
-    def _attempt_all(self, by_key: dict[str, list]) -> tuple[dict[str, Holder], dict[str, str]]:
-        """Try every key at once, then the busy ones again until lease_wait_s is over: (busy, failed)."""
+    def _attempt_all(self, need: dict[str, list]) -> tuple[dict[str, Holder], dict[str, str]]:
+        """Try every lease at once, then the busy ones again until lease_wait_s is over: (busy, failed)."""
         busy: dict[str, Holder] = {}
         failed: dict[str, str] = {}
 
-        def attempt(key: str) -> None:
+        def attempt(name: str) -> None:
             try:
-                holder = self.leases.acquire(key, [p.job.id for p in by_key[key]])
+                holder = self.leases.acquire(name, [p.job.id for p in need[name]])
             except S2VError as e:
-                failed[key] = f"could not take its lease in the work area: {e}"
-                busy.pop(key, None)
+                failed[name] = f"could not take its lease in the work area: {e}"
+                busy.pop(name, None)
                 return
             if holder is None:
-                busy.pop(key, None)
+                busy.pop(name, None)
             else:
-                busy[key] = holder
+                busy[name] = holder
 
-        parallel(attempt, list(by_key))
+        parallel(attempt, list(need))
         deadline = time.monotonic() + self.wait_s
         while busy and time.monotonic() < deadline:
             time.sleep(min(max(0.2, self.leases.ttl_s / 20), 5.0, max(0.0, deadline - time.monotonic())))
-            for key in list(busy):
-                attempt(key)
+            for name in list(busy):
+                attempt(name)
         return busy, failed
 
+    def lost_jobs(self) -> dict[str, str]:
+        """{job id: why} for each job of this run (not reported before) one of whose leases another run took."""
+        with self.leases._lock:
+            lost = set(self.leases.lost)
+        out = {}
+        for jid, names in self.names.items():
+            gone = [n for n in names if n in lost]
+            if gone and jid not in self._reported:
+                self._reported.add(jid)
+                out[jid] = (f"this run lost its lease {gone[0]} to another run (it stalled past the lease's "
+                            "expiry): it stopped working on the job and left its checkpoints to that run")
+        return out
+
     def done(self, job_id: str) -> None:
-        """A job of this run was published or failed: release its key once no other job of the run shares it."""
-        key = self.key_of.pop(job_id, None)
-        if key is None:
-            return
-        self.open[key].discard(job_id)
-        if not self.open[key]:
-            self.leases.release(key)
+        """A job of this run was published or failed: release each of its leases no other job of the run shares."""
+        for name in self.names.pop(job_id, []):
+            self.open[name].discard(job_id)
+            if not self.open[name]:
+                self.leases.release(name)
 
     def close(self) -> None:
         self.leases.close()
