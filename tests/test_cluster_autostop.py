@@ -134,3 +134,22 @@ def test_start_replaces_the_running_watcher_and_honours_zero(tmp_path):
             except (ChildProcessError, TypeError):
                 pass
     assert json.loads(json.dumps(cfg))  # the config stayed plain data
+
+
+def test_an_unreachable_dashboard_is_not_idle_and_stops_nothing(caplog):
+    """Nothing answering on the dashboard port once counted as idle and terminated every node: a cluster whose
+    state cannot be read is not idle. The watcher stops only on evidence, and says why it does not."""
+    from procs import free_ports
+
+    (port,) = free_ports(1)
+    dead = f"http://127.0.0.1:{port}"
+    why = busy_reason(dead, timeout_s=2)
+    assert why and why.startswith("state unknown")
+    assert any("not stopped" in r.getMessage() for r in caplog.records)
+    stops, now = [], [0.0]
+    watcher = IdleWatcher(lambda: busy_reason(dead, timeout_s=1), idle_s=5, on_idle=lambda: stops.append(now[0]),
+                          clock=lambda: now[0])
+    for _ in range(4):
+        assert not watcher.step()
+        now[0] += 10  # four looks, 40 s of an unreadable state: past the idle window
+    assert not stops

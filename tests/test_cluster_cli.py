@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND
+from ray.autoscaler.tags import NODE_KIND_HEAD, STATUS_UP_TO_DATE, TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS
 from typer.testing import CliRunner
 
 from loopback_cluster import LOOPBACK_LABELS, LocalNodeProvider, loopback_config
@@ -187,3 +187,130 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env, monkeypatch):
         assert res.exit_code != 0
     finally:
         provider.stop_all()
+
+
+MALFORMED = [
+    ("provider", lambda c: c.update(provider="aws"), "provider", "must be a mapping"),
+    ("types-as-list", lambda c: c.update(available_node_types=[{"name": "head"}]), "available_node_types",
+     "must be a mapping"),
+    ("meta-as-string", lambda c: c["metadata"].update(s2v="s3://bucket/work"), "metadata.s2v", "must be a mapping"),
+    ("gpu-as-string", lambda c: c["available_node_types"]["gpu_ondemand"]["resources"].update(GPU="1"),
+     "resources.GPU", "must be a number"),
+    ("azure", lambda c: c.update(provider={"type": "azure", "location": "westus2"}), "provider",
+     "'azure' is not a provider s2v supports"),
+]
+
+
+@pytest.mark.parametrize("name, break_it, where, says", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_cluster_config_exits_2_naming_the_key(tmp_path, run_cli, capsys, name, break_it, where, says):
+    """Hand-edited configs gave tracebacks (AttributeError, TypeError) or passed validation and then failed with
+    "No module named 'azure'"; `render --cluster` read metadata.s2v before anything checked it."""
+    cfg = _local_config(tmp_path)
+    break_it(cfg)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["status", str(path)])
+    assert res.exit_code == 2, res.output
+    assert where in res.output and says in res.output and "Traceback" not in res.output
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("jobs:\n  - {id: a, audio: a.wav, image: p.png, output: s3://b/out}\n")
+    assert run_cli("render", str(manifest), "--cluster", str(path), "--work", "s3://b/work") == 2
+    err = capsys.readouterr().err
+    assert where in err and says in err and "Traceback" not in err
+
+
+def _running_head(cfg: dict, name: str = "local-head") -> None:
+    """A head node in the loopback provider's state, as `up` leaves it (nothing started: nothing is needed)."""
+    state = Path(cfg["provider"]["state_path"])
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({name: {"state": "running", "tags": {
+        TAG_RAY_NODE_KIND: NODE_KIND_HEAD, TAG_RAY_NODE_STATUS: STATUS_UP_TO_DATE,
+        "ray-cluster-name": cfg["cluster_name"]}}}))
+
+
+def test_a_planted_ray_config_cache_is_never_read(tmp_path, monkeypatch, capsys):
+    """Ray trusts `$TMPDIR/ray-config-<sha256 of the config>` as the resolved config, a name anyone can compute:
+    planted by another local user with `auth.ssh_proxy_command`, it ran their command as you on the next
+    `s2v cluster dashboard`. s2v drives the launcher with a temp folder of its own (~/.s2v/tmp, 0700)."""
+    import copy
+    import hashlib
+    import os
+    import stat
+    import tempfile
+
+    from ray.autoscaler._private.util import prepare_config
+
+    from infra.clusters.launch import launch_config
+    from orchestrator.remote import tunnel
+
+    public = tmp_path / "shared-tmp"
+    public.mkdir()
+    public.chmod(0o1777)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(public))
+    monkeypatch.setenv("S2V_CLUSTERS_DIR", str(tmp_path / "clusters"))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    cfg = _local_config(tmp_path)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _running_head(cfg)
+    prepared = prepare_config(copy.deepcopy(launch_config(path)))
+    key = hashlib.sha256(json.dumps([prepared], sort_keys=True).encode()).hexdigest()
+    pwned = tmp_path / "PWNED"
+    evil = {**prepared, "auth": {"ssh_user": "nobody", "ssh_proxy_command": f"touch {pwned}"}}
+    (public / f"ray-config-{key}").write_text(json.dumps({"_version": 1, "config": evil}))
+
+    head = tunnel.find_head(path)
+    assert "ssh_proxy_command" not in head.config["auth"]
+    res = CliRunner().invoke(app, ["status", str(path)])
+    assert "Loaded cached provider configuration" not in res.output and not pwned.exists()
+    assert not [p for p in public.iterdir() if p.name.startswith("ray-config-") and p.name != f"ray-config-{key}"]
+    private = home / ".s2v" / "tmp"
+    assert private.is_dir() and stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    capsys.readouterr()
+
+
+def test_a_generated_cluster_config_is_private(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "cluster.yaml"
+    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "b", "--out", str(out), "--no-resolve-images"])
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_a_port_another_program_holds_is_never_used_for_the_tunnel(tmp_path):
+    """The tunnel asked /api/version before checking that ssh held its port: a program already listening there
+    got the run's `POST /api/jobs/` (entrypoint and env). The port must be the tunnel's own before a byte goes."""
+    from core.errors import ClusterError
+    from orchestrator.remote import tunnel
+
+    got = []
+
+    class Squatter(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 — http.server's naming
+            got.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"ray_version": "2.60.0"}')
+
+        do_POST = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = _local_config(tmp_path)
+        head = tunnel.Head(str(tmp_path / "cluster.yaml"), cfg, LocalNodeProvider(cfg["provider"], cfg["cluster_name"]),
+                           "local-head")
+        with pytest.raises(ClusterError, match="is taken"):
+            with tunnel.jobs_tunnel(head, local_port=srv.server_address[1], timeout_s=15):
+                pytest.fail("the tunnel handed out a port another program holds")
+        assert got == []  # nothing was sent to it
+    finally:
+        srv.shutdown()
+        srv.server_close()

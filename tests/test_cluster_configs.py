@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.errors import ConfigError
+from core.errors import ConfigError, InputError
 from core.settings import Settings
 from infra.clusters.config import (
     MARKET_LABEL,
@@ -235,6 +235,13 @@ def test_public_jobs_api_is_refused():
     cfg = _aws()
     cfg["metadata"]["s2v"]["dashboard_port"] = 8300
     assert any("--dashboard-port" in p and "8300" in p for p in _problems(cfg))
+    # the value Ray takes is the last one, however it is written: every spelling of a public bind is refused
+    for public in ("--dashboard-host=127.0.0.1 --dashboard-host=0.0.0.0", "--dashboard-host 0.0.0.0",
+                   "--dashboard-host='0.0.0.0'", '--dashboard-host="::"'):
+        cfg = _aws()
+        cmds = cfg["head_start_ray_commands"]
+        cmds[1] = cmds[1].replace("--dashboard-host=127.0.0.1", public)
+        assert any("--dashboard-host" in p and "remote code execution" in p for p in _problems(cfg)), public
 
 
 def test_gcp_scheduling_list_form_and_typos():
@@ -419,6 +426,35 @@ def test_weights_sync_at_setup_and_ensure_local(tmp_path, s3_env, monkeypatch):
                                        s3_addressing_style="path"), cache_root=tmp_path / "elsewhere", timeout_s=60)
     assert (other / "wav2vec2" / "w.bin").read_bytes() == files["wan/wav2vec2/w.bin"]
     assert AWS_GPU_IMAGE_PARAM.startswith("/aws/service/deeplearning/ami/x86_64/")
+
+
+@pytest.mark.parametrize("hostile", ["wan/../../../../escaped.txt", "wan//abs/escaped.txt", "wan/./x", "wan/a\0b"])
+def test_weight_sync_refuses_keys_that_leave_its_folder(tmp_path, monkeypatch, hostile):
+    """An object store lists keys as they were written: `..`, empty parts or a NUL joined to the cache folder wrote
+    files anywhere on the node (as root on RunPod). The sync refuses the whole copy, naming the key, and writes
+    nothing (a fake store with real listing semantics: S3 keeps such keys as written)."""
+    from infra.storage import base
+    from infra.storage.uri import Uri
+    from infra.clusters.weights import FAILED, sync
+
+    written = []
+
+    class Store:
+        def list(self, prefix):
+            return iter([Uri("s3", "b", "wan/ok.bin"), Uri("s3", "b", hostile)])
+
+        def download(self, uri, dest):
+            written.append(dest)
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            Path(dest).write_bytes(b"x")
+            return dest
+
+    monkeypatch.setattr(base, "storage_for", lambda *a, **k: Store())
+    dest = tmp_path / "cache" / "models" / "m"
+    with pytest.raises(InputError, match="leaves the weights folder"):
+        sync("s3://b/wan", dest)
+    assert not written and not list(tmp_path.rglob("escaped.txt"))  # checked before anything is copied
+    assert "leaves the weights folder" in json.loads((dest / FAILED).read_text())["error"]
 
 
 def test_iam_policies_are_scoped_to_the_bucket_and_the_worker_role():

@@ -3,8 +3,9 @@ terminate the workers, then the head itself (like SkyPilot's autostop), so a nig
 
 `python -m infra.clusters.autostop start` (a head start command) replaces any previous watcher with a detached
 one; `run` is the watcher's loop. Busy means: a Ray job PENDING or RUNNING, or a live actor holding a GPU (a
-render started with `ray.init` outside the Jobs API). An unreachable dashboard counts as idle: a head whose Ray
-is gone cannot render anything, and stopping it is the cheap mistake.
+render started with `ray.init` outside the Jobs API). Idle is evidence — no job and no GPU actor, read from the
+dashboard — for the whole window: a dashboard that does not answer is not idle (a restarting head, or an
+overloaded one, may be rendering), so the watcher says so in its log, loudly, and stops nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ BOOTSTRAP = "~/ray_bootstrap_config.yaml"
 
 
 def busy_reason(dashboard: str, timeout_s: float = 10.0) -> str | None:
-    """Why the cluster is busy (a job or a GPU actor), or None when it is idle or its dashboard does not answer."""
+    """Why the cluster is not idle (a job, a GPU actor, or a state nobody can read), or None when it is."""
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors
 
@@ -39,9 +40,11 @@ def busy_reason(dashboard: str, timeout_s: float = 10.0) -> str | None:
                 return f"job {job.submission_id or job.job_id} is {job.status.value}"
         actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], detail=True, timeout=int(timeout_s),
                              raise_on_missing_output=False)
-    except Exception as e:  # noqa: BLE001 — connection refused, timeouts, HTTP errors: Ray is not serving
-        log.warning("dashboard %s unreachable (%s): counting as idle", dashboard, e)
-        return None
+    except Exception as e:  # noqa: BLE001 — connection refused, timeouts, HTTP errors: the state is unknown
+        log.error("dashboard %s unreachable (%s): the cluster's state is unknown, so it is not stopped — it keeps "
+                  "running (and billing) until the dashboard answers; look with `s2v cluster status`, or stop it "
+                  "with `s2v cluster down`", dashboard, type(e).__name__)
+        return f"state unknown: the dashboard does not answer ({type(e).__name__})"
     for a in actors:
         gpus = (getattr(a, "required_resources", None) or {}).get("GPU", 0)
         if gpus:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -350,13 +351,30 @@ def _check_dashboard(probs: ProblemList, cfg: dict) -> None:
         if not re.search(r"\bray start\b.*--head", str(cmd)):
             continue
         where = f"head_start_ray_commands[{i}]"
-        host = re.search(r"--dashboard-host[= ](\S+)", cmd)
-        if not host or host.group(1) not in ("127.0.0.1", "localhost"):
+        hosts = _flag_values(str(cmd), "--dashboard-host")
+        # every value: Ray takes the last one given, and a later `--dashboard-host=0.0.0.0` wins over an earlier one
+        if not hosts or any(h not in ("127.0.0.1", "localhost") for h in hosts):
             probs.add(where, "--dashboard-host", "the Jobs API must listen on 127.0.0.1 only (it is unauthenticated "
-                      "remote code execution); `s2v` reaches it through an SSH tunnel", "--dashboard-host=127.0.0.1")
-        got = re.search(r"--dashboard-port[= ](\d+)", cmd)
-        if int(got.group(1) if got else 8265) != port:
+                      "remote code execution); `s2v` reaches it through an SSH tunnel",
+                      "one --dashboard-host=127.0.0.1, and no other")
+        ports = _flag_values(str(cmd), "--dashboard-port")
+        if (int(ports[-1]) if ports and ports[-1].isdigit() else 8265 if not ports else -1) != port:
             probs.add(where, "--dashboard-port", f"differs from metadata.s2v.dashboard_port ({port})")
+
+
+def _flag_values(cmd: str, flag: str) -> list[str]:
+    """Every value a shell command gives `flag` (`--flag=v`, `--flag v`, quoted or not), in order."""
+    try:
+        words = shlex.split(cmd.replace(";", " ; ").replace("&&", " && "))
+    except ValueError:  # unbalanced quotes: look at the raw words
+        words = cmd.split()
+    out = []
+    for k, w in enumerate(words):
+        if w.startswith(flag + "="):
+            out.append(w.split("=", 1)[1])
+        elif w == flag and k + 1 < len(words):
+            out.append(words[k + 1])
+    return out
 
 
 def _check_placeholders(probs: ProblemList, cfg: dict) -> None:
@@ -407,6 +425,11 @@ def validate_cluster_config(cfg: dict[str, Any], where: str = "cluster config",
     """
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    from infra.clusters.shape import check_shape
+
+    shape = check_shape(cfg)
+    if shape:  # everything after this reads the config as mappings: stop here, every problem named
+        raise ConfigError(f"{where} is invalid", shape.items)
     probs = check_node_configs(cfg, allow_placeholders=allow_placeholders)
     try:
         prepared = prepare_config(copy.deepcopy(cfg))

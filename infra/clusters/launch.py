@@ -51,6 +51,17 @@ def checked_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def shaped_config(path: Path) -> dict[str, Any]:
+    """Load a config and check only that it has the shape every reader assumes (mappings where mappings go), for
+    callers that read a field or two before the launcher validates the whole config."""
+    from infra.clusters.shape import check_shape
+
+    cfg = load_config(path)
+    if shape := check_shape(cfg):
+        raise ConfigError(f"{path} is invalid", shape.items)
+    return cfg
+
+
 def launch_config(path: Path, project_root: Path | None = None, settings=None) -> dict[str, Any]:
     """The dict to hand to ray.autoscaler.sdk for the cluster in `path`. With project_root, build the bundle
     first (`up`); otherwise mount the last bundle built, if any (down, status, attach, exec)."""

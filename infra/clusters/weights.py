@@ -96,10 +96,10 @@ def sync(uri: str, dest: Path, settings=None, workers: int = 8) -> dict | None:
             objects = [o for o in storage.list(prefix) if not o.key.endswith("/")]
             if not objects:
                 raise InputError(f"{uri}: no objects under this prefix; check model_dir")
+            targets = {o: inside(dest, o.key[len(prefix.key):], o) for o in objects}  # every key checked first
 
             def fetch(obj) -> int:
-                rel = obj.key[len(prefix.key):]
-                target = dest / rel
+                target = targets[obj]
                 if not target.is_file():
                     storage.download(obj, target)
                 return target.stat().st_size
@@ -113,6 +113,19 @@ def sync(uri: str, dest: Path, settings=None, workers: int = 8) -> dict | None:
         except Exception as e:
             _write_json(dest / FAILED, {"source": str(uri), "error": f"{type(e).__name__}: {e}", "failed": time.time()})
             raise
+
+
+def inside(dest: Path, rel: str, obj) -> Path:
+    """dest/rel, refusing a key that would leave dest: whoever can write under model_dir must not be able to write
+    any file of the node (`../`, an absolute or empty part, a NUL)."""
+    parts = rel.split("/")
+    if not rel or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+        raise InputError(f"{obj}: refusing to copy an object whose key leaves the weights folder "
+                         f"({rel!r} under the prefix); remove it from the bucket")
+    target = dest.joinpath(*parts)
+    if dest.resolve() not in target.resolve().parents:  # a symlink planted inside dest
+        raise InputError(f"{obj}: refusing to copy outside {dest} (a link in the way)")
+    return target
 
 
 def ensure_local(uri: str, settings=None, cache_root: Path | None = None, timeout_s: float = 3600.0,

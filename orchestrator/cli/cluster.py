@@ -125,6 +125,23 @@ def up(
         raise ClusterError(f"cluster up failed: {e}") from e
     where = f" in {zone}" if zone else ""
     typer.echo(f"cluster is up{where}; head node {head}. Submit with: s2v render MANIFEST --cluster {config}")
+    _pin(config, "pinned", replace=False)
+
+
+def _pin(config: Path, verb: str, replace: bool = True) -> None:
+    from orchestrator.remote.tunnel import find_head
+
+    fp = find_head(config).pin_host_key(replace)
+    if fp:
+        typer.echo(f"{verb} the head's SSH host key ({fp}); every later connection checks it")
+
+
+@app.command()
+@errors_to_exit
+def trust(config: Path = CONFIG_ARG) -> None:
+    """Pin the SSH host key the running head shows now (for a head made outside `s2v cluster up`): later tunnels
+    and secret deliveries connect only to that key. Compare the fingerprint with the cloud console's if you can."""
+    _pin(config, "trusted")
 
 
 def _head_exists(cfg: dict) -> bool:
@@ -178,12 +195,9 @@ def cluster_status(config: Path) -> dict:
         raise ClusterError(f"no running cluster for {config}: {e}") from e
     workers = sdk.get_worker_node_ips(cfg)
     try:
-        from ray.autoscaler._private.commands import exec_cluster
-        from ray.autoscaler.sdk.sdk import _as_config_file
+        from orchestrator.remote.tunnel import find_head, head_exec
 
-        with _as_config_file(cfg) as path:
-            report = exec_cluster(path, cmd="ray status", run_env="auto", screen=False, tmux=False, stop=False,
-                                  start=False, override_cluster_name=None, port_forward=None, with_output=True)
+        report = head_exec(find_head(config), "ray status", with_output=True)  # through the pinned runner
         report = report.decode() if isinstance(report, bytes) else str(report or "")
     except (Exception, SystemExit) as e:  # noqa: BLE001
         report = f"(ray status failed: {e})"
@@ -207,15 +221,15 @@ def attach(
     tmux: bool = typer.Option(False, "--tmux", help="Attach inside tmux."),
     port_forward: Optional[list[int]] = typer.Option(None, "--port-forward", "-p", help="Forward these ports."),
 ) -> None:
-    """Open a shell on the head node."""
-    cfg = _launch(config)
-    from ray.autoscaler._private.commands import attach_cluster
-    from ray.autoscaler.sdk.sdk import _as_config_file
+    """Open a shell on the head node (through the pinned SSH connection, like every s2v command)."""
+    from orchestrator.remote.tunnel import find_head, head_exec
 
     forwards = [(p, p) for p in port_forward] if port_forward else None
     try:
-        with _as_config_file(cfg) as path:
-            attach_cluster(path, start=False, use_screen=False, use_tmux=tmux, override_cluster_name=None,
-                           no_config_cache=False, new=False, port_forward=forwards)
+        code = head_exec(find_head(config), "tmux attach || tmux new" if tmux else "$SHELL", port_forward=forwards)
+    except ClusterError:
+        raise
     except (Exception, SystemExit) as e:  # noqa: BLE001
         raise ClusterError(f"attach failed: {e}") from e
+    if code:
+        raise typer.Exit(code)

@@ -35,6 +35,8 @@ def dashboard(config: Path = CONFIG_ARG,
     try:
         with tunnel.jobs_tunnel(head, local_port=port) as url:
             typer.echo(f"dashboard: {url}  (through SSH to the head of {config}; Ctrl-C closes it)")
+            typer.echo("while it is open, anyone logged in on this machine can reach the head's Jobs API through it, "
+                       "and that API runs commands without authentication: close it when you are done", err=True)
             try:
                 while not done.wait(1.0):
                     pass
@@ -65,22 +67,18 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
     import shlex
 
     checked(config)
-    from ray.autoscaler._private.commands import exec_cluster
-    from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
-
-    from orchestrator.remote.tunnel import quiet_launcher
+    from orchestrator.remote.tunnel import find_head, head_exec
 
     line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    head = find_head(config)
     try:
-        with quiet_launcher():
-                exec_cluster(str(config), cmd=line, run_env="auto", screen=False, tmux=False, stop=False, start=False,
-                         override_cluster_name=None, no_config_cache=False, port_forward=None, with_output=False)
-    except ProcessRunnerError as e:
-        raise typer.Exit(int(e.code or 1)) from None
-    except (Exception, SystemExit) as e:  # noqa: BLE001 — no head, ssh failure (click errors carry no code)
-        if isinstance(e, RuntimeError) and "not found" in str(e):
-            raise ClusterError(f"no running cluster for {config}: start it with `s2v cluster up {config}`") from e
+        code = head_exec(head, line)
+    except ClusterError:
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 — ssh failure (click errors carry no code)
         raise ClusterError(f"exec on the head of {config} failed: {e}") from e
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -50,17 +50,21 @@ def ask(question: str):
         return None
     try:
         return typer.confirm(question, default=False, err=True)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         return False
 
 
 def errors_to_exit(fn):
-    """A cluster command's S2VError as `error: …` and its family's exit code (the command group runs without
-    `s2v`'s own handler around it when invoked through its Typer app)."""
+    """A cluster command: run with the launcher's temp folder private to this user (infra/clusters/private_tmp.py:
+    Ray trusts a config cache there), and its S2VError as `error: …` with its family's exit code (the command
+    group runs without `s2v`'s own handler around it when invoked through its Typer app)."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
+        from infra.clusters.private_tmp import launcher_tmp
+
         try:
-            return fn(*a, **kw)
+            with launcher_tmp():
+                return fn(*a, **kw)
         except S2VError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(exit_code_for(e)) from e
