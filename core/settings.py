@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     allowed_output_roots: list[str] | None = Field(
         None, description="When set, outputs must lie under one of these paths/URI prefixes (shared deployments); "
                           "env: a JSON list, e.g. S2V_ALLOWED_OUTPUT_ROOTS='[\"/srv/videos\", \"s3://acme/out\"]'.")
+    staging_roots: list[str] | None = Field(
+        None, description="Local folders whose files `render --cluster` may upload besides the manifest's own "
+                          "folder; env: a JSON list, e.g. S2V_STAGING_ROOTS='[\"/srv/media\"]'.")
     lease_ttl_s: float = Field(120.0, gt=0, description="A run's lease on a job key lasts this long unless renewed "
                                                        "(every third of it); a crashed holder's lease expires.")
     lease_wait_s: float = Field(0.0, ge=0, description="How long a run waits for jobs another run is rendering "
@@ -263,6 +266,14 @@ class Settings(BaseSettings):
                 "://" not in root and Path(root).expanduser().is_absolute())
             if not ok or ".." in root.replace("\\", "/").split("/"):
                 raise ValueError(f"{root!r} is not an absolute path, file://, s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]")
+        return v or None
+
+    @field_validator("staging_roots")
+    @classmethod
+    def _staging_roots(cls, v: list[str] | None) -> list[str] | None:
+        for root in v or []:
+            if "://" in root or not Path(root).expanduser().is_absolute():
+                raise ValueError(f"{root!r} is not an absolute local folder")
         return v or None
 
     @field_validator("webhook_url")

@@ -56,9 +56,12 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _config(tmp: Path, bucket: str) -> dict:
+def _config(tmp: Path, bucket: str, imds_url: str) -> dict:
+    # what an instance profile and the image give a real node; the metadata service a node asks is its own
+    # (here the loopback IMDS), never a laptop's setting: those stay on the laptop (orchestrator/remote/travel.py)
     node_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null"}
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                "S2V_AWS_IMDS_URL": imds_url, "S2V_PREEMPTION_POLL_S": "0.2"}
     cfg = loopback_config(tmp, head_cpus=2, head_gpus=0, max_workers=GPU_NODES + 1, node_env=node_env,
                           metadata={"s2v": {"work": f"s3://{bucket}/work", "prices": PRICES,
                                             "preemption_sources": "aws"}})
@@ -111,8 +114,7 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         "output": f"s3://{bucket}/out"})
     for k, v in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
                  "S2V_S3_ENDPOINT_URL": s3_server.endpoint, "S2V_S3_REGION": "us-east-1",
-                 "S2V_S3_ADDRESSING_STYLE": "path", "S2V_AWS_IMDS_URL": metadata.url,
-                 "S2V_PREEMPTION_POLL_S": "0.2", "S2V_KEEP_CHECKPOINTS": "true",
+                 "S2V_S3_ADDRESSING_STYLE": "path", "S2V_KEEP_CHECKPOINTS": "true",
                  "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 0.3},
                                            {"action": "wait", "clip": 2, "url": metadata.gate_url}])}.items():
         monkeypatch.setenv(k, v)
@@ -126,7 +128,7 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         "res", render(str(manifest), local, cli_defaults={"output": str(tmp_path / "local-out")})))
     ref.start()
 
-    cfg = _config(tmp_path, bucket)
+    cfg = _config(tmp_path, bucket, metadata.url)
     path = tmp_path / "cluster.yaml"
     with loopback_cluster(cfg, path, down=True) as provider:
         t_up = time.time()

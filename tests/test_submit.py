@@ -270,6 +270,61 @@ def test_refused_before_the_cluster_is_touched(tmp_path, env, run_cli, capsys):
     assert not (tmp_path / "renders").exists()
 
 
+def test_only_fitting_files_under_the_manifests_folder_are_staged(tmp_path, env, run_cli, capsys, monkeypatch):
+    """The review's reproduction: `lora: ~/.aws/credentials` and `captions: ~/.aws/credentials` passed the checks
+    and the credentials landed in the bucket. A file outside the manifest's folder (a symlink to one too), or
+    whose content is not what its field takes, is refused by row and field before anything is uploaded; real
+    inputs beside the manifest, or under a staging root, pass."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from core.settings import Settings
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.remote.stage import staging_problems
+
+    home, proj, media_root = tmp_path / "home", tmp_path / "project", tmp_path / "media"
+    (home / ".aws").mkdir(parents=True)
+    creds = home / ".aws" / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = s3cr3t\n")
+    monkeypatch.setenv("HOME", str(home))
+    proj.mkdir()
+    media.presenter(proj / "face.png", size=64)
+    pcm, _ = media.speech([(0.5, 0)], seed=1)
+    media.write_wav(proj / "v.wav", pcm)
+    (proj / "notes.srt").write_bytes(creds.read_bytes())  # a caption file by name only
+    (proj / "link.wav").symlink_to(creds)
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(proj / "style.safetensors"))
+    (proj / "talk.srt").write_text("1\n00:00:00,000 --> 00:00:00,400\nHi\n")
+    media_root.mkdir()
+    media.write_wav(media_root / "shared.wav", pcm)
+    out = "s3://somewhere/out"
+    m = media.write_manifest(proj / "m.yaml", [
+        {"id": "a", "audio": "v.wav", "lora": "~/.aws/credentials"},
+        {"id": "b", "audio": "v.wav", "captions": "~/.aws/credentials"},
+        {"id": "c", "audio": "link.wav"},
+        {"id": "d", "audio": "v.wav", "captions": "notes.srt"},
+        {"id": "e", "audio": "v.wav", "image": "v.wav"},
+        {"id": "f", "audio": "v.wav", "lora": "style.safetensors", "captions": "talk.srt"},
+        {"id": "g", "audio": str(media_root / "shared.wav")}], {"image": "face.png", "output": out})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(loopback_config(tmp_path)))
+    assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
+    text = _text(capsys)
+    for row, field in ((1, "lora"), (2, "captions"), (3, "audio")):
+        assert f"(job #{row}) field '{field}': {creds} is outside the folders a cluster run uploads from" in text
+    assert f"(job #4) field 'captions': {proj / 'notes.srt'} is not a caption file (UTF-8 SRT or WebVTT)" in text
+    assert f"(job #5) field 'image': {proj / 'v.wav'} is not an image" in text
+    assert "S2V_STAGING_ROOTS" in text
+    assert "(job #6) field 'lora'" not in text and "(job #6) field 'captions'" not in text
+
+    jobs = {j.id: j for j in load_manifest(str(m), None, Settings()).jobs}
+    row_id = {j.where: j.id for j in jobs.values()}
+    found = {(row_id[p.where], p.field) for p in staging_problems(list(jobs.values()), str(m), Settings())}
+    assert found == {("a", "lora"), ("b", "captions"), ("c", "audio"), ("d", "captions"), ("e", "image"),
+                     ("g", "audio")}
+    assert not staging_problems([jobs["g"]], str(m), Settings(staging_roots=[str(media_root)]))
+
+
 def test_default_gpus_and_forwarded_env():
     cfg = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
         "head": {"resources": {"CPU": 4}}, "spot8": {"resources": {"GPU": 8}, "max_workers": 2},
@@ -278,3 +333,23 @@ def test_default_gpus_and_forwarded_env():
     env = forward.forwarded_env({"S2V_CRF": "20", "S2V_PRICES__H100_AWS__SPOT": "2.1", "S2V_WEBHOOK_SECRET": "x",
                                  "S2V_WEBHOOK_URL": "y", "S2V_WORK": "w", "S2V_NOT_A_SETTING": "z", "HOME": "/h"})
     assert env == {"S2V_CRF": "20", "S2V_PRICES__H100_AWS__SPOT": "2.1", **forward.CLUSTER_ENV}
+
+
+def test_every_setting_is_placed_and_this_machines_settings_stay_here():
+    """forwarded_env() sent every S2V_* variable but a few: a laptop's S2V_AWS_IMDS_URL (nodes then polled loopback
+    and missed spot notices), S2V_PREEMPTION_POLL_S=600 and S2V_MODEL_DIR=/home/me/wan reached the nodes. Each
+    setting is now placed by name, and the run's log says what went and what stayed."""
+    from core.settings import Settings
+    from orchestrator.remote.travel import STAYS, TRAVELS
+
+    fields = set(Settings.model_fields)
+    assert fields == TRAVELS | set(STAYS) | forward.secret_fields() and not TRAVELS & set(STAYS)
+    env = {"S2V_AWS_IMDS_URL": "http://127.0.0.1:9999", "S2V_GCP_METADATA_URL": "http://127.0.0.1:9998",
+           "S2V_PREEMPTION_POLL_S": "600", "S2V_MODEL_DIR": "/home/me/wan", "S2V_PREEMPTION_SOURCES": "aws",
+           "S2V_CRF": "21", "S2V_RENDITION_PRESET": "fast", "S2V_WEBHOOK_SECRET": SECRET, "HOME": "/home/me"}
+    assert forward.forwarded_env(env) == {"S2V_CRF": "21", "S2V_RENDITION_PRESET": "fast", "S2V_ADDRESS": "auto"}
+    note = forward.travel_note(env)
+    assert "sent to the cluster's driver: S2V_CRF, S2V_RENDITION_PRESET" in note
+    assert "S2V_AWS_IMDS_URL (each node asks its own metadata service)" in note
+    assert "S2V_MODEL_DIR (the cluster's weights are its config's metadata.s2v.model_dir)" in note
+    assert "S2V_WEBHOOK_SECRET" not in note and SECRET not in note  # secrets travel as files, never named here

@@ -10,10 +10,6 @@ from pathlib import Path
 
 SECRETS_ENV = "S2V_SECRETS_DIR"  # the remote CLI reads secrets from files here (pydantic-settings secrets_dir)
 SECRETS_ROOT = "~/.s2v/secrets"  # on the head; one folder per run, removed once the driver has read it
-# Settings that describe this machine, not the cluster: a laptop's Ray address, work folder, cache, AWS profile
-# or credentials file mean nothing on a node (the nodes' own credentials and the job's flags take their place).
-LOCAL_ONLY = frozenset({"address", "work", "cache_dir", "gcs_credentials_file", "s3_profile", "preemption_sources",
-                        "gpus", "budget_usd"})
 # What every cluster driver gets: join the cluster it runs on. (Which spot notices its actors watch comes from the
 # cluster config: infra.clusters.launch.run_settings_env.)
 CLUSTER_ENV = {"S2V_ADDRESS": "auto"}
@@ -46,11 +42,37 @@ def _field_of(env_name: str) -> str | None:
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The user's S2V_* settings for the remote driver: no secrets, nothing that only means something here."""
+    """The user's S2V_* settings for the remote driver: only those remote/travel.py lets travel, never a secret."""
+    sent, _ = sorted_env(environ)
+    return {**sent, **CLUSTER_ENV}
+
+
+def sorted_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(S2V_* variables that travel, {variable: why it stays}) of this environment; secrets are neither (files)."""
+    from orchestrator.remote.travel import STAYS, TRAVELS
+
     environ = dict(os.environ if environ is None else environ)
-    skip = secret_fields() | LOCAL_ONLY
-    out = {k: v for k, v in environ.items() if (f := _field_of(k)) is not None and f not in skip}
-    return {**out, **CLUSTER_ENV}
+    sent, kept, secret = {}, {}, secret_fields()
+    for k, v in sorted(environ.items()):
+        f = _field_of(k)
+        if f is None or f in secret or k == SECRETS_ENV:
+            continue
+        if f in TRAVELS:
+            sent[k] = v
+        else:
+            kept[k] = STAYS.get(f, "not a setting a cluster's driver takes")
+    return sent, kept
+
+
+def travel_note(environ: dict[str, str] | None = None) -> str | None:
+    """One line for the run's log: which of this machine's S2V_* settings went along, and which stayed and why."""
+    sent, kept = sorted_env(environ)
+    if not sent and not kept:
+        return None
+    parts = [f"settings sent to the cluster's driver: {', '.join(sent) or 'none'}"]
+    if kept:
+        parts.append("kept on this machine: " + "; ".join(f"{k} ({why})" for k, why in kept.items()))
+    return "; ".join(parts)
 
 
 def secret_values(settings) -> dict[str, str]:

@@ -58,6 +58,35 @@ def local_output_problems(jobs) -> list[Problem]:
     return out
 
 
+def staging_problems(jobs, manifest: str, settings) -> list[Problem]:
+    """One problem per local input a cluster run would refuse to upload: a file must be the kind its field takes
+    (by content) and lie, symlinks resolved, under the manifest's folder or a staging root. A manifest written by
+    someone else must not be able to ship ~/.aws/credentials to a bucket as a `lora:` or `captions:` file."""
+    from orchestrator.intake.filetypes import FIELD_KINDS, WHAT, misfit
+
+    m = parse(manifest)
+    roots = [Path(m.key).resolve().parent] if m.scheme == "file" else []
+    roots += [Path(r).expanduser().resolve() for r in settings.staging_roots or []]
+    where = " or ".join(str(r) for r in roots) or "(none: the manifest is not a local file)"
+    out = []
+    for job in jobs:
+        for f in STAGED_FIELDS:
+            v = getattr(job, f, None)
+            if not v or (f == "captions" and v == "auto") or parse(v).scheme != "file":
+                continue
+            path = Path(parse(v).key).resolve()
+            if not path.is_file():
+                continue  # the storage checks say it is missing
+            if not any(path.is_relative_to(r) for r in roots):
+                out.append(Problem(job.where, f, f"{path} is outside the folders a cluster run uploads from ({where})",
+                                   "move the file beside the manifest, or add its folder to staging_roots "
+                                   "(S2V_STAGING_ROOTS='[\"/path\"]')"))
+            elif why := misfit(f, path):
+                out.append(Problem(job.where, f, f"{why}; refusing to upload it to the cluster's bucket",
+                                   f"give {f} {WHAT[FIELD_KINDS[f]]}"))
+    return out
+
+
 def _object_name(path: Path) -> str:
     """The file's name, kept readable but safe in a URI (no '?', '#', '%' or spaces to trip a parser)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "input"
@@ -117,11 +146,12 @@ def _one_line(text: str) -> str:
 
 def validate(manifest: str, settings, cli_defaults: dict | None = None):
     """Load and check the manifest on this machine, so problems name the user's file and rows: fields, local
-    outputs (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
+    outputs and inputs that may not be uploaded (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
     ManifestError when no job is left to submit."""
     from orchestrator.intake.admission import admit
 
-    adm = admit(manifest, settings, cli_defaults, checks=(lambda jobs, _: local_output_problems(jobs),))
+    adm = admit(manifest, settings, cli_defaults, checks=(
+        lambda jobs, _: local_output_problems(jobs) + staging_problems(jobs, manifest, settings),))
     if not adm.jobs:
         raise ManifestError(f"nothing submitted: every job of {manifest} has a problem", list(adm.problems))
     return list(adm.jobs), list(adm.problems)

@@ -116,8 +116,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     """Stage the manifest and submit `s2v render` for it on the cluster; follow it unless detached.
 
     Returns the exit code: the driver's when followed, 2 when rows were left out, 130 when interrupted."""
-    from infra.clusters.config import load_config
-    from infra.clusters.launch import run_settings_env
+    from infra.clusters.launch import run_settings_env, shaped_config
     from orchestrator.remote import stage
 
     run_id = check_run_id(run_id) if run_id else new_run_id()
@@ -125,7 +124,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     if not Path(config).is_file():
         raise ConfigError(f"no cluster config at {config}; create one with `s2v cluster init`")
     # everything that can be refused here is refused before the cluster is touched or anything uploaded
-    work_uri = stage.work_area(work, load_config(config), config, os.environ.get("S2V_WORK"))
+    work_uri = stage.work_area(work, shaped_config(Path(config)), config, os.environ.get("S2V_WORK"))
     jobs, problems = stage.validate(manifest, settings, cli_defaults)
     if problems and on_problems:
         on_problems(problems)
@@ -139,6 +138,8 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     # what the cluster's config says every run there needs (its weights, its node prices with metadata.s2v.prices
     # laid over the table), then the user's own S2V_* settings over that
     env = {**run_settings_env(head.config), **forward.forwarded_env()}
+    if note := forward.travel_note():
+        echo(note)
     secrets = forward.secret_values(settings)
     if secrets:
         env[forward.SECRETS_ENV] = forward.secrets_dir(run_id)  # the folder's path only, never a value
@@ -150,7 +151,11 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
                 try:
                     forward.deliver_secrets(head, run_id, secrets)
                 except (Exception, SystemExit) as e:  # noqa: BLE001 — rsync/ssh errors come as click/process errors
-                    raise ClusterError(f"cannot deliver the run's secrets to the head of {config}: {e}") from e
+                    from infra.clusters.hostkeys import changed_hint
+
+                    hint = changed_hint(str(e), config)
+                    raise ClusterError(f"cannot deliver the run's secrets to the head of {config}: {e}"
+                                       + (f"; {hint}" if hint else "")) from e
                 delivered = True
             try:
                 client.submit_job(entrypoint=shlex.join(argv), submission_id=job_id, runtime_env={"env_vars": env},
