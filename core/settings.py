@@ -5,10 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+METADATA_NAMES = ("metadata", "metadata.google.internal", "metadata.goog", "instance-data", "instance-data.ec2.internal")
+METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")  # AWS IMDS over IPv6
+
+
+def is_metadata_host(host: str) -> bool:
+    """A cloud metadata service or a link-local address, however it is written: 169.254.169.254 is also
+    2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518 and [::ffff:169.254.169.254]."""
+    h = host.strip("[]").rstrip(".").lower()
+    if h in METADATA_NAMES:
+        return True
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        try:  # the forms inet_aton reads and browsers and libc resolvers accept (decimal, hex, octal, short)
+            addr = ipaddress.IPv4Address(socket.inet_aton(h))
+        except OSError:
+            return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_link_local or addr == METADATA_V6
 
 
 class GpuPrice(BaseModel):
@@ -287,12 +310,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http:// or https:// URL (got scheme {u.scheme or 'none'!r})")
         if not u.hostname:
             raise ValueError("has no host; expected http(s)://HOST[:PORT]/PATH")
-        host = u.hostname.rstrip(".").lower()
-        try:
-            link_local = ipaddress.ip_address(host).is_link_local
-        except ValueError:
-            link_local = False
-        if link_local or host in ("metadata", "metadata.google.internal"):
+        if is_metadata_host(u.hostname):
             raise ValueError("points at a cloud metadata / link-local address; events never go there")
         return v.strip()
 

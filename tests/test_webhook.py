@@ -262,3 +262,57 @@ def test_a_non_http_url_is_refused_when_settings_load(tmp_path, run_cli, monkeyp
     assert run_cli("validate", m) == 2
     err = capsys.readouterr().err
     assert "S2V_WEBHOOK_URL" in err and "http:// or https://" in err and TOKEN not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["http://2852039166/", "http://0xa9fea9fe/", "http://[::ffff:169.254.169.254]/",
+                                 "http://0251.0376.0251.0376/", "http://169.254.43518/", "http://[fd00:ec2::254]/",
+                                 "http://metadata.google.internal./", "http://[fe80::1%25eth0]/"])
+def test_every_spelling_of_the_metadata_address_is_refused(url):
+    """169.254.169.254 written as a decimal, hex, octal or short number, or IPv4-mapped IPv6, passed the guard."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="metadata"):
+        Settings(webhook_url=url)
+
+
+def test_a_name_that_resolves_to_the_metadata_address_is_refused_before_sending(monkeypatch):
+    """A DNS name can point at the metadata service (169.254.169.254.nip.io and the like): the sender resolves the
+    name before each POST and refuses it, for good (no retries), without sending a byte."""
+    import socket
+
+    from orchestrator.deliver import webhook
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(webhook.socket, "getaddrinfo", lambda host, *a, **k: (
+        [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80))] if host == "hooks.rebind.example"
+        else real(host, *a, **k)))
+    hook = Webhook("http://hooks.rebind.example/x", "s", attempts=3)
+    with pytest.raises(webhook.WebhookRejected, match="resolves to a cloud metadata"):
+        hook._post("run.finished", "d1", {"event": "run.finished"})
+
+
+def test_the_post_goes_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: a name that answers with a harmless address when checked and with another when urllib
+    looks it up again. The name is resolved once, checked, and the connection goes to that very address: here the
+    first answer is the receiver on 127.0.0.1 and every later one 127.0.0.2 (nothing listens there)."""
+    import socket
+
+    from orchestrator.deliver import webhook
+
+    hooks = Receiver((200,))
+    port = hooks.server.server_address[1]
+    real, answers = socket.getaddrinfo, []
+
+    def rebinding(host, *a, **k):
+        if host != "hooks.rebind.example":
+            return real(host, *a, **k)
+        answers.append(host)
+        ip = "127.0.0.1" if len(answers) == 1 else "127.0.0.2"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))]
+
+    monkeypatch.setattr(webhook.socket, "getaddrinfo", rebinding)
+    try:
+        Webhook(f"http://hooks.rebind.example:{port}/x", "s", attempts=1)._post("run.finished", "d1", {"e": 1})
+    finally:
+        hooks.stop()
+    assert len(hooks.requests) == 1 and answers == ["hooks.rebind.example"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 import urllib.error
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 
 from core.errors import S2VError, TransientError
 from core.retry import retrying
+from core.settings import is_metadata_host
 
 log = logging.getLogger("s2v.webhook")
 
@@ -65,7 +68,51 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+def _checked_connection(address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, **_kw):
+    """socket.create_connection that resolves the name once, refuses it when any address is a metadata /
+    link-local one, and connects to the addresses it checked: a name that answers differently a moment later (DNS
+    rebinding) cannot slip past, because there is no second lookup."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if any(is_metadata_host(str(info[4][0])) for info in infos):
+        raise WebhookRejected(f"{host} resolves to a cloud metadata / link-local address; events never go there")
+    last: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            last = e
+    raise last or OSError(f"no address for {host}")
+
+
+class _CheckedHTTP(http.client.HTTPConnection):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._create_connection = _checked_connection
+
+
+class _CheckedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._create_connection = _checked_connection  # TLS still checks the certificate against the name
+
+
+class _CheckedHandlers(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's HTTP and HTTPS handlers over the checked connections."""
+
+    def do_open(self, http_class, req, **kw):  # noqa: D102 - urllib's hook
+        checked = _CheckedHTTPS if issubclass(http_class, http.client.HTTPSConnection) else _CheckedHTTP
+        return super().do_open(checked, req, **kw)
+
+
+_opener = urllib.request.build_opener(_NoRedirect, _CheckedHandlers)
 
 
 def _where(url: str) -> str:
