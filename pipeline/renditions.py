@@ -174,9 +174,14 @@ class VideoJob:
 
 
 def _filter_path(p: str) -> str:
-    """A path inside a filtergraph option: escape what the option and graph parsers treat specially."""
-    return p.replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'").replace(",", "\\,").replace("[", "\\[") \
-        .replace("]", "\\]").replace(";", "\\;")
+    """A path as a filter option's value inside a filtergraph, escaped for both parsers it goes through (ffmpeg-
+    filters, "Notes on filtergraph escaping"): first the filter's option parser (`\\`, `'`, `:` separates options),
+    then the graph parser (`\\`, `'`, `[`, `]`, `,`, `;`). Escaped once, a `:` in TMPDIR or a fonts folder split the
+    option ("No option name near …") or set another option."""
+    value = p.replace("\\", "\\\\").replace("'", "\\'").replace(":", "\\:")
+    for c in "\\'[],;":
+        value = value.replace(c, "\\" + c)
+    return value
 
 
 def video_filters(j: VideoJob) -> str:

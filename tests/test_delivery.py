@@ -199,3 +199,27 @@ def test_a_renditions_only_change_reruns_the_post_step_alone_then_burns_in_capti
 def _frames(path: Path) -> np.ndarray:
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.mark.parametrize("folder", ["we:ird", "a,b;c", "it's [x]", "back\\slash"])
+def test_burned_captions_work_from_any_folder_name(tmp_path, folder):
+    """The captions file (and the fonts folder) go into ffmpeg's filter graph by path; escaped for one parser only,
+    a `:` in TMPDIR or caption_fonts_dir broke burned captions ("No option name near …") or set other options."""
+    from pipeline.captions import Cue, write_ass
+    from pipeline.renditions import burned_master_argv
+
+    d = tmp_path / folder
+    d.mkdir()
+    master, out = d / "master.mp4", d / "burned.mp4"
+    run_ffmpeg(["-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=160x96:r=16:d=1", "-f", "lavfi",
+                "-i", "anullsrc=r=48000:cl=stereo", "-t", "1", "-c:v", "libx264", "-c:a", "aac", "-shortest",
+                str(master)])
+    ass = d / "subs.ass"
+    ass.write_text(write_ass([Cue(0.0, 1.0, "Hello, world")], 160, 96))
+    run_ffmpeg(burned_master_argv(str(master), str(ass), str(out), 16, 18, "ultrafast", fonts_dir=str(d)))
+
+    def first_frame(p: Path) -> np.ndarray:
+        with av.open(str(p)) as c:
+            return next(c.decode(video=0)).to_ndarray(format="gray").astype(int)
+
+    assert np.abs(first_frame(out) - first_frame(master)).max() > 64  # the text is there
