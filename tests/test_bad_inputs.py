@@ -489,3 +489,16 @@ def test_validate_json_for_ci(run_cli, tmp_path, capsys):
 def test_at_least_50_kinds():
     kinds = len(BAD) + len(BAD_IDS) + len(CSV_BAD) + len(MALFORMED) + len(UNREADABLE)
     assert kinds >= 50, kinds
+
+
+@pytest.mark.parametrize("args, says", [
+    (["nonsense"], "No such command 'nonsense'"),
+    (["render"], "Missing argument 'manifest'"),
+    (["render", "--gpus", "x", "m.yaml"], "Invalid value for '--gpus'"),
+])
+def test_usage_errors_print_the_usage_and_exit_2_without_a_traceback(args, says, run_cli, capsys):
+    """typer carries its own copy of click, whose exceptions the entry point did not catch: every usage error printed
+    a page-long traceback and exited 1."""
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Usage: s2v" in err and "Traceback" not in err and "UsageError" not in err

@@ -257,19 +257,28 @@ def _settings_error(e: ValidationError) -> str:
     return "error: invalid settings\n" + "\n".join(lines)
 
 
+# typer ≥ 0.16 carries its own copy of click: its exceptions are not click's (both kept, for either typer)
+EXIT = tuple({typer.Exit, click.exceptions.Exit})
+ABORT = tuple({typer.Abort, click.exceptions.Abort})
+USAGE = tuple({getattr(typer, "TyperException", click.ClickException), click.ClickException})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place where outcomes become exit codes."""
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, prog_name="s2v", standalone_mode=False)
         code = int(rv or 0) if isinstance(rv, int) else 0
-    except click.exceptions.Exit as e:
+    except EXIT as e:
         code = e.exit_code
-    except click.exceptions.Abort:  # click's name for a KeyboardInterrupt outside a run (loading, planning)
+    except ABORT:  # click's name for a KeyboardInterrupt outside a run (loading, planning)
         console().print(_styled(("interrupted", "yellow")), soft_wrap=True)
         code = 130
-    except click.ClickException as e:
-        e.show()
-        code = 2
+    except USAGE as e:  # a usage error: the usage line and the reason, like every CLI (never a traceback)
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            console().print(_styled(("error: ", "red"), str(e)), soft_wrap=True)
+        code = int(getattr(e, "exit_code", 2) or 2)  # click's own: 2 for usage, 1 for FileError and the like
     except S2VError as e:  # an interrupted render ends here too (InterruptedRun: state, report, webhook done)
         code = exit_code_for(e)
         console().print(_styled((str(e), "yellow")) if code == 130 else _styled(("error: ", "red"), str(e)),
