@@ -278,6 +278,8 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
     """A cluster config for LocalNodeProvider: a head started with `ray start` on free loopback ports (its
     dashboard, the Jobs API, on 127.0.0.1 only and named in `metadata.s2v.dashboard_port`) and one GPU worker
     type (no Ray started on workers: tests that need them add their own start commands)."""
+    from infra.clusters.config import CPU_WORK_RESOURCE, CPU_WORK_SLOTS
+
     gcs, dash, client, agent = free_ports(4)
     # Its own Ray temp dir (short: Unix socket paths are limited to 107 bytes): in the shared /tmp/ray, the head
     # would be "the current cluster" that any `address="auto"` on this machine joins — other tests' included.
@@ -287,12 +289,14 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
                   "--dashboard-host=127.0.0.1 "
                   f"--dashboard-port={dash} --ray-client-server-port={client} --dashboard-agent-listen-port={agent} "
                   f"--num-cpus={head_cpus} --num-gpus={head_gpus} --disable-usage-stats --temp-dir={temp} "
+                  f"--resources='{{\"{CPU_WORK_RESOURCE}\": {CPU_WORK_SLOTS}}}' "
                   "--autoscaling-config=~/ray_bootstrap_config.yaml")
     meta = {"s2v": {"work": "s3://loopback/s2v-work", "dashboard_port": dash, "idle_stop_minutes": 0,
                     "prices": {"loopback": {"on_demand": 0.0, "spot": 0.0}}}}
     for k, v in (metadata or {}).get("s2v", {}).items():
         meta["s2v"][k] = v
-    resources = {"CPU": head_cpus, **({"GPU": head_gpus} if head_gpus else {})}
+    # the head carries the CPU-work marker like the shipped configs' heads (infra/clusters/config.py)
+    resources = {"CPU": head_cpus, **({"GPU": head_gpus} if head_gpus else {}), CPU_WORK_RESOURCE: CPU_WORK_SLOTS}
     return {
         "cluster_name": f"t{uuid.uuid4().hex[:6]}",
         "max_workers": max_workers,

@@ -68,8 +68,9 @@ def _config(tmp: Path, bucket: str, imds_url: str) -> dict:
     types = cfg["available_node_types"]
     types["head"]["labels"] = {"s2v-price-key": "loopback-head", "s2v-market": "on-demand"}
     gpu = types.pop("gpu_ondemand")
-    # spot GPU workers: no CPU of their own, so stitching and publishing stay on the head (as on the real configs)
-    gpu.update(resources={"CPU": 0, "GPU": 1, "s2v_spot": 1}, min_workers=0, max_workers=GPU_NODES + 1,
+    # spot GPU workers with CPUs of their own, as the shipped types have (12-26): only the head's CPU-work marker
+    # keeps stitching and publishing off them (checked below, task by task)
+    gpu.update(resources={"CPU": 2, "GPU": 1, "s2v_spot": 1}, min_workers=0, max_workers=GPU_NODES + 1,
                labels={"s2v-price-key": "loopback-gpu", "s2v-market": "spot"})
     types["gpu_spot"] = gpu
     cfg["worker_start_ray_commands"] = [
@@ -169,11 +170,19 @@ def test_nightly_render_on_a_spot_cluster_that_shares_nothing(s3_server, metadat
         t_clear = time.time()
 
         assert run_cli("cluster", "logs", "night-1", "--follow") == 0, capsys.readouterr()
+        from ray.util.state import list_tasks
+
+        head_id = next(n.node_id for n in list_nodes(address=dash, detail=True) if n.is_head_node)
+        cpu_work = [t for t in list_tasks(address=dash, detail=True, limit=10000, raise_on_missing_output=False)
+                    if t.name in ("stitch_and_publish", "prepare_audio", "prepare_captions", "repost")]
         state = json.loads(s3.get_object(Bucket=bucket, Key="work/runs/night-1/state.json")["Body"].read())
         report = json.loads(s3.get_object(Bucket=bucket, Key="work/runs/night-1/report.json")["Body"].read())
         markers = _markers(s3, bucket)
         t_end = time.time()
 
+    # the run's CPU work (every stitch and audio task) ran on the head, none on the GPU nodes beside it
+    assert {t.name for t in cpu_work} >= {"stitch_and_publish", "prepare_audio"}
+    assert {t.node_id for t in cpu_work if t.node_id} == {head_id}, [(t.name, t.node_id) for t in cpu_work]
     # every job published, byte-identical to the same manifest rendered locally
     assert state["status"] == "finished" and {j["status"] for j in state["jobs"].values()} == {"published"}
     ref.join(timeout=300)

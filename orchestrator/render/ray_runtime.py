@@ -17,6 +17,7 @@ class RayRuntime(Runtime):
     def __init__(self):
         self._gcs_ok = True
         self._seen: dict[str, NodeUse] = {}
+        self._cpu_work: bool | None = None
 
     # ---------- time ----------
     def now(self) -> float:
@@ -46,10 +47,21 @@ class RayRuntime(Runtime):
     def task(self, fn: Callable, *, cpus: float, retries: int | None = None, retry_on: tuple = ()) -> Callable:
         import ray
 
-        opts: dict = {"num_cpus": cpus, "num_gpus": 0}
+        opts: dict = {"num_cpus": cpus, "num_gpus": 0, **self._placement()}
         if retries is not None:  # else Ray's own default (retried when the worker process dies, never on errors)
             opts.update(max_retries=retries, retry_exceptions=list(retry_on) if retry_on else False)
         return ray.remote(fn).options(**opts).remote
+
+    def _placement(self) -> dict:
+        """On a cluster whose CPU node types carry CPU_WORK_RESOURCE, a CPU task asks for a sliver of it, so it
+        runs there and never on a GPU node; a local run or a cluster without it places by CPU alone. Asked once:
+        node types are fixed for a cluster's life."""
+        from infra.clusters.config import CPU_WORK_RESOURCE, CPU_WORK_SLOTS
+
+        if self._cpu_work is None:
+            self._cpu_work = self.has_resource(CPU_WORK_RESOURCE)
+        # one slot in CPU_WORK_SLOTS: CPUs, not the marker, bound how many run at once
+        return {"resources": {CPU_WORK_RESOURCE: 1.0 / CPU_WORK_SLOTS}} if self._cpu_work else {}
 
     def wait(self, refs: list, timeout: float, every: bool = False) -> list:
         import ray
