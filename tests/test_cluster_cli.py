@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -171,13 +172,30 @@ def test_up_status_down_on_local_provider(tmp_path, ray_env, monkeypatch):
         (node,) = list_nodes(address=f"http://127.0.0.1:{cfg['metadata']['s2v']['dashboard_port']}", detail=True)
         assert {k: node.labels.get(k) for k in LOOPBACK_LABELS} == LOOPBACK_LABELS
 
-        # A change in the checkout reaches the node on the next `up` (here one that keeps Ray running).
+        # A change in the checkout reaches the node on the next `up` (here one that keeps Ray running), also with
+        # a new version: the node then holds the old wheel too (its sync never deletes), and installs the new one.
         (project / "orchestrator" / "cli" / "cluster.py").write_text(marker.read_text() + "\n# changed after up\n")
+        pyproject = project / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"', 1))
         res = r.invoke(app, ["up", str(path), "--project", str(project), "--no-restart"])
         assert res.exit_code == 0, res.output
         assert marker.read_text().endswith("# changed after up\n")
+        assert [w.name for w in (home / "s2v-dist").glob("*.whl")] == ["s2v_batch-0.1.1-py3-none-any.whl"]
         assert json.loads((home / "s2v-dist" / "s2v-build.json").read_text())["fingerprint"] == \
             source_fingerprint(project) != record["fingerprint"]
+
+        # `up` restarts Ray on every node: with a job running there it refuses, and the job runs on
+        from orchestrator.remote.submit import jobs_api
+
+        with jobs_api(str(path)) as client:
+            job = client.submit_job(entrypoint="sleep 300", metadata={"run_id": "night-7"})
+            deadline = time.time() + 60
+            while str(client.get_job_status(job)).rsplit(".", 1)[-1] != "RUNNING" and time.time() < deadline:
+                time.sleep(0.5)
+            res = r.invoke(app, ["up", str(path), "--project", str(project)])
+            assert res.exit_code == 1 and "night-7 (running)" in res.output and "--no-restart" in res.output
+            assert str(client.get_job_status(job)).rsplit(".", 1)[-1] == "RUNNING"
+            client.stop_job(job)
 
         res = r.invoke(app, ["down", str(path)])
         assert res.exit_code == 0, res.output

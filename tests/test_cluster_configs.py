@@ -90,7 +90,7 @@ def test_configs_carry_what_a_real_node_needs(make):
     text = "\n".join(_commands(cfg))
     # The project comes from the wheel `up` mounts, every time: no repository URL, no `test -d` guard.
     assert "git clone" not in text and "github.com" not in text and "test -d" not in text
-    assert "~/s2v-dist/*.whl" in text and "--reinstall-package s2v-batch" in text
+    assert "$(cat ~/s2v-dist/WHEEL)" in text and "*.whl\"" not in text and "--reinstall-package s2v-batch" in text
     assert "s2v-batch[all]" in text  # GPU workers get the model stack
     assert "--dashboard-host=127.0.0.1" in text and "0.0.0.0" not in text
 
@@ -531,3 +531,55 @@ def test_every_command_parses_in_bash(make):
     for cmd in _commands(make()):
         r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, f"{cmd}\n{r.stderr}"
+
+
+@pytest.mark.parametrize("make", ALL_CONFIGS)
+def test_cpu_work_is_marked_on_the_head_and_on_no_gpu_type(make):
+    """Shipped and generated configs mark the head for a run's CPU work (tests/test_placement.py shows the tasks
+    then stay there); a config that marks a GPU type, or no type at all, is refused with the field named."""
+    from infra.clusters.config import CPU_WORK_RESOURCE
+
+    cfg = make()
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"].get(CPU_WORK_RESOURCE)
+    assert not any(nt["resources"].get(CPU_WORK_RESOURCE) for nt in types.values() if nt["resources"].get("GPU"))
+    gpu = next(n for n, nt in types.items() if nt["resources"].get("GPU"))
+    bad = copy.deepcopy(cfg)
+    bad["available_node_types"][gpu]["resources"][CPU_WORK_RESOURCE] = 1
+    assert any(f"{gpu}.resources" in p and "is on a GPU node type" in p for p in _problems(bad))
+    bare = copy.deepcopy(cfg)
+    del bare["available_node_types"]["head"]["resources"][CPU_WORK_RESOURCE]
+    assert any("head.resources" in p and f"{CPU_WORK_RESOURCE}: 1000" in p for p in _problems(bare))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_a_node_installs_the_current_wheel_when_older_ones_are_still_there(path, tmp_path):
+    """Ray's rsync never deletes, so after a version bump a node's ~/s2v-dist held two wheels and
+    `$(ls ~/s2v-dist/*.whl)` gave uv two lines: the install failed on the head and every new worker. The shipped
+    setup commands, run by bash in a node's HOME, now drop the old wheel and install the one WHEEL names (`uv`
+    here records its arguments: the command lines are what is under test)."""
+    import subprocess
+
+    from infra.clusters.ship import CURRENT
+
+    home = tmp_path / "home"
+    dist = home / "s2v-dist"
+    dist.mkdir(parents=True)
+    old, new = "s2v_batch-0.1.0-py3-none-any.whl", "s2v_batch-0.2.0-py3-none-any.whl"
+    for name in (old, new):
+        (dist / name).write_bytes(b"PK")
+    (dist / CURRENT).write_text(new + "\n")
+    uv = home / ".local" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    uv.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" >> {tmp_path / 'uv.args'}\nprintf '\\n' >> {tmp_path / 'uv.calls'}\n")
+    uv.chmod(0o755)
+    cfg = load_config(path)
+    for cmd in _commands(cfg):
+        if "s2v-dist" in cmd:
+            subprocess.run(["bash", "-c", cmd], env={"HOME": str(home), "PATH": "/usr/bin:/bin"}, check=True)
+    assert sorted(p.name for p in dist.glob("*.whl")) == [new]
+    args = (tmp_path / "uv.args").read_text().split("\0")
+    targets = [a for a in args if "s2v-batch[" in a]
+    calls = (tmp_path / "uv.calls").read_text().count("\n")
+    assert calls == 2 and len(targets) == 2  # the light install on every node, the model stack on GPU workers
+    assert all(a.endswith(f" @ file://{home}/s2v-dist/{new}") for a in targets), targets

@@ -22,6 +22,9 @@ PACKAGES = ("core", "orchestrator", "pipeline", "infra")
 SUFFIXES = (".py", ".yaml", ".json", ".html")
 BUILD_FILES = ("pyproject.toml", "README.md")
 RECORD = "s2v-build.json"
+# The current wheel's file name, for the nodes' setup commands: Ray's rsync of ~/s2v-dist never deletes, so after a
+# version bump a node holds the wheels of earlier `up`s too, and `ls ~/s2v-dist/*.whl` named two.
+CURRENT = "WHEEL"
 # The launcher's Ray version, pinned on the nodes: a Jobs API client and a cluster of another version disagree.
 CONSTRAINTS = "constraints.txt"
 
@@ -83,7 +86,7 @@ def _pip_wheel(src: Path, out: Path) -> None:
 
 def build_bundle(project_root: Path, out_dir: Path, cache: Path | None = None) -> Bundle:
     """Build a wheel of project_root into out_dir, write s2v-build.json and constraints.txt beside it, and remove
-    older wheels there (the nodes install `~/s2v-dist/*.whl`, so exactly one may be present).
+    older wheels there; WHEEL names it for the nodes, which may still hold wheels of earlier builds.
 
     The build runs on a copy of exactly source_files(): a stale build/ folder or a stray file in the checkout never
     reaches the nodes, and the fingerprint describes the wheel's contents. With `cache`, a wheel built before from
@@ -110,6 +113,7 @@ def build_bundle(project_root: Path, out_dir: Path, cache: Path | None = None) -
     built = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record = {"fingerprint": fingerprint, "version": version, "built": built, "wheel": wheel.name}
     (out / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    (out / CURRENT).write_text(wheel.name + "\n")
     (out / CONSTRAINTS).write_text(_constraints())
     return Bundle(wheel=wheel, fingerprint=fingerprint, version=version)
 

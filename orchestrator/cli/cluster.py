@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from core.errors import ClusterError, ConfigError
+from core.errors import ClusterError, ConfigError, S2VError
 from orchestrator.cli import cluster_jobs
 from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
 
@@ -102,12 +102,16 @@ def up(
     project: Optional[Path] = typer.Option(None, help="Checkout whose code the nodes run (default: this one)."),
     no_restart: bool = typer.Option(False, "--no-restart", help="Keep Ray running on existing nodes."),
     restart_only: bool = typer.Option(False, "--restart-only", help="Skip setup commands; restart Ray only."),
+    force: bool = typer.Option(False, "--force", help="Restart Ray even while jobs run on the cluster (they are "
+                               "killed; their checkpoints stay, and resubmitting resumes them)."),
 ) -> None:
     """Create or update the cluster: build a wheel of your checkout, mount it on every node, (re)install it there."""
     from infra.clusters.launch import up_in_zones
 
     root = project_root(project)
     cfg = _launch(config, root)
+    if not no_restart and not force:
+        _refuse_to_restart_under_jobs(config, cfg)
     build = cfg["metadata"]["s2v_build"]
     typer.echo(f"built s2v-batch {build['version']} from {root} (fingerprint {build['fingerprint'][:12]})")
     _warn_unpriced(cfg)
@@ -142,6 +146,27 @@ def trust(config: Path = CONFIG_ARG) -> None:
     """Pin the SSH host key the running head shows now (for a head made outside `s2v cluster up`): later tunnels
     and secret deliveries connect only to that key. Compare the fingerprint with the cloud console's if you can."""
     _pin(config, "trusted")
+
+
+def _refuse_to_restart_under_jobs(config: Path, cfg: dict) -> None:
+    """`up` restarts Ray on every node of a running cluster, which kills whatever renders there without a word:
+    refuse while the head's Jobs API shows a job running or pending, or cannot be read (no evidence of idleness)."""
+    if not _head_exists(cfg):
+        return  # a new cluster: nothing to kill
+    from orchestrator.remote import submit
+
+    ways = (f"`s2v cluster up {config} --no-restart` updates the code without restarting Ray; `--force` restarts "
+            "anyway (the jobs are killed, their checkpoints stay)")
+    try:
+        rows = submit.list_jobs(str(config))
+    except S2VError as e:
+        raise ClusterError(f"cannot tell whether jobs run on {config} ({e}), and `up` would restart Ray under "
+                           f"them: {ways}") from e
+    live = [r for r in rows if r["status"] in ("RUNNING", "PENDING")]
+    if live:
+        names = ", ".join(f"{r['run'] or r['job']} ({r['status'].lower()})" for r in live)
+        raise ClusterError(f"{len(live)} job(s) on {config}: {names}. `up` restarts Ray on every node and would "
+                           f"kill them: wait (`s2v cluster logs RUN --follow`), or {ways}")
 
 
 def _head_exists(cfg: dict) -> bool:
