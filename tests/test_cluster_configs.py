@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -469,6 +470,41 @@ def test_iam_policies_are_scoped_to_the_bucket_and_the_worker_role():
     assert "arn:aws:iam::ACCOUNT:role/s2v-worker" in pass_role["Resource"] and "*" not in pass_role["Resource"]
     assert json.loads((iam / "aws-ec2-trust.json").read_text())["Statement"][0]["Principal"]["Service"] == \
         "ec2.amazonaws.com"
+    # The first spot launch in an account creates AWSServiceRoleForEC2Spot: without the right to, every spot
+    # launch failed (AuthFailure.ServiceLinkedRoleCreationNotPermitted) and the pool bought on-demand after
+    # spot_wait_s. Only that role, only for the spot service.
+    slr = [st for st in head["Statement"] if "iam:CreateServiceLinkedRole" in st["Action"]]
+    assert [st["Resource"] for st in slr] == [
+        "arn:aws:iam::ACCOUNT:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"]
+    assert slr[0]["Condition"] == {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}
+
+
+def test_each_providers_launcher_code_is_installed_here_and_on_the_head():
+    """Ray's GCP provider imports googleapiclient, which no extra listed: `up` failed on the laptop and the head's
+    autoscaler could not start. Every shipped provider's launcher class loads here (the dev install), and the
+    extra the head installs (`cloud`) pulls in what each needs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+
+    for tpl in TEMPLATES:
+        assert _get_node_provider_cls(load_config(tpl)["provider"]) is not None, tpl.name
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def resolved(name: str) -> set[str]:
+        out = set()
+        for req in extras[name]:
+            if req.startswith("s2v-batch["):
+                for inner in req[len("s2v-batch["):-1].split(","):
+                    out |= resolved(inner)
+            else:
+                out.add(re.split(r"[<>=\[ ]", req, maxsplit=1)[0])
+        return out
+
+    assert {"boto3", "google-api-python-client", "google-cloud-storage", "runpod"} <= resolved("cloud")
+    assert any("s2v-batch[cloud]" in c for c in _commands(load_config(ROOT / "infra" / "clusters" / "gcp.yaml")))
 
 
 def test_gcp_zone_failover_moves_on_only_for_capacity_and_remembers_the_zone(tmp_path, monkeypatch):
