@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.errors import ClusterError, ConfigError
+from core.errors import ClusterError, ConfigError, TransientError
 from infra.clusters.runpod.provider import CLUSTER_ENV, RunPodNodeProvider
+from infra.clusters.runpod.api import PodLaunchError
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "infra" / "clusters" / "runpod.yaml"
@@ -288,10 +289,10 @@ def test_refused_spot_falls_back_loudly_and_is_priced_on_demand(fake_runpod, tmp
     from core.settings import Settings
 
     p = _provider(tmp_path)
-    fake_runpod.interruptible_supported = False
+    fake_runpod.min_bid = 9.0  # RunPod says no to the bid: a refusal, so the pod is bought on-demand
     with caplog.at_level("WARNING", logger="s2v.runpod"):
-        (a,) = p.create_node(dict(NC, interruptible=True), {}, 1)
-        (b,) = p.create_node(dict(NC, interruptible=True), {}, 1)
+        (a,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=2.0), {}, 1)
+        (b,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=2.0), {}, 1)
     assert fake_runpod.ops() == ["podRentInterruptable", "podFindAndDeployOnDemand"] * 2
     assert fake_runpod.pods[a]["podType"] == fake_runpod.pods[b]["podType"] == "RESERVED"
     refusals = [r for r in caplog.records if "ON-DEMAND" in r.getMessage()]
@@ -301,10 +302,25 @@ def test_refused_spot_falls_back_loudly_and_is_priced_on_demand(fake_runpod, tmp
     assert labels == {"s2v-price-key": "runpod-h100-80gb-hbm3-x1", "s2v-market": "on-demand"}
     price = Settings().node_prices[labels["s2v-price-key"]]
     assert price.on_demand > price.spot > 0
-    # A bid below RunPod's minimum is refused the same way, and falls back the same way.
-    fake_runpod.interruptible_supported = True
-    (c,) = p.create_node(dict(NC, interruptible=True, bid_per_gpu=0.5), {}, 1)
-    assert p.node_labels(c)["s2v-market"] == "on-demand"
+
+
+def test_a_request_runpods_schema_rejects_fails_loudly_instead_of_buying_on_demand(fake_runpod, tmp_path):
+    """Any GraphQL error on podRentInterruptable counted as a refused bid, so a schema rejection (a field the live
+    API does not have) bought every spot pod on-demand, night after night. It now fails the launch, named; a
+    server-side "try again" is transient (the pod is looked up by name, never created twice)."""
+    from infra.clusters.runpod.api import BadRequest, Refused, classify
+
+    p = _provider(tmp_path)
+    fake_runpod.interruptible_supported = False  # answers 'Cannot query field "podRentInterruptable" ...'
+    with pytest.raises(PodLaunchError, match="malformed") as ei:
+        p.create_node(dict(NC, interruptible=True), {}, 1)
+    assert ei.value.category == "RunPodBadRequest" and fake_runpod.ops() == ["podRentInterruptable"]
+    assert not p.fallbacks and not fake_runpod.pods
+    assert isinstance(classify('Field "PodRentInterruptableInput.globalNetwork" is not defined by type '
+                               '"PodRentInterruptableInput".'), BadRequest)
+    assert isinstance(classify("Something went wrong. Please try again later or contact support."), TransientError)
+    refused = classify("There are no longer any instances available with the requested specifications.")
+    assert type(refused) is Refused
 
 
 def test_one_price_override_keeps_the_rest_of_the_table(monkeypatch):

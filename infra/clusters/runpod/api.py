@@ -45,6 +45,30 @@ class Refused(Exception):
     """RunPod answered a mutation with an error: nothing was created."""
 
 
+class BadRequest(Refused):
+    """RunPod's GraphQL rejected the mutation itself (a field or argument its schema does not have, a value of the
+    wrong type): the same request fails on-demand too, so it fails loudly instead of buying on-demand."""
+
+
+# graphql-js's validation messages (what RunPod's API answers for a mutation its schema rejects), and its
+# "try again" answers for a server-side failure; anything else is RunPod saying no to this pod (capacity, bid).
+_SCHEMA_ERROR_RE = re.compile(
+    r"Cannot query field|Unknown argument|is not defined by type|Unknown type|Expected (value of )?type|"
+    r"got invalid value|Syntax Error|required, but it was not provided|GRAPHQL_(VALIDATION_FAILED|PARSE_FAILED)", re.I)
+_TRANSIENT_ERROR_RE = re.compile(r"internal server error|something went wrong|try again later|timed? ?out|"
+                                 r"service unavailable|bad gateway", re.I)
+
+
+def classify(message: str) -> Exception:
+    """A deploy's GraphQL error as what it means for the launch: BadRequest (fix the config or s2v; never fall
+    back), TransientError (the pod may exist: look it up, never resend) or Refused (no pod: fall back)."""
+    if _SCHEMA_ERROR_RE.search(message):
+        return BadRequest(message)
+    if _TRANSIENT_ERROR_RE.search(message):
+        return TransientError(f"RunPod API: {message}")
+    return Refused(message)
+
+
 def gql_str(value: Any) -> str:
     """A GraphQL string literal (JSON string escaping is valid GraphQL): quotes and backslashes cannot escape it."""
     return json.dumps(str(value))
@@ -181,14 +205,15 @@ def deploy_mutation(name: str, nc: dict[str, Any], env: dict[str, str], *, inter
 
 
 def deploy(op: str, mutation: str) -> dict:
-    """One create, never resent: Refused when RunPod says no, TransientError when we cannot know."""
+    """One create, never resent: Refused when RunPod says no (BadRequest when it rejects the request itself),
+    TransientError when we cannot know."""
     from runpod.api.graphql import run_graphql_query
     from runpod.error import QueryError
 
     try:
         return call_once(run_graphql_query, mutation)["data"][op]
     except QueryError as e:
-        raise Refused(str(e)) from e
+        raise classify(str(e)) from e
 
 
 # ---- spot bids --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from infra.clusters.runpod.api import (
     PRICE_KEY_LABEL,
     SECRET_ENV_RE,
     SPOT,
+    BadRequest,
     PodLaunchError,
     Refused,
     call,
@@ -236,6 +237,10 @@ class RunPodNodeProvider(NodeProvider):
                 pod = self._create(name, nc, env(SPOT), interruptible=True, bid=bid)
                 log.info("created RunPod pod %s (%s) as SPOT %s, bid $%.3f/GPU-hour", pod["id"], name, key, bid)
                 return pod
+            except BadRequest as e:
+                raise PodLaunchError("RunPodBadRequest", f"RunPod rejected the request for a SPOT pod {name} ({key}) "
+                                     f"as malformed: {e}. Not falling back to on-demand: the same request would "
+                                     "fail there too; check node_config against RunPod's API") from e
             except Refused as e:
                 self.fallbacks.append(name)
                 log.warning("RunPod refused a SPOT pod %s (%s): launching it ON-DEMAND instead — it is billed at the "
@@ -244,7 +249,8 @@ class RunPodNodeProvider(NodeProvider):
         try:
             pod = self._create(name, nc, env(ON_DEMAND), interruptible=False)
         except Refused as e:
-            raise PodLaunchError("RunPodRefused", f"RunPod could not create pod {name} ({key}): {e}") from e
+            category = "RunPodBadRequest" if isinstance(e, BadRequest) else "RunPodRefused"
+            raise PodLaunchError(category, f"RunPod could not create pod {name} ({key}): {e}") from e
         log.info("created RunPod pod %s (%s) ON-DEMAND %s", pod["id"], name, key)
         return pod
 
