@@ -40,6 +40,8 @@ META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "node_cache_dirs": (list, None, "local NVMe/SSD mount points to cache weights on, first usable wins"),
     "prices": (dict, None, "USD per node-hour overrides {type: {on_demand, spot}} for runs on this cluster"),
     "image_source": (str, None, "where the image ids came from (informational)"),
+    "input_buckets": (list, None, "other buckets a run reads inputs from (the grants `init` writes cover them)"),
+    "output_buckets": (list, None, "other buckets a run publishes to (read/write, like the work bucket)"),
     "preemption_sources": (str, None, "notices the nodes watch (aws, gcp, sigterm, none; default: the provider's)"),
 }
 # What a cluster's render actors watch for spot notices, by provider: named, never probed for (`auto` on an unknown
@@ -215,10 +217,11 @@ def _check_placeholders(probs: ProblemList, cfg: dict) -> None:
 
 
 def _check_cpu_work(probs: ProblemList, types: dict, head) -> None:
-    """CPU work goes where CPU_WORK_RESOURCE is: on the head (or CPU workers), never on GPU nodes."""
+    """CPU work goes where CPU_WORK_RESOURCE is: on the head (or CPU workers), never on GPU workers. A head with a
+    GPU (a one-node cluster) may carry it: the head is on-demand and lives as long as the cluster."""
     res = {n: (nt or {}).get("resources") or {} for n, nt in types.items()}
     for name, r in res.items():
-        if r.get("GPU", 0) > 0 and r.get(CPU_WORK_RESOURCE):
+        if name != head and r.get("GPU", 0) > 0 and r.get(CPU_WORK_RESOURCE):
             probs.add(f"available_node_types.{name}.resources", CPU_WORK_RESOURCE,
                       "is on a GPU node type: stitching and publishing would run on GPU (spot) nodes, be preempted "
                       "there and keep them from going idle", f"remove {CPU_WORK_RESOURCE} from {name}")
