@@ -619,3 +619,41 @@ def test_a_node_installs_the_current_wheel_when_older_ones_are_still_there(path,
     calls = (tmp_path / "uv.calls").read_text().count("\n")
     assert calls == 2 and len(targets) == 2  # the light install on every node, the model stack on GPU workers
     assert all(a.endswith(f" @ file://{home}/s2v-dist/{new}") for a in targets), targets
+
+
+def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
+    """`init --input-bucket/--output-bucket` lists the other buckets in metadata.s2v and writes grants covering
+    them: AWS policies (the work and output buckets read/write, inputs read-only), GCP bucket bindings."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli.cluster import app
+
+    out = tmp_path / "aws.yaml"
+    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "work-b", "--input-bucket", "s3://media-lib/x",
+                                   "--output-bucket", "pub-site", "--model-dir", "s3://weights-b/wan2.2",
+                                   "--out", str(out), "--no-resolve-images"])
+    assert res.exit_code == 0, res.output
+    meta = yaml.safe_load(out.read_text())["metadata"]["s2v"]
+    assert meta["input_buckets"] == ["media-lib"] and meta["output_buckets"] == ["pub-site"]
+    for who in ("head", "worker"):
+        doc = json.loads((tmp_path / "aws-iam" / f"aws-{who}-policy.json").read_text())
+        grants = {a: set() for a in ("s3:ListBucket", "s3:GetObject", "s3:PutObject")}
+        for st in doc["Statement"]:
+            for a in st["Action"]:
+                if a in grants:
+                    grants[a] |= set(st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+        readable = ("work-b", "media-lib", "pub-site", "weights-b")  # the weights' bucket too: every node syncs it
+        assert grants["s3:ListBucket"] == {f"arn:aws:s3:::{b}" for b in readable}
+        assert grants["s3:GetObject"] == {f"arn:aws:s3:::{b}/*" for b in readable}
+        assert grants["s3:PutObject"] == {"arn:aws:s3:::work-b/*", "arn:aws:s3:::pub-site/*"}
+        assert any("iam:PassRole" in st["Action"] for st in doc["Statement"]) == (who == "head")
+    gcp = tmp_path / "gcp.yaml"
+    res = CliRunner().invoke(app, ["init", "gcp", "--bucket", "work-b", "--project", "proj-1", "--input-bucket",
+                                   "media-lib", "--out", str(gcp)])
+    assert res.exit_code == 0, res.output
+    script = (tmp_path / "gcp-iam" / "gcp-bucket-grants.sh").read_text()
+    assert "gs://media-lib --member=serviceAccount:s2v-worker@proj-1.iam.gserviceaccount.com " \
+           "--role=roles/storage.objectViewer" in script and "gs://work-b" in script and "objectAdmin" in script
+    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
+                                   str(tmp_path / "bad.yaml"), "--no-resolve-images"])
+    assert res.exit_code == 2 and "--input-bucket 'Not A Bucket' is not a bucket name" in res.output

@@ -325,6 +325,29 @@ def test_only_fitting_files_under_the_manifests_folder_are_staged(tmp_path, env,
     assert not staging_problems([jobs["g"]], str(m), Settings(staging_roots=[str(media_root)]))
 
 
+def test_rows_in_buckets_the_clusters_grants_do_not_cover_are_refused_by_row_and_field(tmp_path, env, run_cli,
+                                                                                        capsys):
+    """The shipped policies covered the work bucket only, so a catalog with media or outputs in another bucket had
+    its rows rejected by the head after upload. Now the config lists the other buckets (`init --input-bucket
+    --output-bucket`, which writes grants for them) and the laptop refuses, before anything is uploaded, a row
+    that names a bucket the nodes may not read, or publish to."""
+    media.presenter(tmp_path / "p.png", size=64)
+    pcm, _ = media.speech([(0.5, 0)], seed=1)
+    media.write_wav(tmp_path / "v.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [
+        {"id": "a", "audio": "s3://media-lib/talks/a.wav", "output": "s3://pub-site/out"},
+        {"id": "b", "audio": "s3://strangers/b.wav", "output": "s3://pub-site/out"},
+        {"id": "c", "audio": "v.wav", "output": "s3://media-lib/out"}], {"image": "p.png"})
+    cfg = loopback_config(tmp_path, metadata={"s2v": {"input_buckets": ["media-lib"], "output_buckets": ["pub-site"]}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
+    text = _text(capsys)
+    assert "(job #2) field 'audio': bucket 'strangers' is not one the nodes of" in text and "--input-bucket strangers" in text
+    assert "(job #3) field 'output': bucket 'media-lib' is not one the nodes of" in text  # read-only for the nodes
+    assert "(job #1) field 'audio': bucket" not in text and "field 'output': bucket 'pub-site'" not in text
+
+
 def test_default_gpus_and_forwarded_env():
     cfg = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
         "head": {"resources": {"CPU": 4}}, "spot8": {"resources": {"GPU": 8}, "max_workers": 2},

@@ -104,11 +104,18 @@ def _set_zone(cfg: dict, zone: str) -> None:
 
 def generate_config(settings, provider: str | None = None, *, work: str | None = None, bucket: str | None = None,
                     key_name: str | None = None, ssh_key: str | None = None, idle_stop_minutes: int | None = None,
-                    resolve_images: bool = False, placeholders_ok: bool = False) -> dict[str, Any]:
+                    resolve_images: bool = False, placeholders_ok: bool = False, input_buckets=(),
+                    output_buckets=()) -> dict[str, Any]:
     """A config for `provider` (default settings.cloud_provider) with settings and these choices applied."""
+    from infra.clusters.iam import INPUT_KEY, OUTPUT_KEY, bucket_name
+
     prov = provider or settings.cloud_provider
     cfg = load_config(template_path(prov))
     meta = cfg["metadata"]["s2v"]
+    for key, names, flag in ((INPUT_KEY, input_buckets, "--input-bucket"), (OUTPUT_KEY, output_buckets,
+                                                                             "--output-bucket")):
+        if names:
+            meta[key] = sorted({bucket_name(n, flag) for n in names})
     if work or bucket or not placeholders_ok:
         meta["work"] = _work_uri(work, bucket, prov)
     if settings.model_dir:

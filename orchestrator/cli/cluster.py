@@ -7,7 +7,7 @@ The remote-run commands (dashboard, exec, jobs, logs, stop) are in cluster_jobs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -41,6 +41,10 @@ def init(
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Same as PROVIDER (default: settings)."),
     bucket: Optional[str] = typer.Option(None, help="Bucket for the work area (s3://BUCKET/s2v-work; gs:// on GCP)."),
     work: Optional[str] = typer.Option(None, help="Work area URI instead of --bucket (s3://… or gs://…)."),
+    input_bucket: Optional[List[str]] = typer.Option(None, "--input-bucket", help="Another bucket runs read "
+                                                     "inputs from (repeatable); the grants written cover it."),
+    output_bucket: Optional[List[str]] = typer.Option(None, "--output-bucket", help="Another bucket runs publish "
+                                                      "to (repeatable); the grants written cover it."),
     out: Path = typer.Option(Path("cluster.yaml"), "--out", "-o", help="Where to write the config."),
     name: Optional[str] = typer.Option(None, help="Cluster name (default: settings cluster_name)."),
     region: Optional[str] = typer.Option(None, help="Region (AWS/GCP) or RunPod data center id."),
@@ -87,12 +91,18 @@ def init(
         work = s.work
     cfg = generate_config(s, prov, work=work, bucket=bucket, key_name=key_name, ssh_key=ssh_key,
                           idle_stop_minutes=idle_stop_minutes,
-                          resolve_images=resolve_images and prov == "aws" and not image)
+                          resolve_images=resolve_images and prov == "aws" and not image,
+                          input_buckets=input_bucket or (), output_buckets=output_bucket or ())
     dump_config(cfg, out, prov)
+    from infra.clusters.iam import write_grants
+
+    grants = write_grants(cfg, prov, out.with_name(f"{out.stem}-iam"))
     types = ", ".join(f"{n} ({nt['labels']['s2v-price-key']}, {nt['labels']['s2v-market']})"
                       for n, nt in cfg["available_node_types"].items())
     typer.echo(f"wrote {out}: {prov}, work area {cfg['metadata']['s2v']['work']}; node types {types}")
-    typer.echo(f"next: create the IAM pieces in docs/clusters.md, then `s2v cluster up {out}`")
+    if grants:
+        typer.echo(f"wrote the grants for its buckets: {', '.join(map(str, grants))}")
+    typer.echo(f"next: create the IAM pieces in docs/clusters.md (with those files), then `s2v cluster up {out}`")
 
 
 @app.command()

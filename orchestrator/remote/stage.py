@@ -87,6 +87,29 @@ def staging_problems(jobs, manifest: str, settings) -> list[Problem]:
     return out
 
 
+def bucket_problems(jobs, cfg: dict, config: str) -> list[Problem]:
+    """One problem per object-store location of a row whose bucket the cluster's grants do not cover: the head
+    would reject the row after upload, or a node would fail on it mid-run."""
+    from infra.clusters.iam import INPUT_KEY, OUTPUT_KEY, covered
+
+    readable, writable = covered(cfg)
+    out = []
+    for job in jobs:
+        for name in (*STAGED_FIELDS, "output"):
+            v = getattr(job, name, None)
+            if not v or v == "auto" or parse(v).scheme not in ("s3", "gs"):
+                continue
+            bucket = parse(v).bucket
+            ok = bucket in (writable if name == "output" else readable)
+            if not ok:
+                kind, flag = ("write", "--output-bucket") if name == "output" else ("read", "--input-bucket")
+                out.append(Problem(job.where, name, f"bucket {bucket!r} is not one the nodes of {config} may "
+                                   f"{kind} (metadata.s2v.{OUTPUT_KEY if name == 'output' else INPUT_KEY} and "
+                                   "the work bucket)", f"`s2v cluster init … {flag} {bucket}` writes the grants for "
+                                   f"it, or add it to metadata.s2v and to the nodes' roles yourself"))
+    return out
+
+
 def _object_name(path: Path) -> str:
     """The file's name, kept readable but safe in a URI (no '?', '#', '%' or spaces to trip a parser)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name).strip("._") or "input"
@@ -144,14 +167,18 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def validate(manifest: str, settings, cli_defaults: dict | None = None):
+def validate(manifest: str, settings, cli_defaults: dict | None = None, cluster: tuple[dict, str] | None = None):
     """Load and check the manifest on this machine, so problems name the user's file and rows: fields, local
-    outputs and inputs that may not be uploaded (refused), inputs present and output prefixes writable. Returns (good jobs, problems); raises
-    ManifestError when no job is left to submit."""
+    outputs and inputs that may not be uploaded (refused), buckets the cluster's grants do not cover (with
+    cluster: its config and path), inputs present and output prefixes writable. Returns (good jobs, problems);
+    raises ManifestError when no job is left to submit."""
     from orchestrator.intake.admission import admit
 
-    adm = admit(manifest, settings, cli_defaults, checks=(
-        lambda jobs, _: local_output_problems(jobs) + staging_problems(jobs, manifest, settings),))
+    def checks(jobs, _):
+        out = local_output_problems(jobs) + staging_problems(jobs, manifest, settings)
+        return out + (bucket_problems(jobs, *cluster) if cluster else [])
+
+    adm = admit(manifest, settings, cli_defaults, checks=(checks,))
     if not adm.jobs:
         raise ManifestError(f"nothing submitted: every job of {manifest} has a problem", list(adm.problems))
     return list(adm.jobs), list(adm.problems)

@@ -80,6 +80,16 @@ def resolve(name: str, config: str | None) -> tuple[str, str]:
     return run.job_id, run.config
 
 
+def _with_work(cfg: dict, work_uri) -> dict:
+    """The config as this run uses it: the work area given on the command line is the run's, and its bucket is
+    covered like the config's own (the staged inputs go there)."""
+    meta = dict((cfg.get("metadata") or {}).get("s2v") or {})
+    outputs = list(meta.get("output_buckets") or [])
+    if work_uri.bucket:
+        outputs.append(work_uri.bucket)
+    return {**cfg, "metadata": {**(cfg.get("metadata") or {}), "s2v": {**meta, "output_buckets": outputs}}}
+
+
 # --- the Jobs API, through the tunnel -------------------------------------------------------------------
 
 @contextmanager
@@ -124,8 +134,9 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     if not Path(config).is_file():
         raise ConfigError(f"no cluster config at {config}; create one with `s2v cluster init`")
     # everything that can be refused here is refused before the cluster is touched or anything uploaded
-    work_uri = stage.work_area(work, shaped_config(Path(config)), config, os.environ.get("S2V_WORK"))
-    jobs, problems = stage.validate(manifest, settings, cli_defaults)
+    cfg = shaped_config(Path(config))
+    work_uri = stage.work_area(work, cfg, config, os.environ.get("S2V_WORK"))
+    jobs, problems = stage.validate(manifest, settings, cli_defaults, cluster=(_with_work(cfg, work_uri), config))
     if problems and on_problems:
         on_problems(problems)
     head = tunnel.find_head(config)
