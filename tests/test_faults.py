@@ -123,9 +123,12 @@ def test_nan_output_fails_only_that_job(ray_local, drill, settings, tmp_path):
 
 def test_budget_stops_new_chains_and_says_so(ray_local, drill, settings, tmp_path):
     """The budget on a real run (the policy itself: tests/test_policy.py): the job that would pass it is not
-    started, fails with the reason, and the other publishes."""
+    started, fails with the reason, and the other publishes. Clips take the time the estimate says (1 s), so the
+    second chain is refused whether it is weighed while the first renders (committed) or after it (spent): with
+    draft-fast clips, a second actor that came up late under load saw a cheap spend and started it."""
     s = settings.model_copy(update={"budget_usd": 5.0, "price_per_gpu_hour": 3600.0,
-                                    "seconds_per_clip": {"faults": 1.0}, "faults_dir": str(tmp_path / "f")})
+                                    "seconds_per_clip": {"faults": 1.0}, "faults_dir": str(tmp_path / "f"),
+                                    "faults": [{"action": "slow", "seconds": 1.0}]})
     res = _render_to(drill, s, tmp_path / "o")
     assert res.exit_code == 1
     assert sorted(r.status for r in res.jobs.values()) == ["failed", "published"]
