@@ -317,7 +317,7 @@ def loopback_config(tmp_path: Path, *, head_cpus: int = 1, head_gpus: int = 0, m
         # The same mechanism as the real configs (the wheel `s2v cluster up` builds and mounts at ~/s2v-dist),
         # installed without deps into the node's own folder, which comes first on its PYTHONPATH: the test's venv
         # already has the dependencies.
-        "setup_commands": ["find ~/s2v-dist -maxdepth 1 -name '*.whl' ! -name \"$(cat ~/s2v-dist/WHEEL)\" -delete",
+        "setup_commands": ["test -s ~/s2v-dist/WHEEL && find ~/s2v-dist -maxdepth 1 -name '*.whl' ! -name \"$(cat ~/s2v-dist/WHEEL)\" -delete",
                            "rm -rf ~/site && python -m pip install -q --no-deps --no-index --target ~/site "
                            "~/s2v-dist/$(cat ~/s2v-dist/WHEEL)"],
         "head_setup_commands": [], "worker_setup_commands": [],

@@ -585,7 +585,12 @@ def test_cpu_work_is_marked_on_the_head_and_on_no_gpu_type(make):
     assert any(f"{gpu}.resources" in p and "is on a GPU node type" in p for p in _problems(bad))
     bare = copy.deepcopy(cfg)
     del bare["available_node_types"]["head"]["resources"][CPU_WORK_RESOURCE]
+    bare["available_node_types"]["cpu_extra"] = {"resources": {"CPU": 8, CPU_WORK_RESOURCE: 1000},
+                                                 "node_config": {}, "min_workers": 0, "max_workers": 1}
     assert any("head.resources" in p and f"{CPU_WORK_RESOURCE}: 1000" in p for p in _problems(bare))
+    old = copy.deepcopy(cfg)  # a config `init` wrote before one wheel per node
+    old["setup_commands"] = ['uv pip install "s2v-batch[cloud] @ file://$(ls ~/s2v-dist/*.whl)"']
+    assert any("setup_commands[0]" in p and "installs every wheel" in p for p in _problems(old))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -652,8 +657,11 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
                                    "media-lib", "--out", str(gcp)])
     assert res.exit_code == 0, res.output
     script = (tmp_path / "gcp-iam" / "gcp-bucket-grants.sh").read_text()
-    assert "gs://media-lib --member=serviceAccount:s2v-worker@proj-1.iam.gserviceaccount.com " \
-           "--role=roles/storage.objectViewer" in script and "gs://work-b" in script and "objectAdmin" in script
+    for sa in ("s2v-worker", "ray-autoscaler-sa-v1"):  # the head stitches and publishes: it needs them too
+        assert f"gs://media-lib --member=serviceAccount:{sa}@proj-1.iam.gserviceaccount.com " \
+               "--role=roles/storage.objectViewer" in script
+        assert f"gs://work-b --member=serviceAccount:{sa}@proj-1.iam.gserviceaccount.com " \
+               "--role=roles/storage.objectAdmin" in script
     res = CliRunner().invoke(app, ["init", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
                                    str(tmp_path / "bad.yaml"), "--no-resolve-images"])
     assert res.exit_code == 2 and "--input-bucket 'Not A Bucket' is not a bucket name" in res.output

@@ -92,6 +92,7 @@ class FakeRunPod:
         self.interruptible_supported = True
         self.min_bid = 1.49
         self.fail_create: str | None = None  # "502" / "drop": answer garbage after creating; "lost": drop, none made
+        self.unknown_field: str | None = None  # an input field the schema rejects, as graphql-js words it
         self.n = 0
 
     def handle(self, query: str):
@@ -124,6 +125,8 @@ class FakeRunPod:
             return _err("gpuTypeId is required (CPU pods are created with deployCpuPod)")
         if inp.get("globalNetwork") and inp.get("cloudType") != "SECURE":
             return _err("global networking requires Secure Cloud")
+        if self.unknown_field in inp:
+            return _err(f'Field "{self.unknown_field}" is not defined by type "{op[0].upper() + op[1:]}Input".')
         if op == "podRentInterruptable":
             if not self.interruptible_supported:
                 return _err('Cannot query field "podRentInterruptable" on type "Mutation".')
@@ -311,11 +314,15 @@ def test_a_request_runpods_schema_rejects_fails_loudly_instead_of_buying_on_dema
     from infra.clusters.runpod.api import BadRequest, Refused, classify
 
     p = _provider(tmp_path)
-    fake_runpod.interruptible_supported = False  # answers 'Cannot query field "podRentInterruptable" ...'
+    fake_runpod.unknown_field = "bidPerGpu"  # a field the live schema may not have (never checked from here)
     with pytest.raises(PodLaunchError, match="malformed") as ei:
         p.create_node(dict(NC, interruptible=True), {}, 1)
     assert ei.value.category == "RunPodBadRequest" and fake_runpod.ops() == ["podRentInterruptable"]
     assert not p.fallbacks and not fake_runpod.pods
+    # the spot mutation itself gone (RunPod retiring interruptible pods) is no bad request: no spot, so on-demand
+    fake_runpod.unknown_field, fake_runpod.interruptible_supported = None, False
+    (pod,) = p.create_node(dict(NC, interruptible=True), {}, 1)
+    assert fake_runpod.pods[pod]["podType"] == "RESERVED" and p.fallbacks
     assert isinstance(classify('Field "PodRentInterruptableInput.globalNetwork" is not defined by type '
                                '"PodRentInterruptableInput".'), BadRequest)
     assert isinstance(classify("Something went wrong. Please try again later or contact support."), TransientError)

@@ -337,8 +337,12 @@ def test_rows_in_buckets_the_clusters_grants_do_not_cover_are_refused_by_row_and
     m = media.write_manifest(tmp_path / "m.yaml", [
         {"id": "a", "audio": "s3://media-lib/talks/a.wav", "output": "s3://pub-site/out"},
         {"id": "b", "audio": "s3://strangers/b.wav", "output": "s3://pub-site/out"},
-        {"id": "c", "audio": "v.wav", "output": "s3://media-lib/out"}], {"image": "p.png"})
-    cfg = loopback_config(tmp_path, metadata={"s2v": {"input_buckets": ["media-lib"], "output_buckets": ["pub-site"]}})
+        {"id": "c", "audio": "v.wav", "output": "s3://media-lib/out"},
+        {"id": "d", "audio": "v.wav", "output": "s3://pub-site/out", "model_dir": "s3://strangers/wan"}],
+        {"image": "p.png"})
+    # as a user may write the list by hand: a URI names its bucket
+    cfg = loopback_config(tmp_path, metadata={"s2v": {"input_buckets": ["s3://media-lib"],
+                                                      "output_buckets": ["pub-site"]}})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
@@ -346,6 +350,34 @@ def test_rows_in_buckets_the_clusters_grants_do_not_cover_are_refused_by_row_and
     assert "(job #2) field 'audio': bucket 'strangers' is not one the nodes of" in text and "--input-bucket strangers" in text
     assert "(job #3) field 'output': bucket 'media-lib' is not one the nodes of" in text  # read-only for the nodes
     assert "(job #1) field 'audio': bucket" not in text and "field 'output': bucket 'pub-site'" not in text
+    assert "(job #4) field 'model_dir': bucket 'strangers'" in text  # the GPU nodes' weight sync reads it
+
+    from infra.clusters.runpod.provider import RunPodNodeProvider  # noqa: F401 — the module RunPod configs name
+    from orchestrator.intake.manifest import load_manifest
+    from orchestrator.remote.stage import bucket_problems
+    from core.settings import Settings
+
+    runpod = {"provider": {"type": "external", "module": "infra.clusters.runpod.provider.RunPodNodeProvider"},
+              "metadata": {"s2v": {"work": "s3://b/w"}}}
+    jobs = load_manifest(str(m), None, Settings()).jobs
+    assert bucket_problems(jobs, runpod, "runpod.yaml") == []  # pods use the user's own keys: no grants to check
+
+
+def test_cpu_tasks_larger_than_the_head_are_refused_before_anything_is_submitted(tmp_path, env, run_cli, capsys,
+                                                                                monkeypatch):
+    """CPU tasks run only on the node marked for CPU work (the head): one asking for more CPUs than it has would
+    never start, and the run would wait forever."""
+    media.presenter(tmp_path / "p.png", size=64)
+    pcm, _ = media.speech([(0.5, 0)], seed=1)
+    media.write_wav(tmp_path / "v.wav", pcm)
+    m = media.write_manifest(tmp_path / "m.yaml", [{"id": "a", "audio": "v.wav"}], {"image": "p.png",
+                                                                                   "output": "s3://b/out"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(loopback_config(tmp_path, head_cpus=2)))
+    monkeypatch.setenv("S2V_ASR_CPUS", "8")
+    assert run_cli("render", "--cluster", path, m, "--work", "s3://b/w") == 2
+    text = _text(capsys)
+    assert "asr_cpus = 8 but the nodes of" in text and "have 2 CPUs" in text
 
 
 def test_default_gpus_and_forwarded_env():

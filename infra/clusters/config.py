@@ -225,11 +225,32 @@ def _check_cpu_work(probs: ProblemList, types: dict, head) -> None:
             probs.add(f"available_node_types.{name}.resources", CPU_WORK_RESOURCE,
                       "is on a GPU node type: stitching and publishing would run on GPU (spot) nodes, be preempted "
                       "there and keep them from going idle", f"remove {CPU_WORK_RESOURCE} from {name}")
-    if head in res and not any(r.get(CPU_WORK_RESOURCE) for r in res.values()):
+    # on the head itself: the runtime asks the live cluster once whether the marker exists, and with workers
+    # starting at zero only the head is sure to be there
+    if head in res and not res[head].get(CPU_WORK_RESOURCE):
         probs.add(f"available_node_types.{head}.resources", CPU_WORK_RESOURCE,
-                  "missing: no node type is marked for a run's CPU work, so once the head's CPUs are busy stitching "
+                  "missing: the head is not marked for a run's CPU work, so once its CPUs are busy stitching "
                   "spills onto GPU nodes", f"{CPU_WORK_RESOURCE}: {CPU_WORK_SLOTS} in the head's resources "
                   "(`s2v cluster init` writes it)")
+
+
+def cpu_work_cpus(cfg: dict[str, Any]) -> float:
+    """The most CPUs a node marked for CPU work has: no CPU task of a run may ask for more (it would never run)."""
+    types = cfg.get("available_node_types") or {}
+    return max((float(((nt or {}).get("resources") or {}).get("CPU", 0)) for nt in types.values()
+                if ((nt or {}).get("resources") or {}).get(CPU_WORK_RESOURCE)), default=0.0)
+
+
+def _check_installs(probs: ProblemList, cfg: dict) -> None:
+    """A config written before one wheel per node: `$(ls ~/s2v-dist/*.whl)` names every wheel the node holds."""
+    keys = ("setup_commands", "head_setup_commands", "worker_setup_commands")
+    for key in keys:
+        for i, cmd in enumerate(cfg.get(key) or []):
+            if "s2v-dist/*.whl" in str(cmd):
+                probs.add(f"{key}[{i}]", None, "installs every wheel in ~/s2v-dist: after a version bump the node "
+                          "holds old ones too (Ray's sync never deletes) and the install fails", "install "
+                          "\"file://$HOME/s2v-dist/$(cat ~/s2v-dist/WHEEL)\" as the shipped templates do "
+                          "(`s2v cluster init --force` rewrites the config)")
 
 
 def check_node_configs(cfg: dict[str, Any], allow_placeholders: bool = True) -> ProblemList:
@@ -250,6 +271,7 @@ def check_node_configs(cfg: dict[str, Any], allow_placeholders: bool = True) -> 
     if types and not gpu_types:
         probs.add("available_node_types", None, "no node type offers a GPU", "the render actors need GPU nodes")
     _check_cpu_work(probs, types, head)
+    _check_installs(probs, cfg)
     _check_metadata(probs, cfg)
     _check_dashboard(probs, cfg)
     if not allow_placeholders:

@@ -41,9 +41,14 @@ def covered(cfg: dict[str, Any]) -> tuple[set[str], set[str]]:
     (metadata.s2v.model_dir) is read by every GPU node's weight sync."""
     meta = (cfg.get("metadata") or {}).get("s2v") or {}
     work = {work_bucket(cfg)} - {None}
-    outputs = set(meta.get(OUTPUT_KEY) or []) | work
+    outputs = _names(meta.get(OUTPUT_KEY)) | work
     weights = re.match(r"(s3|gs)://([^/]+)", str(meta.get("model_dir") or ""))
-    return set(meta.get(INPUT_KEY) or []) | outputs | ({weights.group(2)} if weights else set()), outputs
+    return _names(meta.get(INPUT_KEY)) | outputs | ({weights.group(2)} if weights else set()), outputs
+
+
+def _names(listed) -> set[str]:
+    """Bucket names from a hand-edited list too: `s3://media-lib/x` and `media-lib` are the same bucket."""
+    return {re.sub(r"^(s3|gs)://", "", str(b).strip()).split("/", 1)[0] for b in listed or []}
 
 
 def aws_policies(cfg: dict[str, Any]) -> dict[str, dict]:
@@ -66,11 +71,12 @@ def aws_policies(cfg: dict[str, Any]) -> dict[str, dict]:
 
 
 def gcp_grants(cfg: dict[str, Any], project: str) -> str:
-    """The gcloud commands that give the worker service account each bucket (objectAdmin or objectViewer)."""
+    """The gcloud commands that give each bucket (objectAdmin or objectViewer) to the workers' service account and
+    to the head's (Ray's `ray-autoscaler-sa-v1`: stitching and publishing run on the head)."""
     readable, writable = covered(cfg)
-    member = f"serviceAccount:s2v-worker@{project}.iam.gserviceaccount.com"
-    lines = [f"gcloud storage buckets add-iam-policy-binding gs://{b} --member={member} --role=roles/storage."
-             f"{'objectAdmin' if b in writable else 'objectViewer'}" for b in sorted(readable)]
+    lines = [f"gcloud storage buckets add-iam-policy-binding gs://{b} --member=serviceAccount:{sa}@{project}"
+             f".iam.gserviceaccount.com --role=roles/storage.{'objectAdmin' if b in writable else 'objectViewer'}"
+             for b in sorted(readable) for sa in ("s2v-worker", "ray-autoscaler-sa-v1")]
     return "\n".join(lines) + "\n"
 
 

@@ -171,7 +171,8 @@ def _refuse_to_restart_under_jobs(config: Path, cfg: dict) -> None:
         rows = submit.list_jobs(str(config))
     except S2VError as e:
         raise ClusterError(f"cannot tell whether jobs run on {config} ({e}), and `up` would restart Ray under "
-                           f"them: {ways}") from e
+                           f"them: {ways}. A head whose setup failed has no Jobs API to ask: `up --force` repairs "
+                           "it") from e
     live = [r for r in rows if r["status"] in ("RUNNING", "PENDING")]
     if live:
         names = ", ".join(f"{r['run'] or r['job']} ({r['status'].lower()})" for r in live)

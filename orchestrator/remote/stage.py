@@ -90,12 +90,15 @@ def staging_problems(jobs, manifest: str, settings) -> list[Problem]:
 def bucket_problems(jobs, cfg: dict, config: str) -> list[Problem]:
     """One problem per object-store location of a row whose bucket the cluster's grants do not cover: the head
     would reject the row after upload, or a node would fail on it mid-run."""
+    from infra.clusters.config import provider_of
     from infra.clusters.iam import INPUT_KEY, OUTPUT_KEY, covered
 
+    if provider_of(cfg) == "runpod":
+        return []  # pods use the user's own object-store keys: no grants of ours to check against
     readable, writable = covered(cfg)
     out = []
     for job in jobs:
-        for name in (*STAGED_FIELDS, "output"):
+        for name in (*STAGED_FIELDS, "model_dir", "output"):
             v = getattr(job, name, None)
             if not v or v == "auto" or parse(v).scheme not in ("s3", "gs"):
                 continue

@@ -80,6 +80,20 @@ def resolve(name: str, config: str | None) -> tuple[str, str]:
     return run.job_id, run.config
 
 
+def _check_cpu_tasks_fit(cfg: dict, config: str, settings) -> None:
+    """A CPU task may run only where the CPU-work marker is (the head): one asking for more CPUs than that node has
+    would wait forever, and the run with it."""
+    from infra.clusters.config import cpu_work_cpus
+
+    room = cpu_work_cpus(cfg)
+    for name in ("stitch_cpus", "asr_cpus"):
+        want = float(getattr(settings, name))
+        if room and want > room:
+            raise ConfigError(f"{name} = {want:g} but the nodes of {config} that take a run's CPU work (the head) "
+                              f"have {room:g} CPUs: such a task could never start; set S2V_{name.upper()} to at "
+                              f"most {room:g}, or give the head type a larger instance")
+
+
 def _with_work(cfg: dict, work_uri) -> dict:
     """The config as this run uses it: the work area given on the command line is the run's, and its bucket is
     covered like the config's own (the staged inputs go there)."""
@@ -135,6 +149,7 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
         raise ConfigError(f"no cluster config at {config}; create one with `s2v cluster init`")
     # everything that can be refused here is refused before the cluster is touched or anything uploaded
     cfg = shaped_config(Path(config))
+    _check_cpu_tasks_fit(cfg, config, settings)
     work_uri = stage.work_area(work, cfg, config, os.environ.get("S2V_WORK"))
     jobs, problems = stage.validate(manifest, settings, cli_defaults, cluster=(_with_work(cfg, work_uri), config))
     if problems and on_problems:

@@ -62,6 +62,9 @@ _TRANSIENT_ERROR_RE = re.compile(r"internal server error|something went wrong|tr
 def classify(message: str) -> Exception:
     """A deploy's GraphQL error as what it means for the launch: BadRequest (fix the config or s2v; never fall
     back), TransientError (the pod may exist: look it up, never resend) or Refused (no pod: fall back)."""
+    if re.search(r'Cannot query field "podRentInterruptable"', message):
+        # the mutation itself is gone: RunPod retired interruptible pods, so there is no spot to ask for
+        return Refused(f"RunPod no longer offers interruptible pods ({message})")
     if _SCHEMA_ERROR_RE.search(message):
         return BadRequest(message)
     if _TRANSIENT_ERROR_RE.search(message):
