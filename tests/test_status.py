@@ -62,6 +62,13 @@ def test_status_after_a_finished_run(ray_local, assets, tmp_path, env, run_cli, 
     assert run_cli("status", "--work", tmp_path / "empty-work") == 2
 
 
+def _why_not(p: subprocess.Popen, state_file: Path, log: Path | None = None) -> str:
+    """What a test that waited for a rendered clip saw instead: the driver's exit, its state, its last output."""
+    state = state_file.read_text()[-1500:] if state_file.exists() else "(no state file)"
+    out = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    return f"the driver never recorded a rendered clip; exit {p.poll()}; state: {state}; output: {out}"
+
+
 def _rendered_some(state_file: Path) -> bool:
     """The driver's state (written at most every 2 s) records a rendered clip of an unfinished job."""
     try:
@@ -80,15 +87,17 @@ def test_status_after_the_driver_was_sigkilled(assets, tmp_path, env, run_cli, c
                               "output": str(tmp_path / "out"), "max_scene_s": 25})
     run_env = {**os.environ, "S2V_GPUS": "1", "S2V_FAULTS_DIR": str(tmp_path / "faults"),
                "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 2.0}])}  # 4 clips: ~8 s
-    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "render", str(m), "--no-progress",
-                          "--run-id", "doomed"], cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "driver.log"
+    with log.open("w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "render", str(m), "--no-progress",
+                              "--run-id", "doomed"], cwd=ROOT, env=run_env, stdout=fh, stderr=subprocess.STDOUT,
+                             start_new_session=True)
     state_file = env / "runs" / "doomed" / "state.json"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None and not _rendered_some(state_file):
             time.sleep(0.05)
-        assert _rendered_some(state_file), "the driver never recorded a rendered clip"
+        assert _rendered_some(state_file), _why_not(p, state_file, log)
         os.killpg(p.pid, signal.SIGKILL)  # the driver and its private Ray, nothing else
     finally:
         p.wait(timeout=30)
@@ -133,7 +142,10 @@ def test_ctrl_c_records_the_run_writes_its_report_and_sends_its_webhook(assets, 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None and not _rendered_some(state_file):
             time.sleep(0.05)
-        assert _rendered_some(state_file), "the driver never recorded a rendered clip"
+        if not _rendered_some(state_file):
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate(timeout=30)
+            raise AssertionError(_why_not(p, state_file) + out[-3000:])
         os.killpg(p.pid, signal.SIGINT)
         out, _ = p.communicate(timeout=120)
     finally:
