@@ -132,11 +132,14 @@ def test_ctrl_c_records_the_run_writes_its_report_and_sends_its_webhook(assets, 
     run_env = {**os.environ, "S2V_GPUS": "1", "S2V_FAULTS_DIR": str(tmp_path / "faults"),
                "S2V_FAULTS": json.dumps([{"action": "slow", "seconds": 2.0}]), "S2V_WEBHOOK_URL": rec.url}
     # a shell without job control starts its background children with SIGINT ignored, and Python keeps an
-    # ignored SIGINT: give the driver the default disposition a terminal's foreground process has
-    p = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "render", str(m), "--no-progress",
+    # ignored SIGINT: give the driver the handler a terminal's foreground Python has. Set in the child after exec,
+    # not by preexec_fn: a fork of this multi-threaded test process once hung in preexec_fn on a lock another
+    # thread held at fork time, and the whole suite with it.
+    prelude = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv = ['s2v', *sys.argv[1:]]; runpy.run_module('orchestrator.cli', run_name='__main__')")
+    p = subprocess.Popen([sys.executable, "-c", prelude, "render", str(m), "--no-progress",
                           "--run-id", "stopped"], cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     state_file = env / "runs" / "stopped" / "state.json"
     try:
         deadline = time.monotonic() + 120
