@@ -22,18 +22,27 @@ READ = ["s3:GetObject"]
 READ_WRITE = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 
 
+def _cut(value) -> str:
+    """`s3://media-lib/x`, `gs://media-lib` and `media-lib` all name the bucket `media-lib`."""
+    return re.sub(r"^(s3|gs)://", "", str(value).strip()).split("/", 1)[0]
+
+
+def _uri_bucket(value) -> str | None:
+    """The bucket of an s3:// or gs:// URI; None for anything else (a node path, nothing)."""
+    m = re.match(r"(s3|gs)://([^/]+)", str(value or ""))
+    return m.group(2) if m else None
+
+
 def bucket_name(value: str, what: str) -> str:
     """A bare bucket name (an s3:// or gs:// URI is cut to its bucket), checked."""
-    name = re.sub(r"^(s3|gs)://", "", value.strip()).split("/", 1)[0]
+    name = _cut(value)
     if not _BUCKET_RE.match(name):
         raise ConfigError(f"{what} {value!r} is not a bucket name (3-63 of a-z 0-9 . _ -)")
     return name
 
 
 def work_bucket(cfg: dict[str, Any]) -> str | None:
-    work = str(((cfg.get("metadata") or {}).get("s2v") or {}).get("work") or "")
-    m = re.match(r"(s3|gs)://([^/]+)", work)
-    return m.group(2) if m else None
+    return _uri_bucket(((cfg.get("metadata") or {}).get("s2v") or {}).get("work"))
 
 
 def covered(cfg: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -42,13 +51,13 @@ def covered(cfg: dict[str, Any]) -> tuple[set[str], set[str]]:
     meta = (cfg.get("metadata") or {}).get("s2v") or {}
     work = {work_bucket(cfg)} - {None}
     outputs = _names(meta.get(OUTPUT_KEY)) | work
-    weights = re.match(r"(s3|gs)://([^/]+)", str(meta.get("model_dir") or ""))
-    return _names(meta.get(INPUT_KEY)) | outputs | ({weights.group(2)} if weights else set()), outputs
+    weights = {_uri_bucket(meta.get("model_dir"))} - {None}
+    return _names(meta.get(INPUT_KEY)) | outputs | weights, outputs
 
 
 def _names(listed) -> set[str]:
     """Bucket names from a hand-edited list too: `s3://media-lib/x` and `media-lib` are the same bucket."""
-    return {re.sub(r"^(s3|gs)://", "", str(b).strip()).split("/", 1)[0] for b in listed or []}
+    return {_cut(b) for b in listed or []}
 
 
 def aws_policies(cfg: dict[str, Any]) -> dict[str, dict]:
