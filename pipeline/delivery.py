@@ -74,7 +74,18 @@ def plain_master(m: Master, tmpd: Path) -> Path:
     """The master's video and audio only (a published master that carried captions, without them)."""
     dest = tmpd / "plain-master.mp4"
     run_ffmpeg(["-nostdin", "-v", "error", "-y", "-i", str(m.path), "-map", "0:v:0", "-map", "0:a:0", "-c", "copy",
-                *rd.BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(dest)], what="master without captions")
+                "-map_chapters", "-1", *rd.BITEXACT, "-movflags", "+faststart", "-f", "mp4", str(dest)],
+               what="master without captions")
+    return dest
+
+
+def chaptered(src: Path, ffmetadata: str, dest: Path) -> Path:
+    """`src` with MP4 chapters (every stream copied, bit-exact)."""
+    from pipeline.chapters import with_chapters_argv
+
+    meta = dest.with_suffix(".ffmeta")
+    meta.write_text(ffmetadata, encoding="utf-8")
+    run_ffmpeg(with_chapters_argv(str(src), str(meta), str(dest)), what=f"chapters into {src.name}")
     return dest
 
 

@@ -218,7 +218,8 @@ def rendition_argv(j: VideoJob) -> list[str]:
             "-c:v", "libx264", "-preset", j.preset, *rate, "-profile:v", "high", "-pix_fmt", "yuv420p",
             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
             "-force_key_frames", f"expr:gte(t,n_forced*{j.keyint_s:g})", *COLOUR,
-            "-c:a", "copy", *subs, *BITEXACT, "-movflags", "+faststart", "-f", j.container, j.dest]
+            "-c:a", "copy", *subs, "-map_chapters", "-1", *BITEXACT, "-movflags", "+faststart", "-f", j.container,
+            j.dest]
 
 
 def soft_captions_argv(master: str, vtt: str, dest: str, language3: str) -> list[str]:
@@ -226,7 +227,7 @@ def soft_captions_argv(master: str, vtt: str, dest: str, language3: str) -> list
     return ["-nostdin", "-v", "error", "-y", "-i", master, "-i", vtt, "-map", "0:v:0", "-map", "0:a:0",
             "-map", "1:s:0", "-c:v", "copy", "-c:a", "copy", "-c:s", "mov_text",
             "-metadata:s:s:0", f"language={language3}", "-disposition:s:0", "0",
-            *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
+            "-map_chapters", "-1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
 
 
 def burned_master_argv(master: str, ass: str, dest: str, frames: int, crf: int, preset: str,
@@ -242,7 +243,7 @@ def burned_master_argv(master: str, ass: str, dest: str, frames: int, crf: int, 
         subs = ["-c:s", "mov_text", "-metadata:s:s:0", f"language={language3}", "-disposition:s:0", "0"]
     return [*argv, *maps, "-vf", vf + ",format=yuv420p", "-frames:v", str(frames), "-c:v", "libx264",
             "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", *COLOUR, "-c:a", "copy", *subs,
-            *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
+            "-map_chapters", "-1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", dest]
 
 
 # ---------- HLS ----------

@@ -49,7 +49,9 @@ def known_names(plan: JobPlan) -> list[Uri]:
     if job.captions:
         names.append(base.join(f"{job.id}.vtt"))
     names += [base.join(f"{job.id}.{r.name}.mp4") for r in job.renditions if r.format == "mp4"]
-    return names
+    from orchestrator.deliver.lesson import names as lesson_names, wanted
+
+    return names + [lesson_names(plan)[n] for n in wanted(plan)]
 
 
 def published_key(plan: JobPlan, settings: Settings) -> str | None:

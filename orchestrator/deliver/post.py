@@ -13,10 +13,12 @@ from core.errors import RenderError, S2VError
 from core.settings import Settings
 from infra.storage import Uri, parse, storage_for
 from orchestrator.intake.delivery_fields import alpha3
+from orchestrator.deliver import lesson
 from orchestrator.deliver.outputs import output_uris
 from orchestrator.intake.inputs import local_path, sha256_file
 from orchestrator.plan.records import JobPlan
 from pipeline import captions as cap
+from pipeline import chapters as chap
 from pipeline import delivery as dv
 
 POST_VERSION = "1"  # bump when what the post step writes changes: every rendition key changes with it
@@ -58,27 +60,30 @@ def _encoding_id(settings: Settings) -> list:
 
 def master_key(plan: JobPlan, settings: Settings, ckey: str | None) -> str | None:
     """None: the master is the stitch's output, untouched."""
-    if ckey is None:
+    chapters = lesson.chapters_id(plan)
+    if ckey is None and chapters is None:
         return None
     burn = plan.job.captions_burn
-    return _h({"job": plan.key, "captions": ckey, "burn": burn, "enc": _encoding_id(settings) if burn else None})
+    return _h({"job": plan.key, "captions": ckey, "burn": burn, "enc": _encoding_id(settings) if burn else None,
+               **({"chapters": chapters} if chapters else {})})
 
 
 def rendition_key(plan: JobPlan, r, ckey: str | None, settings: Settings) -> str:
     # an MP4 carries the captions as a track; an HLS variant only when they are burned (else they are a group)
     uses_captions = ckey if (r.format == "mp4" or plan.job.captions_burn) else None
+    chapters = lesson.chapters_id(plan) if r.format == "mp4" else None  # MP4 chapters; HLS players use the track
     return _h({"job": plan.key, "r": r.model_dump(), "captions": uses_captions, "burn": plan.job.captions_burn,
-               "enc": _encoding_id(settings), "post": POST_VERSION})
+               "enc": _encoding_id(settings), "post": POST_VERSION, **({"chapters": chapters} if chapters else {})})
 
 
 def post_key(plan: JobPlan, settings: Settings) -> str | None:
-    """The whole post step's key; None when the job asks for neither captions nor renditions."""
+    """The whole post step's key; None when the job asks for none of it (captions, renditions, chapters, package)."""
     job = plan.job
-    if not job.captions and not job.renditions:
+    if not job.captions and not job.renditions and not job.chapters and job.package == "none":
         return None
     ckey = caption_key(plan, settings)
-    return _h({"master": master_key(plan, settings, ckey), "captions": ckey,
-               "renditions": [rendition_key(plan, r, ckey, settings) for r in job.renditions]})
+    mkey, rkeys = master_key(plan, settings, ckey), [rendition_key(plan, r, ckey, settings) for r in job.renditions]
+    return _h({"master": mkey, "captions": ckey, "renditions": rkeys, **lesson.key_parts(plan, ckey, mkey, rkeys)})
 
 
 def post_current(plan: JobPlan, settings: Settings) -> bool:
@@ -152,6 +157,17 @@ def _encoding(settings: Settings) -> dv.Encoding:
                        style=cap.BurnStyle(font=settings.caption_font), fonts_dir=settings.caption_fonts_dir)
 
 
+def _master(m: dv.Master, cues, lang3: str | None, burn: bool, ffmeta: str | None, tmpd: Path, enc: dv.Encoding,
+            republish: bool) -> Path:
+    """The master to publish: the stitch's, + a captions track (or burned captions), + MP4 chapters."""
+    master = m.path
+    if cues:
+        master = dv.captioned_master(m, cues, lang3, burn, tmpd, enc)
+    elif republish:
+        master = dv.plain_master(m, tmpd)  # captions (or chapters) were dropped from the job
+    return dv.chaptered(master, ffmeta, tmpd / "chaptered-master.mp4") if ffmeta else master
+
+
 def _folder_files(folder: Path, base: Uri, rel: str) -> list[tuple[Path, Uri]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     # the playlist after its segments: it never names a segment that is not there yet
@@ -160,13 +176,10 @@ def _folder_files(folder: Path, base: Uri, rel: str) -> list[tuple[Path, Uri]]:
 
 
 def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmpd: Path,
-            previous: dict | None = None, asr_ready=None) -> Delivery:
-    """Captions and renditions for one job from its stitched master. previous: the published sidecar — its
-    outputs whose keys still match are kept, not rebuilt."""
-    t0 = time.monotonic()
-    job = plan.job
-    base = parse(job.output)
-    enc = _encoding(settings)
+            previous: dict | None = None, asr_ready=None, poster: Path | None = None) -> Delivery:
+    """Captions, renditions, chapters, transcripts and package for one job from its stitched master. previous:
+    the published sidecar — its outputs whose keys still match are kept, not rebuilt."""
+    t0, job, base, enc = time.monotonic(), plan.job, parse(plan.job.output), _encoding(settings)
     m = dv.Master.of(master_file, plan.fps, plan.duration_s)
     prev_post = (previous or {}).get("post") or {}
     prev_r = {r["name"]: r for r in (previous or {}).get("renditions") or []}
@@ -184,12 +197,10 @@ def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmp
         out.meta["captions"] = {"source": "auto" if job.captions_auto else "file",
                                 "input": None if job.captions_auto else job.captions, "language": job.caption_language,
                                 "burned": job.captions_burn, "cues": len(cues), "key": ckey, "uri": outputs["vtt"]}
-    if previous is not None and prev_post.get("master_key") == mkey:
-        out.master = None  # unchanged: the published master stays
-    elif cues:
-        out.master = dv.captioned_master(m, cues, lang3, job.captions_burn, tmpd, enc)
-    elif previous is not None:
-        out.master = dv.plain_master(m, tmpd)  # captions were dropped from the job
+    ffmeta = chap.write_ffmetadata(job.chapters, plan.duration_s) if job.chapters else None
+    unchanged = previous is not None and prev_post.get("master_key") == mkey  # the published master stays
+    out.master = None if unchanged else _master(m, cues, lang3, job.captions_burn, ffmeta, tmpd, enc,
+                                                previous is not None)
     audio = dv.AudioTargets(str(local_path(job.audio, settings)), tmpd, enc.audio_bitrate)
     entries, first_pts = [], None
     for r in job.renditions:
@@ -203,6 +214,8 @@ def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmp
                                             burn=job.captions_burn)
         info["key"] = rkey
         if r.format == "mp4":
+            if ffmeta:
+                encoded = dv.chaptered(encoded, ffmeta, tmpd / f"chaptered-{r.name}.mp4")
             rel = f"{job.id}.{r.name}.mp4"
             out.files.append((encoded, base.join(rel)))
             info["uri"] = str(base.join(rel))
@@ -225,7 +238,7 @@ def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmp
             folder = tmpd / "hls" / rel
             dv.hls_subtitles(cues, plan.duration_s, enc.segment_s, first_pts or 0.0, folder)
             out.files += _folder_files(folder, base, f"{job.id}.hls/{rel}")
-            subs = (f"{rel}/index.m3u8", job.caption_language, _language_name(job.caption_language))
+            subs = (f"{rel}/index.m3u8", job.caption_language, lesson.language_name(job.caption_language))
         variants = [dv.rd.Variant(e["playlist"], e["bandwidth"], e["average_bandwidth"], e["width"], e["height"],
                                   e["fps"], e["codecs"]) for e in hls]
         playlist = tmpd / "master.m3u8"
@@ -235,23 +248,10 @@ def deliver(plan: JobPlan, settings: Settings, work: str, master_file: Path, tmp
         out.meta["hls"] = {"master": outputs["hls"], "segment_s": enc.segment_s,
                            "subtitles": bool(subs), "variants": [e["name"] for e in hls]}
     out.meta["renditions"] = entries
+    lesson.add(plan, settings, out, cues, out.master or m.path, tmpd, poster, outputs)
     out.meta["post"] = {"key": post_key(plan, settings), "master_key": mkey, "post_s": round(time.monotonic() - t0, 3)}
     out.meta["delivered"] = outputs
     return out
-
-
-def _language_name(tag: str) -> str:
-    """The language's own name for the player's subtitle menu ('English (United States)', 'português (Brasil)')."""
-    import importlib.util
-
-    import langcodes
-
-    if importlib.util.find_spec("language_data") is None:  # langcodes prints a warning before it raises
-        return tag
-    try:
-        return langcodes.Language.get(tag).display_name(tag).replace('"', "'")
-    except LookupError:
-        return tag
 
 
 def _still_there(entry: dict, settings: Settings) -> bool:

@@ -129,7 +129,7 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
         meta = sidecar(plan, res, {"stitch_s": round(t_stitch, 3)}, stats)
         meta["outputs"] = {k: str(u) for k, u in uris.items()}
         # delivery: captions + renditions from the stitched master (orchestrator/post.py)
-        post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready)
+        post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready, poster=res.poster)
         meta.update(post.meta)
         meta["outputs"].update(post.meta["delivered"])
         files = [(post.master, uris["mp4"]), (res.poster, uris["jpg"]), *post.files]

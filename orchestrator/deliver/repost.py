@@ -14,13 +14,23 @@ from infra.storage import storage_for
 from orchestrator.workarea.layout import WorkArea
 from orchestrator.plan.records import JobPlan
 from orchestrator.deliver.outputs import files_record, output_uris, publish_owned
-from orchestrator.deliver.post import STATS_KEYS, deliver
+from orchestrator.deliver.post import STATS_KEYS, caption_key, deliver, master_key, rendition_key
 
 
 
 def _clips_complete(plan: JobPlan, work: WorkArea) -> bool:
     done = work.done_clips(plan.key)
     return all(len(done.get(s.index, ())) >= len(s.clips) for s in plan.scenes)
+
+
+def _needs_clean_master(plan: JobPlan, settings: Settings, previous: dict) -> bool:
+    """Whether this post step encodes pictures (a new master or rendition); a change that encodes none — a
+    package, a transcript, a chapters track — works from the published files and needs no clips."""
+    ckey = caption_key(plan, settings)
+    if (previous.get("post") or {}).get("master_key") != master_key(plan, settings, ckey):
+        return True
+    kept = {r.get("name"): r.get("key") for r in previous.get("renditions") or []}
+    return any(kept.get(r.name) != rendition_key(plan, r, ckey, settings) for r in plan.job.renditions)
 
 
 def repost(plan: JobPlan, settings: Settings, work: str, lease: str | None = None) -> dict:
@@ -31,7 +41,7 @@ def repost(plan: JobPlan, settings: Settings, work: str, lease: str | None = Non
     uris = output_uris(plan)
     st = storage_for(uris["json"], settings)
     previous = json.loads(st.read_bytes(uris["json"]))
-    if (previous.get("captions") or {}).get("burned"):
+    if (previous.get("captions") or {}).get("burned") and _needs_clean_master(plan, settings, previous):
         # the published master has open captions: a clean one comes from the clips, by stream copy
         wa = WorkArea.at(work, settings)
         if not _clips_complete(plan, wa):

@@ -1,17 +1,30 @@
-"""The job fields of the delivery step (captions, renditions), mixed into JobSpec; validated like every field."""
+"""The job fields of the delivery step (captions, renditions, chapters, packages), mixed into JobSpec; validated
+like every field."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from pipeline.chapters import Chapter, check_order
 from pipeline.renditions import Rendition
 
 BCP47_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 AUTO = "auto"
+PACKAGES = ("scorm12", "scorm2004")
+
+
+def _yaml_cell(v: Any, what: str) -> Any:
+    """A CSV cell or --set value holding a list in YAML flow form, e.g. [{at: 0, title: Intro}]."""
+    if isinstance(v, str):
+        try:
+            return yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ValueError(f"not a YAML list of {what}: {e}") from None
+    return v
 
 
 def language_tag(v: str) -> str:
@@ -39,12 +52,17 @@ def alpha3(tag: str) -> str:
 
 
 class DeliveryFields(BaseModel):
-    """Captions and renditions of a job: they change the post step's outputs, never the job key."""
+    """Captions, renditions, chapters and packages of a job: they change the post step's outputs, never the job
+    key."""
 
+    title: str | None = Field(None, max_length=200)  # the lesson's title in players, packages, transcripts (default: id)
     captions: str | None = Field(None, description="SRT/WebVTT path or URI, or 'auto' (speech recognition).")
     caption_language: str = "en"
     captions_burn: bool = False
     renditions: tuple[Rendition, ...] = ()
+    chapters: tuple[Chapter, ...] = ()
+    package: Literal["none", "scorm12", "scorm2004"] = "none"
+    package_completion: float = Field(0.9, gt=0, le=1)  # share of the lesson watched that counts as completed
 
     @field_validator("caption_language")
     @classmethod
@@ -63,11 +81,7 @@ class DeliveryFields(BaseModel):
     def _renditions(cls, v: Any) -> Any:
         if v is None:
             return ()
-        if isinstance(v, str):  # a CSV cell or --set value: YAML flow, e.g. [{name: hd, height: 720}]
-            try:
-                v = yaml.safe_load(v)
-            except yaml.YAMLError as e:
-                raise ValueError(f"not a YAML list of renditions: {e}") from None
+        v = _yaml_cell(v, "renditions")  # e.g. [{name: hd, height: 720}]
         if isinstance(v, dict):
             v = [v]
         if not isinstance(v, (list, tuple)):
@@ -81,6 +95,36 @@ class DeliveryFields(BaseModel):
             raise ValueError(f"rendition name(s) {', '.join(dup)} used twice; names must be unique in a job")
         return v
 
+    @field_validator("chapters", mode="before")
+    @classmethod
+    def _chapters(cls, v: Any) -> Any:
+        if v is None or v == "":
+            return ()
+        v = _yaml_cell(v, "chapters")
+        if not isinstance(v, (list, tuple)) or not all(isinstance(c, (dict, Chapter)) for c in v):
+            raise ValueError("must be a list of chapters, each a mapping {at: seconds or mm:ss, title: text}")
+        return v
+
+    @field_validator("chapters")
+    @classmethod
+    def _in_order(cls, v: tuple[Chapter, ...]) -> tuple[Chapter, ...]:
+        return check_order(v)
+
+    @field_validator("package", mode="before")
+    @classmethod
+    def _package(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none")):
+            return "none"
+        if isinstance(v, str) and v.strip().lower().replace(" ", "").replace("_", "") in PACKAGES:
+            return v.strip().lower().replace(" ", "").replace("_", "")
+        raise ValueError(f"{v!r} is not a package kind: use scorm12 (SCORM 1.2), scorm2004 (4th edition) or none")
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, v: str | None) -> str | None:
+        v = " ".join(v.split()) if isinstance(v, str) else v
+        return v or None
+
     @property
     def captions_auto(self) -> bool:
         return self.captions == AUTO
@@ -88,4 +132,6 @@ class DeliveryFields(BaseModel):
     def delivery_spec(self) -> dict:
         """What the post step must produce (canonical: part of the rendition keys)."""
         return {"captions": self.captions, "language": self.caption_language, "burn": self.captions_burn,
-                "renditions": [r.model_dump() for r in self.renditions]}
+                "renditions": [r.model_dump() for r in self.renditions],
+                "chapters": [c.model_dump() for c in self.chapters], "package": self.package,
+                "completion": self.package_completion}

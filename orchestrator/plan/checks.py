@@ -177,6 +177,13 @@ def check_captions(job, audio_s: float, settings: Settings) -> list[Problem]:
     return []
 
 
+def check_chapters(job, audio_s: float) -> list[Problem]:
+    """Chapters that start at or after the audio's end: they would never show (named, not dropped)."""
+    late = [c for c in job.chapters if c.at >= audio_s]
+    return [Problem(job.source or job.id, "chapters", f"chapter {c.title!r} starts at {c.at:g} s, at or after the "
+                    f"end of the audio ({audio_s:.2f} s)", "give chapter times inside the lesson") for c in late]
+
+
 def clear_caches() -> None:
     """Forget remembered image checks (tests that rewrite a file within one mtime tick)."""
     for f in (_decode_bytes, _image_size_cached):

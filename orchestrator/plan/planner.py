@@ -15,7 +15,8 @@ from core.settings import Settings
 from infra.storage import uri as uris
 from orchestrator.intake.inputs import sha256_file
 from orchestrator.intake.manifest import JobSpec
-from orchestrator.plan.checks import MemoryBudget, bad, check_captions, image_size, input_file, nothing, pose_file
+from orchestrator.plan.checks import (MemoryBudget, bad, check_captions, check_chapters, image_size, input_file,
+                                      nothing, pose_file)
 from orchestrator.plan.records import ClipPlan, JobPlan, PlanResult, ScenePlan
 from pipeline import audio as audio_mod
 from pipeline.backends import backend_class
@@ -139,6 +140,8 @@ def plan_job(job: JobSpec, settings: Settings, weights_memo: dict | None = None,
         caption_problems = check_captions(job, a.duration_s, settings)
         if caption_problems:
             raise MediaError(f"{job.source}: captions", caption_problems)
+    if late := check_chapters(job, a.duration_s):
+        raise MediaError(f"{job.source}: chapters", late)
     cuts, policy = _cuts(a, job.max_scene_s, job.min_scene_s, spec)
     w, h = cls.output_size((iw, ih), job.area)
     return JobPlan(
