@@ -102,7 +102,8 @@ def with_chapters_argv(src: str, ffmetadata: str, dest: str) -> list[str]:
             "-map", "0", "-map_chapters", "1", "-c", "copy",
             # bit-exact, but not media.BITEXACT: its -map_metadata -1 would drop the chapter titles and the
             # captions track's language
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-movflags", "+faststart", "-f", "mp4", dest]
+            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-movflags", "+faststart",
+            "-f", "mp4", dest]
 
 
 def chapters_of(doc: Any) -> list[dict]:

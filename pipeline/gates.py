@@ -29,10 +29,9 @@ def longest_runs(video: Path) -> tuple[int, int, int]:
     return n, best_black, best_frozen
 
 
-def check_gates(video: Path, plan, settings) -> None:
-    """Raise RenderError naming the failed gate; a gate set to 0 is off."""
-    if settings.max_black_s <= 0 and settings.max_frozen_s <= 0:
-        return
+def check_gates(video: Path, plan, settings) -> dict:
+    """Raise RenderError naming the failed gate; a gate set to 0 is off. Measured on every job either way (one
+    decode at 64×36): the longest black and frozen stretches, in seconds, are the sidecar's quality notes."""
     _, black, frozen = longest_runs(video)
     fps = plan.fps
     if settings.max_black_s > 0 and black / fps > settings.max_black_s:
@@ -41,3 +40,5 @@ def check_gates(video: Path, plan, settings) -> None:
     if settings.max_frozen_s > 0 and frozen / fps > settings.max_frozen_s:
         raise RenderError(f"{plan.job.id}: quality gate: a frozen stretch of {frozen / fps:.2f}s "
                           f"(limit {settings.max_frozen_s}s)")
+    return {"longest_black_s": round(black / fps, 3), "longest_frozen_s": round(frozen / fps, 3),
+            "max_black_s": settings.max_black_s, "max_frozen_s": settings.max_frozen_s}

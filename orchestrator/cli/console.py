@@ -18,7 +18,8 @@ def make_console(**kw) -> Console:
 
 
 console = make_console(stderr=True)
-STATUS_STYLE = {"published": "green", "skipped": "cyan", "failed": "red", "invalid": "red", "interrupted": "yellow"}
+STATUS_STYLE = {"published": "green", "skipped": "cyan", "failed": "red", "invalid": "red", "interrupted": "yellow",
+                "awaiting-review": "magenta"}
 
 
 def safe(value, newlines: bool = False) -> str:

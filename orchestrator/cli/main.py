@@ -1,4 +1,5 @@
-"""The `s2v` command: validate, plan, render, status, gc (+ models, cluster). Builds Settings once; maps errors to exit codes."""
+"""The `s2v` command: validate, plan, render, status, gc, review (+ models, cluster). Builds Settings once; maps
+errors to exit codes."""
 
 from __future__ import annotations
 
@@ -102,8 +103,13 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
            force: bool = typer.Option(False, help="Re-render jobs even if published or checkpointed."),
            budget: Optional[float] = typer.Option(None, help="Stop starting new chains past this many USD."),
            progress: bool = typer.Option(True, help="Show progress bars."),
-           run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp).")) -> int:
-    """Render every job of a manifest; exit 0 all published, 1 some failed, 2 bad input."""
+           run_id: Optional[str] = typer.Option(None, help="Name of this run (default: a timestamp)."),
+           approved_only: bool = typer.Option(False, "--approved-only", help="Render only rows whose current "
+                                              "content is approved (`s2v review`); the others are reported as "
+                                              "awaiting review."),
+           review_file: Optional[str] = typer.Option(None, help="Review decisions (default: beside the manifest, "
+                                                     "<name>.review.jsonl).")) -> int:
+    """Render every job of a manifest; exit 0 all published (or awaiting review), 1 some failed, 2 bad input."""
     from orchestrator.cli.console import RichProgress, print_problems, results_table, styled
     from orchestrator.intake.manifest import check_run_id
     from orchestrator.run.report import write_reports
@@ -111,12 +117,14 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
 
     if run_id is not None:
         check_run_id(run_id)  # it names a folder of the work area: never '../../somewhere'
+    gate = _review_gate(manifest, review_file) if approved_only else None
     if cluster:
         return _render_on_cluster(cluster, manifest, defaults, set_, gpus=gpus, address=address, detach=detach,
-                                  work=work, force=force, budget=budget, run_id=run_id)
+                                  work=work, force=force, budget=budget, run_id=run_id, gate=gate)
     settings = _settings(gpus=gpus, address=address, work=work, budget_usd=budget)
     result = run_render(manifest, settings, force=force, cli_defaults=_defaults(defaults, set_, settings),
-                        progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id)
+                        progress=RichProgress(progress and sys.stderr.isatty()), run_id=run_id,
+                        gate=gate and gate(settings))
     con = console()
     if result.problems:
         print_problems(result.problems, f"{len(result.problems)} input problem(s)", result.ids_by_source(),
@@ -130,8 +138,16 @@ def render(manifest: str = typer.Argument(...), defaults: Optional[str] = Defaul
     return result.exit_code
 
 
+def _review_gate(manifest: str, review_file: str | None):
+    """settings → the `--approved-only` gate over the manifest's review file (read once, when the run starts)."""
+    from orchestrator.review.store import ReviewFile, gate, review_file_for
+
+    path = review_file_for(manifest, review_file)
+    return lambda settings: gate(ReviewFile(path), settings)
+
+
 def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, detach, work, force, budget,
-                       run_id) -> int:
+                       run_id, gate=None) -> int:
     """Stage the manifest to the cluster's work area and submit it through the SSH tunnel (orchestrator/remote/)."""
     from core.errors import ConfigError
     from orchestrator.cli.console import print_problems
@@ -147,7 +163,8 @@ def _render_on_cluster(cluster, manifest, defaults, set_, *, gpus, address, deta
     settings = _settings()
     return submit.submit_run(cluster, manifest, settings, work=work, run_id=run_id, gpus=gpus, budget=budget,
                              force=force, detach=detach, cli_defaults=_defaults(defaults, set_, settings),
-                             echo=typer.echo, confirm=ask, on_problems=show_problems)
+                             echo=typer.echo, confirm=ask, on_problems=show_problems,
+                             gate=gate and gate(settings))
 
 
 @app.command()
@@ -247,6 +264,7 @@ def _driver_gone(state: dict) -> bool:
 # sub-command groups in their own modules (each imports its heavy libraries inside its commands)
 for _name, _mod in (("models", "orchestrator.cli.models"), ("cluster", "orchestrator.cli.cluster")):
     app.add_typer(importlib.import_module(_mod).app, name=_name)
+app.command("review")(importlib.import_module("orchestrator.cli.review").review)
 
 
 def _settings_error(e: ValidationError) -> str:

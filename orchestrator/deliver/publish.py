@@ -17,6 +17,7 @@ from core.errors import S2VError
 from orchestrator.deliver.outputs import (SIDECAR_SCHEMA, check_lease, files_record, is_our_sidecar, output_uris, publish_owned,
                                          published_key)
 from orchestrator.deliver.post import deliver
+from orchestrator.intake.content import plan_content_key
 from core.settings import Settings
 from pipeline.media import encode_audio_argv, probe, run_ffmpeg
 from pipeline.stitch import stitch
@@ -124,9 +125,11 @@ def stitch_and_publish(plan: JobPlan, settings: Settings, work: str, stats: dict
                      audio_bitrate=settings.audio_bitrate, copy_audio=copy)
         from pipeline.gates import check_gates
 
-        check_gates(res.video, plan, settings)
+        measured = check_gates(res.video, plan, settings)
         t_stitch = time.monotonic() - t0
         meta = sidecar(plan, res, {"stitch_s": round(t_stitch, 3)}, stats)
+        meta["quality"] = {**(measured or {}), "long_silences": [[round(a, 3), round(b, 3)] for a, b in plan.silences]}
+        meta["content_key"] = plan_content_key(plan, settings)  # what a review of this render approved
         meta["outputs"] = {k: str(u) for k, u in uris.items()}
         # delivery: captions + renditions from the stitched master (orchestrator/post.py)
         post = deliver(plan, settings, work, res.video, tmpd, asr_ready=captions_ready, poster=res.poster)

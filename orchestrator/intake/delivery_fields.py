@@ -55,7 +55,8 @@ class DeliveryFields(BaseModel):
     """Captions, renditions, chapters and packages of a job: they change the post step's outputs, never the job
     key."""
 
-    title: str | None = Field(None, max_length=200)  # the lesson's title in players, packages, transcripts (default: id)
+    # the lesson's title in players, packages and transcripts (default: its id)
+    title: str | None = Field(None, max_length=200)
     captions: str | None = Field(None, description="SRT/WebVTT path or URI, or 'auto' (speech recognition).")
     caption_language: str = "en"
     captions_burn: bool = False

@@ -136,8 +136,10 @@ def _free_job_id(client, run_id: str) -> str:
 def submit_run(config: str, manifest: str, settings, *, work: str | None = None, run_id: str | None = None,
                gpus: int | None = None, budget: float | None = None, force: bool = False, detach: bool = False,
                cli_defaults: dict | None = None, command: list[str] | None = None, echo: Echo = print,
-               confirm: Confirm | None = None, on_problems: Callable[[list[Problem]], None] | None = None) -> int:
-    """Stage the manifest and submit `s2v render` for it on the cluster; follow it unless detached.
+               confirm: Confirm | None = None, on_problems: Callable[[list[Problem]], None] | None = None,
+               gate: Callable | None = None) -> int:
+    """Stage the manifest and submit `s2v render` for it on the cluster; follow it unless detached. gate: job →
+    None to submit it, or why it waits (`--approved-only`: only approved rows are staged and rendered).
 
     Returns the exit code: the driver's when followed, 2 when rows were left out, 130 when interrupted."""
     from infra.clusters.launch import run_settings_env, shaped_config
@@ -154,6 +156,14 @@ def submit_run(config: str, manifest: str, settings, *, work: str | None = None,
     jobs, problems = stage.validate(manifest, settings, cli_defaults, cluster=(_with_work(cfg, work_uri), config))
     if problems and on_problems:
         on_problems(problems)
+    if gate:
+        waiting = {j.id: why for j in jobs if (why := gate(j))}
+        for jid, why in waiting.items():
+            echo(f"{jid}: {why}")
+        jobs = [j for j in jobs if j.id not in waiting]
+        if not jobs:
+            echo("nothing approved to render: no run submitted")
+            return 2 if problems else 0
     head = tunnel.find_head(config)
     staged = stage.stage(jobs, manifest, work_uri, settings, echo)
     gpus = gpus or forward.default_gpus(head.config)

@@ -8,6 +8,7 @@ from typing import Callable
 
 from core.errors import TransientError
 from core.settings import Settings
+from orchestrator.deliver import quality
 from orchestrator.deliver.post import deliverables, prepare_captions
 from orchestrator.deliver.publish import prepare_audio, stitch_and_publish
 from orchestrator.deliver.repost import repost
@@ -23,6 +24,12 @@ def job_stats(js: JobState) -> dict:
     """What the sidecar records of how the job was rendered."""
     return {"gpu_s": round(js.gpu_s, 3), "cost_usd": round(js.cost_usd, 6), "clips_rendered": js.clips_rendered,
             "retries": js.attempts + js.infra_retries, "preemptions": js.preemptions, "attempts": js.attempts}
+
+
+def take(r: JobResult, meta: dict) -> None:
+    """What the published sidecar tells the run's report: the deliverables and the quality notes."""
+    r.deliverables, r.quality = deliverables(meta), quality.notes(meta)
+    r.caption_language = (meta.get("captions") or {}).get("language")
 
 
 def settle(r: JobResult, js: JobState, status: JobStatus, reason: str | None) -> None:
@@ -84,7 +91,7 @@ class Publisher:
             try:
                 meta = self.rt.get(ref, timeout=60)
                 settle(r, js, JobStatus.PUBLISHED, None)
-                r.deliverables = deliverables(meta)
+                take(r, meta)
             except Exception as e:  # noqa: BLE001 - one job's stitch failure never stops the run
                 settle(r, js, JobStatus.FAILED, f"stitch/publish: {getattr(e, 'cause', None) or e}")
             self.announce(r)
@@ -113,7 +120,7 @@ class Publisher:
             for ref in self.rt.wait(list(pending), timeout=5.0):
                 r = self.results[pending.pop(ref).job.id]
                 try:
-                    r.deliverables = deliverables(self.rt.get(ref, timeout=60))
+                    take(r, self.rt.get(ref, timeout=60))
                     r.to(JobStatus.PUBLISHED)
                 except Exception as e:  # noqa: BLE001 - one job's failure never stops the others
                     r.to(JobStatus.FAILED, f"post step: {getattr(e, 'cause', None) or e}")

@@ -61,35 +61,72 @@ def relative_href(target: str, base) -> str:
     return quote(rel)
 
 
+def _player(j: dict, link) -> str:
+    """A published job's player (captions, chapters track) and links to what else it published."""
+    from pipeline.web import player
+
+    d = j.get("deliverables") or {}
+    lang = j.get("caption_language") or "en"
+    labels = (("transcript_html", "Transcript"), ("transcript", "Transcript (text)"), ("package", "SCORM package"),
+              ("hls", "HLS stream"))
+    links = [(link(d[k]), label) for k, label in labels if d.get(k)]
+    links += [(link(u), f"Rendition {k.split(':', 1)[1]}") for k, u in d.items() if k.startswith("rendition:")
+              and u.endswith(".mp4")]
+    lesson = player.Lesson(id=j["id"], title=j["id"], mp4=link(j["output"]), lang=lang,
+                           poster=link(j["output"].rsplit(".", 1)[0] + ".jpg"),
+                           captions=player.Track(link(d["vtt"]), lang, lang) if d.get("vtt") else None,
+                           chapters_vtt=link(d["chapters"]) if d.get("chapters") else None, links=tuple(links))
+    return player.fragment(lesson, heading="h3")
+
+
+def _order(jobs: list[dict]) -> list[dict]:
+    """Failures first, then the worst quality findings, then by id: what needs a look comes first."""
+    from orchestrator.deliver.quality import worst
+
+    return sorted(jobs, key=lambda j: (j["status"] not in ("failed", "invalid"), -worst(j.get("quality") or []),
+                                       j["id"]))
+
+
 def report_html(doc: dict, base=None) -> str:
-    """Self-contained HTML (posters and videos linked relative to the report's folder `base`, a Uri)."""
-    rows = []
-    for j in doc["jobs"].values():
-        img = ""
-        if j["status"] in ("published", "skipped") and j["output"]:
-            mp4 = j["output"]
-            poster = mp4.rsplit(".", 1)[0] + ".jpg"
-            link = (lambda u: relative_href(u, base)) if base is not None else (lambda u: u)
-            img = (f'<a href="{html.escape(link(mp4))}"><img src="{html.escape(link(poster))}" height="72" '
-                   f'alt="{html.escape(j["id"])}"></a>')
+    """Self-contained HTML (posters and videos linked relative to the report's folder `base`, a Uri): the
+    totals, a table of every job, then each published job in the lesson player with its quality notes."""
+    from pipeline.web import player
+
+    link = (lambda u: relative_href(u, base)) if base is not None else (lambda u: u)
+    rows, players = [], []
+    for j in _order(list(doc["jobs"].values())):
+        img, seen = "", j["status"] in ("published", "skipped") and j["output"]
+        anchor = "job-" + "".join(ch if ch.isalnum() else "-" for ch in j["id"])
+        if seen:
+            img = (f'<a href="#{anchor}"><img src="{html.escape(link(j["output"].rsplit(".", 1)[0] + ".jpg"))}" '
+                   f'height="72" alt="{html.escape(j["id"])}"></a>')
+            notes = "".join(f"<li><strong>{html.escape(n['severity'])}:</strong> {html.escape(n['text'])}</li>"
+                            for n in j.get("quality") or [])
+            players.append(f'<section id="{anchor}" aria-labelledby="{anchor}-h"><h2 id="{anchor}-h">'
+                           f'{html.escape(j["id"])}</h2>{f"<ul>{notes}</ul>" if notes else ""}{_player(j, link)}'
+                           f'</section>')
+        first_note = html.escape((j.get("quality") or [{}])[0].get("text", ""))
         rows.append(
             f"<tr class='{html.escape(j['status'])}'><td>{img}</td><td>{html.escape(j['id'])}</td>"
             f"<td>{html.escape(j['status'])}</td><td>{j['duration_s']:.1f}</td><td>{j['scenes']}</td>"
             f"<td>{j['clips_rendered']}/{j['clips']}</td><td>{j['retries']}</td><td>{j['preemptions']}</td>"
-            f"<td>{j['gpu_s']:.1f}</td><td>{j['cost_usd']:.4f}</td><td>{html.escape(j['reason'] or '')}</td></tr>")
+            f"<td>{j['gpu_s']:.1f}</td><td>{j['cost_usd']:.4f}</td><td>{first_note}</td>"
+            f"<td>{html.escape(j['reason'] or '')}</td></tr>")
     t = doc["totals"]
     scope = ("" if doc.get("scope", "run") == "run" else
              "<p>Only the jobs of this run published to this folder; the run's full report is in its work area.</p>")
-    return f"""<!doctype html><html><head><meta charset="utf-8">{REPORT_GENERATOR}<title>s2v run {html.escape(doc['run_id'])}</title>
+    waiting = f", {t['awaiting-review']} awaiting review" if t.get("awaiting-review") else ""
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">{REPORT_GENERATOR}<title>s2v run {html.escape(doc['run_id'])}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background:#efe}}</style></head><body>
-<h1>Run {html.escape(doc['run_id'])}</h1>{scope}<p>{html.escape(doc['manifest'])} — {t['published']} published,
-{t['skipped']} skipped, {t['failed']} failed, {t['invalid']} invalid, {t['interrupted']} interrupted;
+padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background:#efe}}{player.CSS}</style></head><body>
+<main><h1>Run {html.escape(doc['run_id'])}</h1>{scope}<p>{html.escape(doc['manifest'])} — {t['published']} published,
+{t['skipped']} skipped, {t['failed']} failed, {t['invalid']} invalid, {t['interrupted']} interrupted{waiting};
 {t['clips_rendered']} clips, {t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f} ({html.escape(t.get('cost_source', 'gpu-seconds'))}{
 f", {t['node_hours']:.3f} node-hours" if 'node_hours' in t else ''}), {t['preemptions']} preemptions;
 wall {doc['wall_s']:.1f}s</p>{f"<p>{html.escape(t['cost_note'])}</p>" if t.get('cost_note') else ''}
 <table><tr><th>poster</th><th>job</th><th>status</th><th>audio s</th><th>scenes</th><th>clips</th><th>retries</th>
-<th>preemptions</th><th>GPU-s</th><th>USD</th><th>failure</th></tr>{''.join(rows)}</table></body></html>"""
+<th>preemptions</th><th>GPU-s</th><th>USD</th><th>worst finding</th><th>failure</th></tr>{''.join(rows)}</table>
+{''.join(players)}</main><script>{player.script() if players else ''}</script></body></html>"""
 
 
 @dataclass

@@ -23,6 +23,7 @@ class JobStatus(str, Enum):
     FAILED = "failed"
     INVALID = "invalid"  # a bad row: never planned
     INTERRUPTED = "interrupted"  # the run was stopped (Ctrl-C); a rerun resumes it
+    AWAITING_REVIEW = "awaiting-review"  # render --approved-only: its current content is not approved
 
     def __str__(self) -> str:  # format() and f-strings give the value, on every Python
         return self.value
@@ -32,7 +33,7 @@ class JobStatus(str, Enum):
 
 
 TERMINAL = frozenset({JobStatus.PUBLISHED, JobStatus.SKIPPED, JobStatus.FAILED, JobStatus.INVALID,
-                      JobStatus.INTERRUPTED})
+                      JobStatus.INTERRUPTED, JobStatus.AWAITING_REVIEW})
 
 
 class JobResult(BaseModel):
@@ -54,6 +55,8 @@ class JobResult(BaseModel):
     cost_usd: float = 0.0
     duration_s: float = 0.0
     deliverables: dict[str, str] = {}  # delivery: captions, renditions, HLS published by the post step
+    quality: list[dict] = []  # the sidecar's quality notes, worst first (orchestrator/deliver/quality.py)
+    caption_language: str | None = None  # the captions' BCP-47 tag, for the report's player
 
     def to(self, status: JobStatus, reason: str | None = None) -> None:
         self.status, self.reason = status, reason

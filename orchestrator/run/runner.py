@@ -34,22 +34,26 @@ S = JobStatus
 
 
 def render(location: str, settings: Settings, *, force: bool = False, cli_defaults: dict | None = None,
-           progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None) -> RunResult:
+           progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None,
+           gate=None) -> RunResult:
     """Render every job of a manifest (see Run)."""
     return Run(location, settings, force=force, cli_defaults=cli_defaults, progress=progress, run_id=run_id,
-               runtime=runtime).execute()
+               runtime=runtime, gate=gate).execute()
 
 
 class Run:
-    """runtime: where the chains render; None is Ray (the embedded local instance, or the cluster settings name)."""
+    """runtime: where the chains render; None is Ray (the embedded local instance, or the cluster settings name).
+    gate: plan → None to render it, or why it waits (`--approved-only`: orchestrator/review/store.py)."""
 
     def __init__(self, location: str, settings: Settings, *, force: bool = False, cli_defaults: dict | None = None,
-                 progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None):
+                 progress: Progress | None = None, run_id: str | None = None, runtime: Runtime | None = None,
+                 gate=None):
         self.t0 = time.monotonic()
         self.location, self.settings, self.force, self.cli_defaults = location, settings, force, cli_defaults
         self.progress = progress or Progress()
         self.run_id = check_run_id(run_id) if run_id else time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.rt = runtime
+        self.gate = gate
         self.work = WorkArea.at(settings.work, settings)
         self.results: dict[str, JobResult] = {}
         self.problems: list[Problem] = []
@@ -109,6 +113,8 @@ class Run:
             current = not self.force and published_key(p, self.settings) == p.key
             if current and post_current(p, self.settings):
                 r.to(S.SKIPPED)
+            elif self.gate and (waits := self.gate(p)):
+                r.to(S.AWAITING_REVIEW, waits)  # not rendered: its content is not approved (exit 0)
             elif refused := replace_problem(p, self.settings, self.settings.work) or reports(p.job.output):
                 r.to(S.FAILED, refused)  # never replace what s2v did not publish
             else:

@@ -76,12 +76,41 @@
     var saved = [], completed = false, t0 = Date.now(), lastSave = 0;
     function say(text) { if (status) status.textContent = text; }
 
-    Array.prototype.forEach.call(root.querySelectorAll(".s2v-seek"), function (b) {
+    function wire(b) {
       b.addEventListener("click", function () {
         video.currentTime = parseFloat(b.getAttribute("data-t"));
         video.play().catch(function () {});
         video.focus();
       });
+    }
+    Array.prototype.forEach.call(root.querySelectorAll(".s2v-seek"), wire);
+    // a page that names no chapters itself (the run report) gets its menu from the chapters track
+    Array.prototype.forEach.call(root.querySelectorAll("track[kind=chapters]"), function (el) {
+      function build() {
+        var cues = el.track && el.track.cues;
+        if (root.querySelector(".s2v-chapters") || !cues || !cues.length) return;
+        var nav = document.createElement("nav"), h = document.createElement("h3"), ol = document.createElement("ol");
+        nav.className = "s2v-chapters";
+        h.id = root.id + "-ch";
+        h.textContent = "Chapters";
+        nav.setAttribute("aria-labelledby", h.id);
+        Array.prototype.forEach.call(cues, function (c) {
+          var li = document.createElement("li"), b = document.createElement("button"), t = Math.floor(c.startTime);
+          b.type = "button";
+          b.className = "s2v-seek";
+          b.setAttribute("data-t", c.startTime.toFixed(3));
+          b.textContent = Math.floor(t / 60) + ":" + (t % 60 < 10 ? "0" : "") + (t % 60);
+          wire(b);
+          li.appendChild(b);
+          li.appendChild(document.createTextNode(" " + c.text));
+          ol.appendChild(li);
+        });
+        nav.appendChild(h);
+        nav.appendChild(ol);
+        (status || video).insertAdjacentElement("afterend", nav);
+      }
+      el.addEventListener("load", build);
+      build();
     });
     // the chapters track loads only when not disabled; its cue change marks the current chapter in the menu
     Array.prototype.forEach.call(video.textTracks, function (t) {

@@ -12,7 +12,8 @@ from pipeline.web.transcript import Section, clock, transcript_fragment
 
 CSS = """.s2v-lesson{max-width:60rem}.s2v-lesson video{width:100%;max-height:70vh;background:#000}
 .s2v-lesson button.s2v-seek{font:inherit;border:1px solid #767676;background:#fff;border-radius:3px;padding:0 .3em;
-cursor:pointer;font-variant-numeric:tabular-nums}.s2v-lesson button.s2v-seek[aria-current]{background:#0b57d0;color:#fff}
+cursor:pointer;font-variant-numeric:tabular-nums}
+.s2v-lesson button.s2v-seek[aria-current]{background:#0b57d0;color:#fff}
 .s2v-lesson button.s2v-seek:focus-visible,.s2v-lesson video:focus-visible{outline:3px solid #0b57d0;outline-offset:2px}
 .s2v-chapters ol{padding-left:1.5em}.s2v-chapters li{margin:.2em 0}.s2v-transcript{max-height:24rem;overflow:auto;
 border:1px solid #ccc;padding:0 1em}.s2v-transcript h3{font-size:1rem}"""
