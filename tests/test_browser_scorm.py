@@ -61,6 +61,14 @@ def site(tmp_path_factory):
         with zipfile.ZipFile(d / "out" / f"talk{v}.scorm.zip") as z:
             z.extractall(root / f"talk{v}")
         (root / f"lms{v}.html").write_text(LMS.replace("PKG", f"talk{v}"))
+    from orchestrator.cli.main import main  # the whole catalog as one package: a lesson is a SCO in a folder
+
+    with pytest.raises(SystemExit) as e:
+        main(["package", str(manifest), "--kind", "scorm2004", "--output", str(d / "catalog.zip")])
+    assert e.value.code in (0, None)
+    with zipfile.ZipFile(d / "catalog.zip") as z:
+        z.extractall(root / "catalog")
+    (root / "lmscat.html").write_text(LMS.replace("PKG", "catalog/talk12"))
     with serve_folder(root) as url:
         yield url
 
@@ -141,6 +149,16 @@ def test_a_package_plays_reports_completes_resumes_and_terminates_in_an_lms(site
     assert _sets(calls, n["set"], exit_key)[-1] == "suspend"
     time_key = "cmi.core.session_time" if version == "1.2" else "cmi.session_time"
     assert _sets(calls, n["set"], time_key)
+
+
+def test_a_lesson_of_the_catalog_package_talks_to_the_lms(site, browser):
+    b = browser
+    b.get(f"{site}/lmscat.html?fresh")
+    _in_sco(b)
+    wait_for(b, "document.querySelector('video').readyState >= 1", what="the catalog lesson's video")
+    wait_for(b, "document.querySelector('.s2v-chapters button')", what="its chapter menu")
+    calls = _calls(b)
+    assert calls[0] == ["Initialize", ""] and ["SetValue", "cmi.completion_status", "incomplete"] in calls
 
 
 def test_without_an_lms_the_launch_page_plays_as_a_plain_page(site, browser):

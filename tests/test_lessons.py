@@ -183,3 +183,28 @@ def test_bad_chapter_and_package_fields_are_named_by_row(tmp_path, assets, run_c
     assert run_cli("validate", m, "--json") == 2
     doc = json.loads(capsys.readouterr().out)
     assert any(p["field"].startswith(field) and says in p["reason"] for p in doc["problems"]), doc["problems"]
+
+
+def test_a_catalog_package_holds_one_sco_per_published_lesson(run, run_cli, capsys, tmp_path):
+    out = run["out"]
+    assert run_cli("package", run["manifest"], "--kind", "scorm12", "--title", "Course") == 0
+    pkg = out / "catalog.scorm12.zip"
+    assert scorm.manifest_problems(pkg, "1.2") == []
+    root = ET.fromstring(zipfile.ZipFile(pkg).read("imsmanifest.xml"))
+    ns = "{http://www.imsproject.org/xsd/imscp_rootv1p1p2}"
+    assert [i.get("identifierref") for i in root.iter(f"{ns}item")] == ["sco-lesson", "sco-plain"]
+    assert root.find(f"{ns}organizations/{ns}organization/{ns}title").text == "Course"
+    names = set(zipfile.ZipFile(pkg).namelist())
+    assert {"lesson.js", "lesson/index.html", "lesson/media/lesson.mp4", "lesson/media/lesson.chapters.vtt",
+            "plain/index.html", "plain/media/plain.mp4"} <= names
+    assert '<script src="../lesson.js">' in zipfile.ZipFile(pkg).read("lesson/index.html").decode()
+    # a file s2v did not write at the destination stays; an unpublished lesson is named, nothing is written
+    foreign = tmp_path / "mine.zip"
+    foreign.write_bytes(b"not ours")
+    assert run_cli("package", run["manifest"], "--output", foreign) == 2
+    assert foreign.read_bytes() == b"not ours" and "not an s2v catalog package" in capsys.readouterr().err
+    extra = media.write_manifest(tmp_path / "more.yaml", [{"id": "lesson"}, {"id": "never"}], {
+        "audio": str(run["assets"]["speech4"]), "image": str(run["assets"]["image"]), "output": str(out)})
+    assert run_cli("package", extra, "--output", tmp_path / "c.zip") == 2
+    assert "not published yet, so not packaged: never" in capsys.readouterr().err
+    assert not (tmp_path / "c.zip").exists()

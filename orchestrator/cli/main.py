@@ -1,4 +1,4 @@
-"""The `s2v` command: validate, plan, render, status, gc, review (+ models, cluster). Builds Settings once; maps
+"""The `s2v` command: validate, plan, render, status, gc, review, package (+ models, cluster). Builds Settings once; maps
 errors to exit codes."""
 
 from __future__ import annotations
@@ -265,6 +265,7 @@ def _driver_gone(state: dict) -> bool:
 for _name, _mod in (("models", "orchestrator.cli.models"), ("cluster", "orchestrator.cli.cluster")):
     app.add_typer(importlib.import_module(_mod).app, name=_name)
 app.command("review")(importlib.import_module("orchestrator.cli.review").review)
+app.command("package")(importlib.import_module("orchestrator.cli.package").package)
 
 
 def _settings_error(e: ValidationError) -> str:

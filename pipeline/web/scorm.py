@@ -86,9 +86,10 @@ def manifest_xml(version: str, ident: str, title: str, scos: list[Sco], shared: 
     return minidom.parseString(text).toprettyxml(indent="  ", encoding="UTF-8").decode("utf-8")
 
 
-def write_zip(dest: Path, files: dict[str, Path | bytes]) -> None:
+def write_zip(dest: Path, files: dict[str, Path | bytes], comment: bytes = b"") -> None:
     """The package: entries sorted, dated 1980, media stored and text deflated (the same inputs, the same bytes)."""
     with zipfile.ZipFile(dest, "w") as z:
+        z.comment = comment
         for name in sorted(files):
             src = files[name]
             data = src if isinstance(src, bytes) else Path(src).read_bytes()
