@@ -12,11 +12,12 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError, ConfigError, S2VError
-from orchestrator.cli import cluster_jobs
+from orchestrator.cli import cluster_cost, cluster_jobs
 from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
 app.add_typer(cluster_jobs.app)  # no name: its commands join this group
+app.add_typer(cluster_cost.app)
 
 
 def _launch(config: Path, project: Path | None = None) -> dict:

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from pathlib import Path
@@ -46,6 +47,8 @@ log = logging.getLogger("s2v.runpod")
 
 TAGS_ENV = "S2V_RAY_TAGS"  # initial Ray tags ride in the pod's env (RunPod has no mutable labels)
 CLUSTER_ENV = "S2V_RAY_CLUSTER"
+CREATED_ENV = "S2V_CREATED_AT"  # unix seconds of the create: the cost clock's launch time (the pods query has none)
+DATA_CENTER_ENV = "S2V_DATA_CENTER"  # the data centre the pod was asked for (the cost report's zone)
 LIVE = {"RUNNING", "CREATED", "RESTARTING"}  # desiredStatus values of a pod that is, or will be, a Ray node
 GONE = {"TERMINATED"}  # anything else (EXITED: interrupted or stopped; DEAD; PAUSED) still bills its disk
 # Docker delivers SIGTERM to PID 1 only: the entrypoint traps it and writes this boot's flag (the contract of
@@ -55,6 +58,28 @@ SIGTERM_ENTRYPOINT = (
     "bash -c '" + sigterm_trap_command(Path(SIGTERM_FLAG_DIR) / FLAG_NAME) + "; "
     "(test -x /start.sh && /start.sh || (service ssh start || /usr/sbin/sshd)) & wait; sleep infinity & wait'"
 )
+
+
+def pod_env(pod: dict) -> dict[str, str]:
+    """A pod's env as RunPod lists it (["K=V", ...], or a mapping) as a dict."""
+    env = pod.get("env") or []
+    if isinstance(env, dict):
+        return {str(k): str(v) for k, v in env.items()}
+    return dict(e.split("=", 1) for e in env if "=" in e)
+
+
+def pod_labels(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(Ray node labels, initial Ray tags) a pod was created with, from its env; unreadable ones are empty."""
+    try:
+        labels = json.loads(env.get(LABELS_ENV) or "{}")
+    except ValueError:
+        labels = {}
+    try:
+        tags = json.loads(urlsafe_b64decode(env[TAGS_ENV].encode()).decode()) if TAGS_ENV in env else {}
+    except ValueError:
+        log.warning("a pod has unreadable tags (%s)", TAGS_ENV)
+        tags = {}
+    return labels, tags
 
 
 class RunPodNodeProvider(NodeProvider):
@@ -90,19 +115,10 @@ class RunPodNodeProvider(NodeProvider):
 
     @staticmethod
     def _env(pod: dict) -> dict[str, str]:
-        env = pod.get("env") or []
-        if isinstance(env, dict):
-            return {str(k): str(v) for k, v in env.items()}
-        return dict(e.split("=", 1) for e in env if "=" in e)
+        return pod_env(pod)
 
     def _tags_of(self, pod: dict) -> dict[str, str]:
-        env = self._env(pod)
-        tags: dict[str, str] = {}
-        if TAGS_ENV in env:
-            try:
-                tags = json.loads(urlsafe_b64decode(env[TAGS_ENV].encode()).decode())
-            except ValueError:
-                log.warning("pod %s has unreadable tags", pod.get("id"))
+        _labels, tags = pod_labels(self._env(pod))
         tags.update(self._overlay().get(pod["id"], {}))
         return tags
 
@@ -139,10 +155,7 @@ class RunPodNodeProvider(NodeProvider):
         return pod
 
     def node_labels_of(self, pod: dict) -> dict[str, str]:
-        try:
-            return json.loads(self._env(pod).get(LABELS_ENV) or "{}")
-        except ValueError:
-            return {}
+        return pod_labels(self._env(pod))[0]
 
     def node_labels(self, node_id: str) -> dict[str, str]:
         """The Ray node labels this pod starts with: price key and market as actually launched."""
@@ -215,6 +228,7 @@ class RunPodNodeProvider(NodeProvider):
         base_env[TAGS_ENV] = urlsafe_b64encode(json.dumps(dict(tags)).encode()).decode()
         created: dict[str, dict] = {}
         for _ in range(count):
+            base_env[CREATED_ENV] = f"{time.time():.0f}"
             pod = self._launch(f"s2v-{self.cluster_name}-{uuid.uuid4().hex[:8]}", nc, base_env)
             created[pod["id"]] = pod
         return created
