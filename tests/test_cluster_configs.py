@@ -665,3 +665,23 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
     res = CliRunner().invoke(app, ["init", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
                                    str(tmp_path / "bad.yaml"), "--no-resolve-images"])
     assert res.exit_code == 2 and "--input-bucket 'Not A Bucket' is not a bucket name" in res.output
+
+
+def test_an_s3_compatible_store_reaches_the_config_the_nodes_and_the_run():
+    """S2V_S3_ENDPOINT_URL at init (R2, MinIO) lands in metadata.s2v, which node.json carries to every node and the
+    run's env carries to the driver; a value that is no URL is named."""
+    from core.errors import ConfigError
+    from core.settings import Settings
+    from infra.clusters.config import validate_cluster_config
+    from infra.clusters.generate import generate_config
+    from infra.clusters.launch import run_settings_env
+
+    s = Settings(cloud_provider="runpod", s3_endpoint_url="https://acct.r2.cloudflarestorage.com", s3_region="auto")
+    cfg = generate_config(s, work="s3://night/s2v-work")
+    assert cfg["metadata"]["s2v"]["s3_endpoint_url"] == "https://acct.r2.cloudflarestorage.com"
+    env = run_settings_env(cfg)
+    assert env["S2V_S3_ENDPOINT_URL"] == "https://acct.r2.cloudflarestorage.com" and env["S2V_S3_REGION"] == "auto"
+    cfg["metadata"]["s2v"]["s3_endpoint_url"] = "acct.r2.cloudflarestorage.com"
+    with pytest.raises(ConfigError) as e:
+        validate_cluster_config(cfg)
+    assert any("s3_endpoint_url" in str(p) and "http(s)://" in str(p) for p in e.value.problems)

@@ -120,6 +120,9 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
         meta["work"] = _work_uri(work, bucket, prov)
     if settings.model_dir:
         meta["model_dir"] = settings.model_dir  # data for the nodes (node.json), never spliced into a command
+    for key in ("s3_endpoint_url", "s3_region"):  # an R2/MinIO store: the nodes must speak to the same one
+        if getattr(settings, key, None):
+            meta[key] = getattr(settings, key)
     if idle_stop_minutes is not None:
         meta["idle_stop_minutes"] = idle_stop_minutes
     cfg["cluster_name"] = settings.cluster_name

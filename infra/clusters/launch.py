@@ -136,6 +136,9 @@ def run_settings_env(cfg: dict[str, Any]) -> dict[str, str]:
            "S2V_PREEMPTION_SOURCES": meta.get("preemption_sources") or PREEMPTION_SOURCES.get(provider_of(cfg), "none")}
     if meta.get("model_dir"):
         env["S2V_MODEL_DIR"] = str(meta["model_dir"])
+    from infra.clusters.node import store_values
+
+    env.update(store_values(meta))  # the store the nodes use (R2, MinIO) is the run's store too
     prices = {k: v.model_dump() for k, v in Settings().node_prices.items()}
     prices.update(meta.get("prices") or {})
     env["S2V_NODE_PRICES"] = json.dumps(prices, sort_keys=True)

@@ -37,6 +37,7 @@ from infra.clusters.runpod.api import (
     deploy,
     deploy_mutation,
     global_hostname,
+    global_network_data_centers,
     is_gpu,
     load_api_key,
     on_runpod,
@@ -100,6 +101,7 @@ class RunPodNodeProvider(NodeProvider):
         self._pods: dict[str, dict] = {}
         self._ips: dict[str, str] = {}
         self.fallbacks: list[str] = []  # pods launched on-demand because RunPod refused their spot bid
+        self._centres: list[str] | None = None  # data centres with global networking, asked once per provider
 
     # ---- state -------------------------------------------------------------------------------------
     def _overlay(self) -> dict[str, dict[str, str]]:
@@ -270,6 +272,33 @@ class RunPodNodeProvider(NodeProvider):
 
     def _create(self, name: str, nc: dict, env: dict[str, str], *, interruptible: bool,
                 bid: float | None = None) -> dict:
+        """In the pinned data centre, or (none pinned, global networking on) in each one that offers global
+        networking in turn, the next one when RunPod refuses this one (capacity); a malformed request stops at once."""
+        centres = self._data_centres(nc)
+        for i, dc in enumerate(centres):
+            try:
+                return self._create_in(name, dict(nc, data_center_id=dc) if dc else nc,
+                                       {**env, DATA_CENTER_ENV: dc} if dc else env, interruptible=interruptible, bid=bid)
+            except BadRequest:
+                raise
+            except Refused as e:
+                if i + 1 == len(centres):
+                    raise
+                log.info("RunPod refused pod %s in %s (%s); trying %s", name, dc, e, centres[i + 1])
+        raise AssertionError("unreachable: no data centre to try")
+
+    def _data_centres(self, nc: dict) -> list[str | None]:
+        dc = nc.get("data_center_id")
+        if dc and dc != "any":
+            return [dc]
+        if not (self.global_network and is_gpu(nc)):
+            return [None]  # RunPod picks; a pod that needs no global network may land anywhere
+        if self._centres is None:
+            self._centres = global_network_data_centers()
+        return list(self._centres)
+
+    def _create_in(self, name: str, nc: dict, env: dict[str, str], *, interruptible: bool,
+                   bid: float | None = None) -> dict:
         op, mutation = deploy_mutation(name, nc, env, interruptible=interruptible,
                                        global_network=self.global_network, bid_per_gpu=bid)
         try:
@@ -339,6 +368,10 @@ class RunPodNodeProvider(NodeProvider):
         key_file = p.setdefault("api_key_file", default_key_file(cluster_config.get("cluster_name", "default")))
         load_api_key(p, cluster_config.get("cluster_name", "default"))  # fails early, before any pod exists
         cluster_config.setdefault("file_mounts", {})[key_file] = str(Path(key_file).expanduser())
+        if not on_runpod():
+            from infra.clusters.runpod.secrets import stage
+
+            stage(cluster_config)  # object-store keys: a mount on every node (pods have no instance role)
         return cluster_config
 
     def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
