@@ -634,7 +634,7 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
     from orchestrator.cli.cluster import app
 
     out = tmp_path / "aws.yaml"
-    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "work-b", "--input-bucket", "s3://media-lib/x",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "work-b", "--input-bucket", "s3://media-lib/x",
                                    "--output-bucket", "pub-site", "--model-dir", "s3://weights-b/wan2.2",
                                    "--out", str(out), "--no-resolve-images"])
     assert res.exit_code == 0, res.output
@@ -653,7 +653,7 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
         assert grants["s3:PutObject"] == {"arn:aws:s3:::work-b/*", "arn:aws:s3:::pub-site/*"}
         assert any("iam:PassRole" in st["Action"] for st in doc["Statement"]) == (who == "head")
     gcp = tmp_path / "gcp.yaml"
-    res = CliRunner().invoke(app, ["init", "gcp", "--bucket", "work-b", "--project", "proj-1", "--input-bucket",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "gcp", "--bucket", "work-b", "--project", "proj-1", "--input-bucket",
                                    "media-lib", "--out", str(gcp)])
     assert res.exit_code == 0, res.output
     script = (tmp_path / "gcp-iam" / "gcp-bucket-grants.sh").read_text()
@@ -662,7 +662,7 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
                "--role=roles/storage.objectViewer" in script
         assert f"gs://work-b --member=serviceAccount:{sa}@proj-1.iam.gserviceaccount.com " \
                "--role=roles/storage.objectAdmin" in script
-    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
                                    str(tmp_path / "bad.yaml"), "--no-resolve-images"])
     assert res.exit_code == 2 and "--input-bucket 'Not A Bucket' is not a bucket name" in res.output
 

@@ -156,8 +156,30 @@ def cost_doc(instances: list[Instance], node_price, *, until: float, since: floa
                         "node_hours": round(hours, 6), "cost_usd": round(measured, 6), "priced": not unpriced},
            "projected": {"what": "the idle tail of the instances still up: how long each stays billed once work "
                                  "ends, at its price", "cost_usd": round(tail_usd, 6), "nodes": tail_rows},
-           "nodes": rows, "since": _iso(since), "until": _iso(until)}
+           "nodes": rows, "had": had(instances), "since": _iso(since), "until": _iso(until)}
     if unpriced:
         doc["measured"]["note"] = (f"no price for {len(unpriced)} instance(s): {', '.join(unpriced)}; their hours "
                                    "are not in cost_usd (set node_prices for their type)")
     return doc
+
+
+def had(instances: list[Instance]) -> list[dict[str, Any]]:
+    """What the cluster actually got: instances by node type, instance type, zone and market, with counts."""
+    counts: dict[tuple, int] = {}
+    for i in instances:
+        k = (i.node_type or "?", i.instance_type, i.zone or "?", i.market)
+        counts[k] = counts.get(k, 0) + 1
+    return [{"node_type": k[0], "instance_type": k[1], "zone": k[2], "market": k[3], "count": n}
+            for k, n in sorted(counts.items())]
+
+
+def asked(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """What `init` asked for (metadata.s2v.capacity), or the node types' own types when it recorded none."""
+    meta = (cfg.get("metadata") or {}).get("s2v") or {}
+    if meta.get("capacity"):
+        return {k: v for k, v in meta["capacity"].items() if k != "offered"}
+    field = {"aws": "InstanceType", "gcp": "machineType"}.get(str((cfg.get("provider") or {}).get("type")))
+    return {"asked": {n: {"type": (nt.get("node_config") or {}).get(field) if field else
+                          (nt.get("labels") or {}).get("s2v-price-key"),
+                          "market": (nt.get("labels") or {}).get("s2v-market")}
+                      for n, nt in (cfg.get("available_node_types") or {}).items()}} if cfg else None

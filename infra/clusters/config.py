@@ -43,6 +43,7 @@ META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "input_buckets": (list, None, "other buckets a run reads inputs from (the grants `init` writes cover them)"),
     "output_buckets": (list, None, "other buckets a run publishes to (read/write, like the work bucket)"),
     "preemption_sources": (str, None, "notices the nodes watch (aws, gcp, sigterm, none; default: the provider's)"),
+    "capacity": (dict, None, "what `init` asked (types, fallback types, zones) and where each type is offered"),
     "s3_endpoint_url": (str, None, "S3-compatible endpoint of the buckets (R2, MinIO); none: AWS S3"),
     "s3_region": (str, None, "region the nodes sign S3 requests for (R2: auto)"),
 }

@@ -83,6 +83,7 @@ def launch_config(path: Path, project_root: Path | None = None, settings=None) -
     zone = _state(name, settings).get("zone")
     if zone and zone in (s2v_meta(cfg).get("zones") or []):
         _use_zone(cfg, zone)
+        cfg = _in_zone(cfg, zone)
     return cfg
 
 
@@ -90,6 +91,15 @@ def _use_zone(cfg: dict, zone: str) -> None:
     from infra.clusters.generate import _set_zone
 
     _set_zone(cfg, zone)
+
+
+def _in_zone(cfg: dict, zone: str) -> dict:
+    """The config to launch in `zone`: GPU node types not offered there dropped (infra/clusters/capacity.py)."""
+    from infra.clusters.capacity import types_in_zone
+
+    out = copy.deepcopy(cfg)
+    types_in_zone(out, zone)
+    return out
 
 
 def is_zonal(exc: BaseException) -> bool:
@@ -110,7 +120,7 @@ def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[
     for i, zone in enumerate(order):
         _use_zone(cfg, zone)
         try:
-            create(cfg)
+            create(_in_zone(cfg, zone))
         except (Exception, SystemExit) as e:  # noqa: BLE001 — the launcher sys.exits on failed updates
             if i + 1 < len(order) and is_zonal(e) and not head_exists(cfg):
                 why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__

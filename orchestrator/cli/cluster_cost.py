@@ -56,7 +56,8 @@ def _money(v) -> str:
 def cost(config: Path = CONFIG_ARG, as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
     """Lifetime cost of a cluster: per node its type, market, launch, end, hours, price and cost (measured by the
     provider's clock), the total, and the idle tail the nodes still up will bill (projected)."""
-    from infra.clusters.clock import cost_doc, idle_tails
+    from infra.clusters.clock import asked, cost_doc, idle_tails
+    from infra.clusters.config import s2v_meta
     from infra.clusters.launch import state_dir
 
     s = settings()
@@ -89,5 +90,10 @@ def cost(config: Path = CONFIG_ARG, as_json: bool = typer.Option(False, "--json"
     for t in p["nodes"]:
         hours = "until down" if t["hours"] is None else f"{t['hours']:.2f} h, {_money(t['cost_usd'])}"
         typer.echo(f"  {t['id'][:22]}: {hours} ({t['why']})")
+    want = (asked(cfg) or {}).get("asked") or {}
+    typer.echo("asked: " + "; ".join(f"{n} {a['type']} ({a['market']})" for n, a in want.items())
+               + (f" in {', '.join(z)}" if (z := (s2v_meta(cfg).get("capacity") or {}).get("zones")) else ""))
+    typer.echo("had: " + ("; ".join(f"{h['count']}× {h['instance_type']} {h['market']} in {h['zone']} "
+                                    f"({h['node_type']})" for h in doc["had"]) or "nothing yet"))
     typer.echo("not listed: instances the provider forgot before s2v first read them (EC2 keeps terminated ones "
                "about an hour; GCE and RunPod drop deleted ones at once)")

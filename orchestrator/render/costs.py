@@ -37,7 +37,7 @@ class NodeLedger:
     gives the node table and the clocks."""
 
     def __init__(self, settings, enabled: bool, runtime, started: float | None = None, clock=None,
-                 tails: dict | None = None):
+                 tails: dict | None = None, asked: dict | None = None):
         from infra.clusters.clock import Tracker
 
         self.settings, self.enabled, self.runtime = settings, enabled, runtime
@@ -48,7 +48,7 @@ class NodeLedger:
         self._unknown: set[str] = set()
         # the cloud's clock (infra/clusters/clock.py): instances from launch to end, failed ones included
         self.tracker = Tracker(clock) if clock is not None and enabled else None
-        self.tails = tails
+        self.tails, self.asked = tails, asked  # asked: the config's capacity request, for the report
         self.instances: list = []
         self.clock_error: str | None = None
         self._clock_last = -float("inf")
@@ -136,7 +136,7 @@ class NodeLedger:
             m = doc["measured"]
             out = {"source": "node-hours", "clock": self.tracker.clock.provider, "node_hours": m["node_hours"],
                    "cost_usd": m["cost_usd"], "priced": m["priced"], "measured": m, "projected": doc["projected"],
-                   "nodes": doc["nodes"]}
+                   "nodes": doc["nodes"], "capacity": {"asked": self.asked, "had": doc["had"]}}
             if m.get("note"):
                 out["note"] = m["note"]
             return out
@@ -164,21 +164,21 @@ class NodeLedger:
         return doc
 
 
-def cluster_clock(settings, path: str | None = None) -> tuple[object | None, dict | None]:
-    """(clock, idle tails) of the cluster whose config the launcher left on this head; (None, None) when there is
-    none here (a fixed cluster, a driver off the head) or settings.cost_clock is 'ray'."""
+def cluster_clock(settings, path: str | None = None) -> dict:
+    """NodeLedger's clock, idle tails and what the config asked for, from the cluster config the launcher left on
+    this head; {} when there is none here (a fixed cluster, a driver off the head) or settings.cost_clock is 'ray'."""
     import yaml
 
     if getattr(settings, "cost_clock", "auto") == "ray":
-        return None, None
+        return {}
     p = Path(os.path.expanduser(path or BOOTSTRAP_CONFIG))
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
-        from infra.clusters.clock import clock_for, idle_tails
+        from infra.clusters.clock import asked, clock_for, idle_tails
 
-        return clock_for(cfg), idle_tails(cfg)
+        return {"clock": clock_for(cfg), "tails": idle_tails(cfg), "asked": asked(cfg)}
     except FileNotFoundError:
-        return None, None
+        return {}
     except Exception as e:  # noqa: BLE001 — an unreadable config, a provider without a clock: Ray's table it is
         log.warning("no cloud clock from %s (%s): costs come from Ray's node table", p, e)
-        return None, None
+        return {}

@@ -67,8 +67,7 @@ class Pool:
         self.infos: list[dict] = []
         self._alive: set[str] = set()
         self._alive_at = -float("inf")
-        clock, tails = cluster_clock(settings) if self.elastic else (None, None)
-        self.ledger = NodeLedger(settings, self.elastic, runtime, clock=clock, tails=tails)
+        self.ledger = NodeLedger(settings, self.elastic, runtime, **(cluster_clock(settings) if self.elastic else {}))
         self.peak_workers = 0
 
     def note(self, kind: str, detail: str | None = None, slot: Slot | None = None) -> None:
