@@ -21,6 +21,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -635,16 +636,33 @@ def test_a_schema_without_the_global_network_flag_asks_for_a_data_centre(fake_ru
     assert fake_runpod.deploys == []
 
 
-def test_object_store_keys_reach_every_pod_as_a_file(fake_runpod, tmp_path, caplog):
+def _launched_for_up(tmp_path, monkeypatch) -> dict:
+    """What `up` hands Ray's launcher for the template (launch_config with a project; the wheel build stubbed)."""
+    from infra.clusters import launch
+    from core.settings import Settings
+
+    def build(root, dist, cache=None):
+        dist.mkdir(parents=True, exist_ok=True)
+        (dist / "s2v-build.json").write_text(json.dumps({"fingerprint": "f" * 64, "version": "0"}))
+        return SimpleNamespace(fingerprint="f" * 64)
+
+    cfg = _template()
+    cfg["provider"]["state_dir"] = str(tmp_path / "state")
+    cfg["metadata"]["s2v"]["work"] = "s3://night-work/s2v-work"
+    path = tmp_path / "runpod.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(launch, "build_bundle", build)
+    return launch.launch_config(path, tmp_path, Settings(clusters_dir=tmp_path / "clusters"))
+
+
+def test_object_store_keys_reach_every_pod_as_a_file(fake_runpod, tmp_path, caplog, monkeypatch):
     """Through Ray's launcher code: the keys are staged 0600 and mounted; the head's config keeps the mount, so its
     autoscaler copies it to every worker it sets up; they never appear in a query or pod env."""
     from ray.autoscaler._private.commands import _bootstrap_config, _set_up_config_for_head_node
 
     from infra.clusters.runpod.secrets import MOUNT
 
-    cfg = _template()
-    cfg["provider"]["state_dir"] = str(tmp_path / "state")
-    cfg["metadata"]["s2v"]["work"] = "s3://night-work/s2v-work"
+    cfg = _launched_for_up(tmp_path, monkeypatch)
     with caplog.at_level("DEBUG"):
         boot = _bootstrap_config(copy.deepcopy(cfg), no_config_cache=True)
         local = Path(boot["file_mounts"][MOUNT])
@@ -664,15 +682,18 @@ def test_object_store_keys_reach_every_pod_as_a_file(fake_runpod, tmp_path, capl
     assert not [t[:60] for t in texts if STORE_SECRET in t]
 
 
-def test_no_keys_for_an_s3_work_area_fails_before_any_pod(fake_runpod, tmp_path, monkeypatch):
+def test_no_keys_for_an_s3_work_area_fails_up_before_any_pod_but_not_down(fake_runpod, tmp_path, monkeypatch):
     from ray.autoscaler._private.commands import _bootstrap_config
 
+    from infra.clusters.runpod.secrets import MOUNT
+
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    cfg = _template()
-    cfg["provider"]["state_dir"] = str(tmp_path / "state")
     with pytest.raises(ClusterError, match="AWS_SECRET_ACCESS_KEY.*s2v cluster up"):
-        _bootstrap_config(copy.deepcopy(cfg), no_config_cache=True)
+        _launched_for_up(tmp_path, monkeypatch)
     assert fake_runpod.deploys == []
+    cfg = _template()  # down, status, exec: the launcher's bootstrap needs no object-store keys
+    cfg["provider"]["state_dir"] = str(tmp_path / "state")
+    assert MOUNT not in (_bootstrap_config(copy.deepcopy(cfg), no_config_cache=True).get("file_mounts") or {})
 
 
 def test_the_weight_sync_sees_the_endpoint_and_the_mounted_keys(s3_server, tmp_path, monkeypatch):

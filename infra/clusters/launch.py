@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import ClusterError, ConfigError
-from infra.clusters.config import load_config, s2v_meta, validate_cluster_config
+from infra.clusters.config import load_config, provider_of, s2v_meta, validate_cluster_config
 from infra.clusters.ship import build_bundle, read_record
 
 DIST_MOUNT = "~/s2v-dist"
@@ -69,6 +69,12 @@ def launch_config(path: Path, project_root: Path | None = None, settings=None) -
     name = cfg["cluster_name"]
     dist = state_dir(name, settings) / "dist"
     if project_root is not None:
+        if provider_of(cfg) == "runpod":
+            from infra.clusters.runpod.secrets import stage
+
+            # `up` only: pods have no instance role, so the user's object-store keys become a mount on every node
+            # (down, status and exec need no keys, and the nodes keep the copy they have)
+            stage(cfg)
         cache = Path(settings.cache_dir) / "wheels" if settings is not None else None
         bundle = build_bundle(project_root, dist, cache)
         node = {"cluster_name": name, "metadata": s2v_meta(cfg), "fingerprint": bundle.fingerprint}

@@ -368,10 +368,6 @@ class RunPodNodeProvider(NodeProvider):
         key_file = p.setdefault("api_key_file", default_key_file(cluster_config.get("cluster_name", "default")))
         load_api_key(p, cluster_config.get("cluster_name", "default"))  # fails early, before any pod exists
         cluster_config.setdefault("file_mounts", {})[key_file] = str(Path(key_file).expanduser())
-        if not on_runpod():
-            from infra.clusters.runpod.secrets import stage
-
-            stage(cluster_config)  # object-store keys: a mount on every node (pods have no instance role)
         return cluster_config
 
     def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Object-store keys for RunPod pods: RunPod has no instance roles, so the S3/R2/MinIO keys of the user who runs
 `s2v cluster up` reach every pod as a 0600 file mount (~/.s2v/objstore.env), never as pod env, which RunPod shows
-to anyone who can list the account's pods."""
+to anyone who can list the account's pods. infra/clusters/launch.py stages them for `up`."""
 
 from __future__ import annotations
 
