@@ -271,3 +271,17 @@ def test_the_run_report_says_what_is_measured_and_what_projected(ec2):
     assert "Measured: $" in page and "Projected: $" in page and "idle tail" in page
     ray_only = report_doc(RunResult(run_id="r2", manifest="m.yaml", jobs={}, cost=_ledger(None).summary()))
     assert "Ray's node table" in ray_only["totals"]["cost_measured"]
+
+
+def test_the_head_finds_its_clock_in_the_launchers_config(tmp_path, monkeypatch):
+    from orchestrator.render.costs import cluster_clock
+
+    boot = tmp_path / "ray_bootstrap_config.yaml"
+    boot.write_text("cluster_name: night\nidle_timeout_minutes: 7\nprovider: {type: aws, region: us-west-2}\n"
+                    "metadata: {s2v: {work: s3://b/w, idle_stop_minutes: 0}}\navailable_node_types: {}\n")
+    got = cluster_clock(Settings(), str(boot))
+    assert isinstance(got["clock"], AwsClock) and got["clock"].cluster_name == "night"
+    assert got["tails"] == {"worker": 420.0, "head": None}  # idle_stop_minutes 0: the head runs until down
+    assert cluster_clock(Settings(cost_clock="ray"), str(boot)) == {}
+    boot.write_text("cluster_name: x\nprovider: {type: external, module: tests.loopback.Provider}\n")
+    assert cluster_clock(Settings(), str(boot)) == {} and cluster_clock(Settings(), str(tmp_path / "none")) == {}

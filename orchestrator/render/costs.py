@@ -175,7 +175,11 @@ def cluster_clock(settings, path: str | None = None) -> dict:
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
         from infra.clusters.clock import asked, clock_for, idle_tails
+        from infra.clusters.config import provider_of
 
+        if provider_of(cfg) not in ("aws", "gcp", "runpod"):  # another external provider: no clock of its own
+            log.info("cluster provider %s has no cloud clock: costs come from Ray's node table", provider_of(cfg))
+            return {}
         return {"clock": clock_for(cfg), "tails": idle_tails(cfg), "asked": asked(cfg)}
     except FileNotFoundError:
         return {}
