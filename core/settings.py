@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     spot_wait_s: float = Field(600.0, gt=0, description="Wait this long for spot capacity the run asked for; then new "
                                "actors ask for the on-demand node type (reported).")
     cost_poll_s: float = Field(10.0, gt=0, description="How often the node-hour ledger reads the node table.")
+    cost_clock: str = Field("auto", pattern="^(auto|ray)$", description="auto: a cluster run bills each node by "
+                            "the cloud's own clock (launch to end) when the head can read it; ray: by Ray's node "
+                            "table (join to leave) only.")
+    cost_clock_poll_s: float = Field(60.0, gt=0, description="How often the ledger reads the cloud's clock.")
 
     # cost model
     seconds_per_clip: dict[str, float] = Field(

@@ -37,19 +37,19 @@ def test_init_writes_valid_configs(tmp_path):
     r = CliRunner()
     for prov, extra in (("aws", ["--no-resolve-images"]), ("gcp", ["--project", "proj-1"]), ("runpod", [])):
         out = tmp_path / f"{prov}.yaml"
-        res = r.invoke(app, ["init", prov, "--bucket", "my-bucket", "--out", str(out), "--spot", "--gpus", "1",
+        res = r.invoke(app, ["init", "--no-resolve-zones", prov, "--bucket", "my-bucket", "--out", str(out), "--spot", "--gpus", "1",
                              "--max-workers", "2", *extra])
         assert res.exit_code == 0, res.output
         cfg = yaml.safe_load(out.read_text())
         assert {"head", "gpu_spot", "gpu_ondemand"} <= set(cfg["available_node_types"])
         assert cfg["metadata"]["s2v"]["work"].endswith("://my-bucket/s2v-work")
-    res = r.invoke(app, ["init", "aws", "--bucket", "b", "--out", str(tmp_path / "aws.yaml")])
+    res = r.invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "b", "--out", str(tmp_path / "aws.yaml")])
     assert res.exit_code == 2 and "--force" in res.output
-    res = r.invoke(app, ["init", "--provider", "azure", "--bucket", "b", "--out", str(tmp_path / "x.yaml")])
+    res = r.invoke(app, ["init", "--no-resolve-zones", "--provider", "azure", "--bucket", "b", "--out", str(tmp_path / "x.yaml")])
     assert res.exit_code == 2 and "unknown provider" in res.output
-    res = r.invoke(app, ["init", "aws", "--out", str(tmp_path / "nobucket.yaml"), "--no-resolve-images"])
+    res = r.invoke(app, ["init", "--no-resolve-zones", "aws", "--out", str(tmp_path / "nobucket.yaml"), "--no-resolve-images"])
     assert res.exit_code == 2 and "--bucket" in res.output and not (tmp_path / "nobucket.yaml").exists()
-    res = r.invoke(app, ["init", "gcp", "--bucket", "b", "--out", str(tmp_path / "noproject.yaml")])
+    res = r.invoke(app, ["init", "--no-resolve-zones", "gcp", "--bucket", "b", "--out", str(tmp_path / "noproject.yaml")])
     assert res.exit_code == 2 and "--project" in res.output
 
 
@@ -95,7 +95,7 @@ def test_init_pins_aws_images_from_their_public_ssm_parameters(tmp_path, monkeyp
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     try:
         out = tmp_path / "aws.yaml"
-        res = CliRunner().invoke(app, ["init", "aws", "--bucket", "b", "--region", "eu-west-1", "--out", str(out)])
+        res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "b", "--region", "eu-west-1", "--out", str(out)])
         assert res.exit_code == 0, res.output
         cfg = yaml.safe_load(out.read_text())
         images = {n: nt["node_config"]["ImageId"] for n, nt in cfg["available_node_types"].items()}
@@ -105,7 +105,7 @@ def test_init_pins_aws_images_from_their_public_ssm_parameters(tmp_path, monkeyp
         assert AWS_GPU_IMAGE_PARAM in cfg["metadata"]["s2v"]["image_source"]
         # A parameter that is not there: a clear error naming it and the way around it; nothing written.
         _SSM.values = {}
-        res = CliRunner().invoke(app, ["init", "aws", "--bucket", "b", "--out", str(tmp_path / "x.yaml")])
+        res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "b", "--out", str(tmp_path / "x.yaml")])
         assert res.exit_code == 2 and AWS_HEAD_IMAGE_PARAM in res.output and not (tmp_path / "x.yaml").exists()
     finally:
         srv.shutdown()
@@ -294,7 +294,7 @@ def test_a_generated_cluster_config_is_private(tmp_path):
     import stat
 
     out = tmp_path / "cluster.yaml"
-    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "b", "--out", str(out), "--no-resolve-images"])
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "b", "--out", str(out), "--no-resolve-images"])
     assert res.exit_code == 0, res.output
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 

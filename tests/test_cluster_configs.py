@@ -634,7 +634,7 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
     from orchestrator.cli.cluster import app
 
     out = tmp_path / "aws.yaml"
-    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "work-b", "--input-bucket", "s3://media-lib/x",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "work-b", "--input-bucket", "s3://media-lib/x",
                                    "--output-bucket", "pub-site", "--model-dir", "s3://weights-b/wan2.2",
                                    "--out", str(out), "--no-resolve-images"])
     assert res.exit_code == 0, res.output
@@ -653,7 +653,7 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
         assert grants["s3:PutObject"] == {"arn:aws:s3:::work-b/*", "arn:aws:s3:::pub-site/*"}
         assert any("iam:PassRole" in st["Action"] for st in doc["Statement"]) == (who == "head")
     gcp = tmp_path / "gcp.yaml"
-    res = CliRunner().invoke(app, ["init", "gcp", "--bucket", "work-b", "--project", "proj-1", "--input-bucket",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "gcp", "--bucket", "work-b", "--project", "proj-1", "--input-bucket",
                                    "media-lib", "--out", str(gcp)])
     assert res.exit_code == 0, res.output
     script = (tmp_path / "gcp-iam" / "gcp-bucket-grants.sh").read_text()
@@ -662,6 +662,26 @@ def test_init_writes_grants_for_every_bucket_a_run_touches(tmp_path):
                "--role=roles/storage.objectViewer" in script
         assert f"gs://work-b --member=serviceAccount:{sa}@proj-1.iam.gserviceaccount.com " \
                "--role=roles/storage.objectAdmin" in script
-    res = CliRunner().invoke(app, ["init", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
+    res = CliRunner().invoke(app, ["init", "--no-resolve-zones", "aws", "--bucket", "w", "--input-bucket", "Not A Bucket", "--out",
                                    str(tmp_path / "bad.yaml"), "--no-resolve-images"])
     assert res.exit_code == 2 and "--input-bucket 'Not A Bucket' is not a bucket name" in res.output
+
+
+def test_an_s3_compatible_store_reaches_the_config_the_nodes_and_the_run():
+    """S2V_S3_ENDPOINT_URL at init (R2, MinIO) lands in metadata.s2v, which node.json carries to every node and the
+    run's env carries to the driver; a value that is no URL is named."""
+    from core.errors import ConfigError
+    from core.settings import Settings
+    from infra.clusters.config import validate_cluster_config
+    from infra.clusters.generate import generate_config
+    from infra.clusters.launch import run_settings_env
+
+    s = Settings(cloud_provider="runpod", s3_endpoint_url="https://acct.r2.cloudflarestorage.com", s3_region="auto")
+    cfg = generate_config(s, work="s3://night/s2v-work")
+    assert cfg["metadata"]["s2v"]["s3_endpoint_url"] == "https://acct.r2.cloudflarestorage.com"
+    env = run_settings_env(cfg)
+    assert env["S2V_S3_ENDPOINT_URL"] == "https://acct.r2.cloudflarestorage.com" and env["S2V_S3_REGION"] == "auto"
+    cfg["metadata"]["s2v"]["s3_endpoint_url"] = "acct.r2.cloudflarestorage.com"
+    with pytest.raises(ConfigError) as e:
+        validate_cluster_config(cfg)
+    assert any("s3_endpoint_url" in str(p) and "http(s)://" in str(p) for p in e.value.problems)

@@ -21,6 +21,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -28,10 +29,12 @@ import yaml
 from core.errors import ClusterError, ConfigError, TransientError
 from infra.clusters.runpod.provider import CLUSTER_ENV, RunPodNodeProvider
 from infra.clusters.runpod.api import PodLaunchError
+from storage_servers import s3_server  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "infra" / "clusters" / "runpod.yaml"
 KEY = "test-key-7f3a9c"  # the account key the fake accepts; it must never show up anywhere else
+STORE_SECRET = "store-secret-'q\"9"  # the object store's secret key: never in a query, pod env or log either
 
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|(-?\d+(?:\.\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|([{}\[\]:,()]))')
 
@@ -93,12 +96,22 @@ class FakeRunPod:
         self.min_bid = 1.49
         self.fail_create: str | None = None  # "502" / "drop": answer garbage after creating; "lost": drop, none made
         self.unknown_field: str | None = None  # an input field the schema rejects, as graphql-js words it
+        # data centres as `dataCenters { id name globalNetwork }` lists them; `full` ones refuse every pod
+        self.data_centers = [{"id": "EU-RO-1", "name": "Romania", "globalNetwork": True},
+                             {"id": "US-KS-2", "name": "Kansas", "globalNetwork": False},
+                             {"id": "US-TX-3", "name": "Texas", "globalNetwork": True}]
+        self.full: set[str] = set()
+        self.no_dc_flag = False  # a schema without DataCenter.globalNetwork
         self.n = 0
 
     def handle(self, query: str):
         self.queries.append(query)
         if "myself" in query and "pods" in query:
             return {"data": {"myself": {"pods": list(self.pods.values())}}}
+        if "dataCenters" in query:
+            if self.no_dc_flag:
+                return _err('Cannot query field "globalNetwork" on type "DataCenter".')
+            return {"data": {"dataCenters": self.data_centers}}
         if "gpuTypes(" in query:
             gid, lp = parse_input(query, "gpuTypes")["id"], parse_input(query, "lowestPrice")
             return {"data": {"gpuTypes": [{
@@ -132,6 +145,11 @@ class FakeRunPod:
                 return _err('Cannot query field "podRentInterruptable" on type "Mutation".')
             if inp.get("bidPerGpu", 0) < self.min_bid:
                 return _err(f"Your bid {inp.get('bidPerGpu')} is below the minimum bid {self.min_bid}")
+        if inp.get("dataCenterId") in self.full:
+            return _err("There are no longer any instances available with the requested specifications.")
+        if inp.get("globalNetwork") and inp.get("dataCenterId") and not any(
+                d["id"] == inp["dataCenterId"] and d["globalNetwork"] for d in self.data_centers):
+            return _err(f"global networking is not available in {inp['dataCenterId']}")
         fail, self.fail_create = self.fail_create, None
         if fail == "lost":
             return "drop"
@@ -141,6 +159,7 @@ class FakeRunPod:
             "id": pid, "name": inp["name"], "desiredStatus": "RUNNING", "imageName": inp["imageName"],
             "env": [f"{e['key']}={e['value']}" for e in inp.get("env", [])],
             "podType": "INTERRUPTABLE" if op == "podRentInterruptable" else "RESERVED", "op": op, "input": inp,
+            "costPerHr": inp.get("bidPerGpu", 2.69) * inp.get("gpuCount", 1), "uptimeSeconds": 0,
             "runtime": {"ports": [
                 {"ip": "100.65.0.%d" % self.n, "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
                 {"ip": "203.0.113.%d" % self.n, "isIpPublic": True, "privatePort": 22, "publicPort": 40000 + self.n,
@@ -192,6 +211,10 @@ def fake_runpod(monkeypatch, tmp_path):
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}")
     monkeypatch.setenv("RUNPOD_API_KEY", KEY)
+    # the user's object-store keys, which `up` stages for the pods (runpod/secrets.py); fake, never sent anywhere
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", STORE_SECRET)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # key files and tag overlays land here
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
     try:
@@ -584,3 +607,151 @@ def test_pod_entrypoint_traps_sigterm_into_the_watchers_flag(tmp_path):
     assert flag.is_file() and (flag.parent.stat().st_mode & 0o077) == 0
     src = SigtermSource(flag_path=str(flag), install_handler=False, not_before=time.time() - 60)
     assert [n.source for n in src.check()] == ["sigterm"]
+
+
+def test_pods_land_only_in_data_centres_with_global_networking(fake_runpod, tmp_path):
+    """data_center_id `any`: each pod tries the data centres RunPod lists with global networking, the next one when
+    a centre has no capacity; a centre without it is never asked. A pinned centre is the only one tried."""
+    fake_runpod.full = {"EU-RO-1"}
+    p = _provider(tmp_path, global_networking=True, data_center_id="any")
+    (pid,) = p.create_node(NC, {}, 1)
+    asked = [inp.get("dataCenterId") for _op, inp in fake_runpod.deploys]
+    assert asked == ["EU-RO-1", "US-TX-3"] and fake_runpod.pods[pid]["input"]["dataCenterId"] == "US-TX-3"
+    assert "S2V_DATA_CENTER=US-TX-3" in fake_runpod.pods[pid]["env"]
+    p.create_node(NC, {}, 1)
+    assert sum("dataCenters" in q for q in fake_runpod.queries) == 1  # asked once per provider
+    fake_runpod.full = {"EU-RO-1", "US-TX-3"}
+    with pytest.raises(PodLaunchError, match="RunPodRefused"):
+        p.create_node(NC, {}, 1)
+    assert "US-KS-2" not in [inp.get("dataCenterId") for _op, inp in fake_runpod.deploys]
+    fake_runpod.full, fake_runpod.deploys = set(), []
+    _provider(tmp_path, global_networking=True, data_center_id="US-TX-3").create_node(NC, {}, 1)
+    assert [inp["dataCenterId"] for _op, inp in fake_runpod.deploys] == ["US-TX-3"]
+
+
+def test_a_schema_without_the_global_network_flag_asks_for_a_data_centre(fake_runpod, tmp_path):
+    fake_runpod.no_dc_flag = True
+    with pytest.raises(ConfigError, match="provider.data_center_id"):
+        _provider(tmp_path, global_networking=True).create_node(NC, {}, 1)
+    assert fake_runpod.deploys == []
+
+
+def _launched_for_up(tmp_path, monkeypatch) -> dict:
+    """What `up` hands Ray's launcher for the template (launch_config with a project; the wheel build stubbed)."""
+    from infra.clusters import launch
+    from core.settings import Settings
+
+    def build(root, dist, cache=None):
+        dist.mkdir(parents=True, exist_ok=True)
+        (dist / "s2v-build.json").write_text(json.dumps({"fingerprint": "f" * 64, "version": "0"}))
+        return SimpleNamespace(fingerprint="f" * 64)
+
+    cfg = _template()
+    cfg["provider"]["state_dir"] = str(tmp_path / "state")
+    cfg["metadata"]["s2v"]["work"] = "s3://night-work/s2v-work"
+    path = tmp_path / "runpod.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(launch, "build_bundle", build)
+    return launch.launch_config(path, tmp_path, Settings(clusters_dir=tmp_path / "clusters"))
+
+
+def test_object_store_keys_reach_every_pod_as_a_file(fake_runpod, tmp_path, caplog, monkeypatch):
+    """Through Ray's launcher code: the keys are staged 0600 and mounted; the head's config keeps the mount, so its
+    autoscaler copies it to every worker it sets up; they never appear in a query or pod env."""
+    from ray.autoscaler._private.commands import _bootstrap_config, _set_up_config_for_head_node
+
+    from infra.clusters.runpod.secrets import MOUNT
+
+    cfg = _launched_for_up(tmp_path, monkeypatch)
+    with caplog.at_level("DEBUG"):
+        boot = _bootstrap_config(copy.deepcopy(cfg), no_config_cache=True)
+        local = Path(boot["file_mounts"][MOUNT])
+        assert stat.S_IMODE(local.stat().st_mode) == 0o600
+        out = subprocess.run(["bash", "-c", f". {local}; printf '%s\\n' \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\""],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+        assert out == ["AKIAFAKEFAKEFAKE", STORE_SECRET]  # quoted: a quote in the secret stays in it
+        p = RunPodNodeProvider(boot["provider"], boot["cluster_name"])
+        _head_cfg, remote_file = _set_up_config_for_head_node(copy.deepcopy(boot), p, no_restart=False)
+        remote = json.loads(Path(remote_file.name).read_text())
+        remote_file.close()
+        assert MOUNT in remote["file_mounts"]  # the workers' mounts come from the head's copy
+        for name, nt in cfg["available_node_types"].items():
+            p.create_node(nt["node_config"], {"ray-user-node-type": name}, 1)
+    envs = [e for pod in fake_runpod.pods.values() for e in pod["env"]]
+    texts = [*fake_runpod.queries, *envs, caplog.text, json.dumps(boot), json.dumps(remote)]
+    assert not [t[:60] for t in texts if STORE_SECRET in t]
+
+
+def test_no_keys_for_an_s3_work_area_fails_up_before_any_pod_but_not_down(fake_runpod, tmp_path, monkeypatch):
+    from ray.autoscaler._private.commands import _bootstrap_config
+
+    from infra.clusters.runpod.secrets import MOUNT
+
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ClusterError, match="AWS_SECRET_ACCESS_KEY.*s2v cluster up"):
+        _launched_for_up(tmp_path, monkeypatch)
+    assert fake_runpod.deploys == []
+    cfg = _template()  # down, status, exec: the launcher's bootstrap needs no object-store keys
+    cfg["provider"]["state_dir"] = str(tmp_path / "state")
+    assert MOUNT not in (_bootstrap_config(copy.deepcopy(cfg), no_config_cache=True).get("file_mounts") or {})
+
+
+def test_the_weight_sync_sees_the_endpoint_and_the_mounted_keys(s3_server, tmp_path, monkeypatch):
+    """A node set up as `up` leaves it (node.json with metadata.s2v.s3_endpoint_url, the keys file mounted) syncs the
+    weights from an S3-compatible store that is not AWS (SeaweedFS on 127.0.0.1) with no keys in its own env."""
+    from infra.clusters import node
+    from storage_servers import ACCESS_KEY, SECRET_KEY, unique
+
+    bucket = s3_server.make_bucket(unique("weights"))
+    s3_server.client().put_object(Bucket=bucket, Key="wan/model.safetensors", Body=b"w" * 1000)
+    home = tmp_path / "home"
+    (home / "s2v-dist").mkdir(parents=True)
+    meta = {"model_dir": f"s3://{bucket}/wan", "s3_endpoint_url": s3_server.endpoint, "s3_region": "us-east-1"}
+    (home / "s2v-dist" / "node.json").write_text(json.dumps({"metadata": meta}))
+    (home / ".s2v").mkdir()
+    (home / ".s2v" / "objstore.env").write_text(f"export AWS_ACCESS_KEY_ID={ACCESS_KEY}\n"
+                                                f"export AWS_SECRET_ACCESS_KEY={SECRET_KEY}\n")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "S2V_S3_ENDPOINT_URL", "S2V_NODE_CACHE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    node.prepare(home)
+    shown = subprocess.run(["bash", "-c", f"HOME={home}; . {home}/.s2v/node.env && echo \"$S2V_S3_ENDPOINT_URL "
+                            "$AWS_ACCESS_KEY_ID\""], capture_output=True, text=True, check=True).stdout.split()
+    assert shown == [s3_server.endpoint, ACCESS_KEY]  # what `ray start` (and so every actor) inherits
+    dest = node.sync_weights(home)
+    import time
+
+    deadline = time.monotonic() + 60
+    while node.status(dest, meta["model_dir"]) != "ready":
+        assert node.status(dest, meta["model_dir"]) != "failed", (dest.with_name(dest.name + ".log")).read_text()
+        assert time.monotonic() < deadline, "the weight sync did not finish"
+        time.sleep(0.2)
+    assert (dest / "model.safetensors").read_bytes() == b"w" * 1000
+    # without the keys file node.env still sources cleanly: the start commands run `. node.env && ray start`
+    (home / ".s2v" / "objstore.env").unlink()
+    subprocess.run(["bash", "-c", f"HOME={home}; . {home}/.s2v/node.env && true"], check=True)
+
+
+def test_the_cost_clock_reads_pods_from_their_create_at_runpods_price(fake_runpod, tmp_path):
+    import time
+
+    from infra.clusters.clock import Tracker
+    from infra.clusters.clock_readers import RunPodClock
+
+    p = _provider(tmp_path)
+    before = time.time()
+    (a,) = p.create_node(dict(NC, interruptible=True), {"ray-node-type": "worker", "ray-user-node-type": "gpu_spot"}, 1)
+    (b,) = p.create_node(NC, {"ray-node-type": "head"}, 1)
+    _provider(tmp_path, "other").create_node(NC, {}, 1)
+    tracker = Tracker(RunPodClock({"state_dir": str(tmp_path / "state")}, "c1"))
+    got = {i.id: i for i in tracker.read()}
+    assert set(got) == {a, b}
+    assert got[a].market == "spot" and got[a].usd_per_hour == pytest.approx(1.49)  # its bid: RunPod's costPerHr
+    assert got[a].node_type == "gpu_spot" and got[b].head and got[b].usd_per_hour == pytest.approx(2.69)
+    assert before - 1 <= got[a].launched <= time.time() + 1 and got[a].instance_type == "runpod-h100-80gb-hbm3-x1"
+    del fake_runpod.pods[a]  # terminated pods vanish from RunPod's list
+    gone = {i.id: i for i in tracker.read()}[a]
+    assert gone.terminated is not None and gone.end_source == "last seen"

@@ -43,6 +43,9 @@ META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "input_buckets": (list, None, "other buckets a run reads inputs from (the grants `init` writes cover them)"),
     "output_buckets": (list, None, "other buckets a run publishes to (read/write, like the work bucket)"),
     "preemption_sources": (str, None, "notices the nodes watch (aws, gcp, sigterm, none; default: the provider's)"),
+    "capacity": (dict, None, "what `init` asked (types, fallback types, zones) and where each type is offered"),
+    "s3_endpoint_url": (str, None, "S3-compatible endpoint of the buckets (R2, MinIO); none: AWS S3"),
+    "s3_region": (str, None, "region the nodes sign S3 requests for (R2: auto)"),
 }
 # What a cluster's render actors watch for spot notices, by provider: named, never probed for (`auto` on an unknown
 # machine probes nothing, and a probe of a metadata address from the wrong place is traffic nobody asked for).
@@ -156,6 +159,10 @@ def _check_metadata(probs: ProblemList, cfg: dict) -> None:
     for k in ("zones", "node_cache_dirs"):
         if isinstance(meta.get(k), list) and not all(isinstance(z, str) and z for z in meta[k]):
             probs.add(where, k, "must be a list of non-empty strings")
+    url = meta.get("s3_endpoint_url")
+    if isinstance(url, str) and not re.match(r"https?://[^/\s]+", url):
+        probs.add(where, "s3_endpoint_url", f"{url!r} is not an http(s):// URL",
+                  "e.g. https://ACCOUNT.r2.cloudflarestorage.com (`init` copies S2V_S3_ENDPOINT_URL)")
     ps = meta.get("preemption_sources")
     if isinstance(ps, str):
         names = [n.strip() for n in ps.split(",") if n.strip()]

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from core.errors import ConfigError
+from infra.clusters.capacity import add_fallback_types, aws_offered, gcp_offered, record, resolve_zones
 from infra.clusters.config import (
     HEAD, MARKET_LABEL, ONDEMAND, ONDEMAND_RESOURCE, PRICE_LABEL, SPOT, SPOT_RESOURCE, load_config, template_path,
     validate_cluster_config,
@@ -105,7 +106,7 @@ def _set_zone(cfg: dict, zone: str) -> None:
 def generate_config(settings, provider: str | None = None, *, work: str | None = None, bucket: str | None = None,
                     key_name: str | None = None, ssh_key: str | None = None, idle_stop_minutes: int | None = None,
                     resolve_images: bool = False, placeholders_ok: bool = False, input_buckets=(),
-                    output_buckets=()) -> dict[str, Any]:
+                    output_buckets=(), fallback_types=(), resolve_zones: bool = False) -> dict[str, Any]:
     """A config for `provider` (default settings.cloud_provider) with settings and these choices applied."""
     from infra.clusters.iam import INPUT_KEY, OUTPUT_KEY, bucket_name
 
@@ -120,6 +121,9 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
         meta["work"] = _work_uri(work, bucket, prov)
     if settings.model_dir:
         meta["model_dir"] = settings.model_dir  # data for the nodes (node.json), never spliced into a command
+    for key in ("s3_endpoint_url", "s3_region"):  # an R2/MinIO store: the nodes must speak to the same one
+        if getattr(settings, key, None):
+            meta[key] = getattr(settings, key)
     if idle_stop_minutes is not None:
         meta["idle_stop_minutes"] = idle_stop_minutes
     cfg["cluster_name"] = settings.cluster_name
@@ -130,6 +134,12 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
         _gpu_node_type(types[name], name, prov, settings)
     if not settings.spot:
         del types[SPOT]  # spot off: the on-demand type is the only GPU type
+    if fallback_types:
+        if prov == "runpod":
+            raise ConfigError("--fallback-type is for aws and gcp; on RunPod pods fall back across data centres")
+        add_fallback_types(cfg, prov, list(fallback_types), MACHINES, SPOT_ONLY)
+    if resolve_zones and prov in ("aws", "gcp"):
+        _offered_zones(cfg, prov, settings, list(fallback_types))
     for nt in types.values():
         nt["labels"][PRICE_LABEL] = price_key(prov, nt["node_config"])
     if prov == "aws":
@@ -176,6 +186,22 @@ def _place(cfg: dict, prov: str, settings) -> None:
         p["data_center_id"] = region if DATA_CENTER_RE.match(region) else "any"
         if settings.cloud_image:
             cfg["available_node_types"][HEAD]["node_config"]["image_name"] = settings.cloud_image
+
+
+def _offered_zones(cfg: dict, prov: str, settings, fallback: list[str]) -> None:
+    """Zones by where the types are offered (asked of the cloud now), and what was asked, into the config."""
+    field = "InstanceType" if prov == "aws" else "machineType"
+    types = sorted({nt["node_config"][field] for nt in cfg["available_node_types"].values()})
+    region = cfg["provider"]["region"]
+    offered = aws_offered(region, types) if prov == "aws" else gcp_offered(settings.cloud_project, region, types)
+    asked = [z.strip() for z in (settings.cloud_zone or "").split(",") if z.strip()] or None
+    zones = resolve_zones(cfg, prov, offered, asked)
+    if prov == "aws":
+        cfg["provider"]["availability_zone"] = ",".join(zones)
+    else:
+        cfg["metadata"]["s2v"]["zones"] = zones
+        _set_zone(cfg, zones[0])
+    record(cfg, prov, offered, zones, fallback)
 
 
 def _gpu_node_type(nt: dict, name: str, prov: str, settings) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import ClusterError, ConfigError
-from infra.clusters.config import load_config, s2v_meta, validate_cluster_config
+from infra.clusters.config import load_config, provider_of, s2v_meta, validate_cluster_config
 from infra.clusters.ship import build_bundle, read_record
 
 DIST_MOUNT = "~/s2v-dist"
@@ -69,6 +69,12 @@ def launch_config(path: Path, project_root: Path | None = None, settings=None) -
     name = cfg["cluster_name"]
     dist = state_dir(name, settings) / "dist"
     if project_root is not None:
+        if provider_of(cfg) == "runpod":
+            from infra.clusters.runpod.secrets import stage
+
+            # `up` only: pods have no instance role, so the user's object-store keys become a mount on every node
+            # (down, status and exec need no keys, and the nodes keep the copy they have)
+            stage(cfg)
         cache = Path(settings.cache_dir) / "wheels" if settings is not None else None
         bundle = build_bundle(project_root, dist, cache)
         node = {"cluster_name": name, "metadata": s2v_meta(cfg), "fingerprint": bundle.fingerprint}
@@ -83,6 +89,7 @@ def launch_config(path: Path, project_root: Path | None = None, settings=None) -
     zone = _state(name, settings).get("zone")
     if zone and zone in (s2v_meta(cfg).get("zones") or []):
         _use_zone(cfg, zone)
+        cfg = _in_zone(cfg, zone)
     return cfg
 
 
@@ -90,6 +97,15 @@ def _use_zone(cfg: dict, zone: str) -> None:
     from infra.clusters.generate import _set_zone
 
     _set_zone(cfg, zone)
+
+
+def _in_zone(cfg: dict, zone: str) -> dict:
+    """The config to launch in `zone`: GPU node types not offered there dropped (infra/clusters/capacity.py)."""
+    from infra.clusters.capacity import types_in_zone
+
+    out = copy.deepcopy(cfg)
+    types_in_zone(out, zone)
+    return out
 
 
 def is_zonal(exc: BaseException) -> bool:
@@ -110,7 +126,7 @@ def up_in_zones(cfg: dict, create: Callable[[dict], Any], head_exists: Callable[
     for i, zone in enumerate(order):
         _use_zone(cfg, zone)
         try:
-            create(cfg)
+            create(_in_zone(cfg, zone))
         except (Exception, SystemExit) as e:  # noqa: BLE001 — the launcher sys.exits on failed updates
             if i + 1 < len(order) and is_zonal(e) and not head_exists(cfg):
                 why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -136,6 +152,9 @@ def run_settings_env(cfg: dict[str, Any]) -> dict[str, str]:
            "S2V_PREEMPTION_SOURCES": meta.get("preemption_sources") or PREEMPTION_SOURCES.get(provider_of(cfg), "none")}
     if meta.get("model_dir"):
         env["S2V_MODEL_DIR"] = str(meta["model_dir"])
+    from infra.clusters.node import store_values
+
+    env.update(store_values(meta))  # the store the nodes use (R2, MinIO) is the run's store too
     prices = {k: v.model_dump() for k, v in Settings().node_prices.items()}
     prices.update(meta.get("prices") or {})
     env["S2V_NODE_PRICES"] = json.dumps(prices, sort_keys=True)

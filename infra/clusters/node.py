@@ -24,6 +24,10 @@ from infra.clusters.weights import NODE_CACHE_ENV, is_remote, model_copy_dir, st
 NODE_JSON = "node.json"
 ENV_FILE = Path(".s2v") / "node.env"
 SOURCE_LINE = "[ -f ~/.s2v/node.env ] && . ~/.s2v/node.env  # s2v-batch: node environment"
+KEYS_FILE = Path(".s2v") / "objstore.env"  # object-store keys a provider mounted (RunPod: runpod/secrets.py)
+# `if`, not `[ -f ] &&`: node.env's own status must be 0 without the file (start commands run `. node.env && …`)
+KEYS_SOURCE = "if [ -f ~/.s2v/objstore.env ]; then . ~/.s2v/objstore.env; fi"
+STORE_SETTINGS = {"s3_endpoint_url": "S2V_S3_ENDPOINT_URL", "s3_region": "S2V_S3_REGION"}  # metadata.s2v → env
 LOCAL_SSD_GLOB = "google-local-nvme-ssd-*"
 LOCAL_SSD_MOUNT = Path("/mnt/disks/s2v")
 
@@ -69,6 +73,11 @@ def env_lines(values: dict[str, str], path_prefix: str) -> list[str]:
     return lines
 
 
+def store_values(meta: dict) -> dict[str, str]:
+    """The object store's endpoint and region from the config (R2, MinIO: the weight sync and the runs need them)."""
+    return {var: str(meta[key]) for key, var in STORE_SETTINGS.items() if meta.get(key)}
+
+
 def prepare(home: Path | None = None) -> Path:
     home = Path(home or Path.home())
     meta = node_info(home).get("metadata") or {}
@@ -76,7 +85,8 @@ def prepare(home: Path | None = None) -> Path:
     env = home / ENV_FILE
     env.parent.mkdir(parents=True, exist_ok=True)
     tmp = env.with_name(env.name + ".tmp")
-    tmp.write_text("\n".join(env_lines({NODE_CACHE_ENV: str(root)}, str(Path(sys.executable).parent))) + "\n")
+    lines = env_lines({NODE_CACHE_ENV: str(root), **store_values(meta)}, str(Path(sys.executable).parent))
+    tmp.write_text("\n".join(lines + [KEYS_SOURCE]) + "\n")
     os.replace(tmp, env)
     bashrc = home / ".bashrc"
     text = bashrc.read_text() if bashrc.exists() else ""
@@ -94,7 +104,8 @@ def sync_weights(home: Path | None = None) -> Path | None:
     if not model or not is_remote(model):
         print("no remote model_dir: nothing to copy")
         return None
-    root = Path(os.environ.get(NODE_CACHE_ENV) or _env_value(home, NODE_CACHE_ENV) or cache_root([], home))
+    root = Path(os.environ.get(NODE_CACHE_ENV) or env_file_values(home / ENV_FILE).get(NODE_CACHE_ENV)
+                or cache_root([], home))
     dest = model_copy_dir(root, model)
     if status(dest, model) in ("ready", "syncing"):
         print(f"weights {model}: already {status(dest, model)} at {dest}")
@@ -104,20 +115,34 @@ def sync_weights(home: Path | None = None) -> Path | None:
     with open(log, "ab") as out:
         subprocess.Popen([sys.executable, "-m", "infra.clusters.weights", "sync", model, str(dest)],
                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                         env=dict(os.environ, **{NODE_CACHE_ENV: str(root)}))
+                         env=sync_env(home, root))
     print(f"weights {model}: copying to {dest} in the background (log: {log})")
     return dest
 
 
-def _env_value(home: Path, name: str) -> str | None:
-    """Read one value back from node.env the way bash would (it was written with shlex.quote)."""
+def sync_env(home: Path, root: Path) -> dict[str, str]:
+    """The weight sync's environment: setup commands do not source node.env, so the cache, the store's endpoint
+    and the mounted object-store keys are added here (the keys only when the provider mounted them)."""
+    return {**os.environ, **env_file_values(home / ENV_FILE), **env_file_values(home / KEYS_FILE),
+            NODE_CACHE_ENV: str(root)}
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    """NAME → value of a file of `export NAME=value` lines, read the way bash would (written with shlex.quote)."""
+    out: dict[str, str] = {}
     try:
-        for line in (home / ENV_FILE).read_text().splitlines():
-            if line.startswith(f"export {name}="):
-                return shlex.split(line[len(f"export {name}="):])[0]
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, eq, rest = line.removeprefix("export ").partition("=")
+        if not line.startswith("export ") or not eq or name == "PATH":
+            continue
+        try:
+            out[name] = shlex.split(rest)[0] if rest else ""
+        except (ValueError, IndexError):
+            continue
+    return out
 
 
 def mount_local_ssd(dev_dir: Path = Path("/dev/disk/by-id"), mount: Path = LOCAL_SSD_MOUNT) -> Path | None:

@@ -12,11 +12,12 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError, ConfigError, S2VError
-from orchestrator.cli import cluster_jobs
+from orchestrator.cli import cluster_cost, cluster_jobs
 from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
 app.add_typer(cluster_jobs.app)  # no name: its commands join this group
+app.add_typer(cluster_cost.app)
 
 
 def _launch(config: Path, project: Path | None = None) -> dict:
@@ -64,6 +65,11 @@ def init(
     ssh_key: Optional[str] = typer.Option(None, help="Private key file for SSH to the nodes."),
     idle_stop_minutes: Optional[int] = typer.Option(None, min=0, help="Stop the cluster after this many idle "
                                                     "minutes (0 = never; default 30)."),
+    fallback_type: Optional[List[str]] = typer.Option(None, "--fallback-type", help="Another instance/machine "
+                                                      "type the GPU workers may fall back to (repeatable)."),
+    resolve_zones: bool = typer.Option(True, "--resolve-zones/--no-resolve-zones", help="AWS/GCP: ask the cloud "
+                                       "which zones offer the types and write those (needs ec2:DescribeInstance"
+                                       "TypeOfferings / compute.machineTypes.list); off: the template's zones."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a validated cluster config for your account: bucket, region, key, machine types, images, prices."""
@@ -92,7 +98,8 @@ def init(
     cfg = generate_config(s, prov, work=work, bucket=bucket, key_name=key_name, ssh_key=ssh_key,
                           idle_stop_minutes=idle_stop_minutes,
                           resolve_images=resolve_images and prov == "aws" and not image,
-                          input_buckets=input_bucket or (), output_buckets=output_bucket or ())
+                          input_buckets=input_bucket or (), output_buckets=output_bucket or (),
+                          fallback_types=fallback_type or (), resolve_zones=resolve_zones)
     dump_config(cfg, out, prov)
     from infra.clusters.iam import write_grants
 

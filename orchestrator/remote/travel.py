@@ -8,7 +8,8 @@ from __future__ import annotations
 TRAVELS = frozenset({
     # the render and its policy
     "gpus_per_actor", "clips_in_flight_per_actor", "clip_timeout_factor", "clip_timeout_min_s", "max_attempts",
-    "blocklist_after_jobs", "stitch_cpus", "no_worker_timeout_s", "cuda", "spot_wait_s", "cost_poll_s",
+    "blocklist_after_jobs", "stitch_cpus", "no_worker_timeout_s", "cuda", "spot_wait_s", "cost_poll_s", "cost_clock",
+    "cost_clock_poll_s",
     "seconds_per_clip", "gpu_type", "spot", "prices", "price_per_gpu_hour", "keep_checkpoints", "lease_ttl_s",
     "lease_wait_s", "fallback_after_preemptions", "fallback_window_min", "fallback_node_type", "faults",
     # what the output looks like, and the checks on the inputs

@@ -81,10 +81,13 @@ def over_budget(settings: Settings, ledger, jobs, running: list[Chain], chain: C
     per_s = ledger.mean_gpu_price_per_s()
     real = ledger.spent()
     spent = real if real is not None else sum(js.cost_usd for js in jobs)
+    # the nodes up now stay billed for their idle timeout once the work ends (projected; 0 unless the cloud's clock)
+    tail = ledger.projected_tail() if real is not None else 0.0
     committed = sum(c.remaining * expected_clip_s(c.plan, settings) for c in running) * per_s
     this = chain.remaining * expected_clip_s(chain.plan, settings) * per_s
-    if spent + committed + this > budget:
+    if spent + tail + committed + this > budget:
         what = "node-hours" if real is not None else "GPU-seconds"
-        return (f"budget ${budget:.2f} reached: spent ${spent:.2f} ({what}) + committed ${committed:.2f} + next "
-                f"chain ${this:.2f}; no new chains started")
+        idle = f" + idle tail ${tail:.2f} (projected)" if tail else ""
+        return (f"budget ${budget:.2f} reached: spent ${spent:.2f} ({what}){idle} + committed ${committed:.2f} + "
+                f"next chain ${this:.2f}; no new chains started")
     return None

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from core.settings import Settings
-from orchestrator.render.costs import NodeLedger
+from orchestrator.render.costs import NodeLedger, cluster_clock
 from orchestrator.render.events import EventLog
 from orchestrator.render.runtime import ActorLost, CallFailed, NotReady, Runtime
 from orchestrator.render.slots import COUNTED, WAITING, Slot, SlotState
@@ -67,7 +67,7 @@ class Pool:
         self.infos: list[dict] = []
         self._alive: set[str] = set()
         self._alive_at = -float("inf")
-        self.ledger = NodeLedger(settings, self.elastic, runtime)
+        self.ledger = NodeLedger(settings, self.elastic, runtime, **(cluster_clock(settings) if self.elastic else {}))
         self.peak_workers = 0
 
     def note(self, kind: str, detail: str | None = None, slot: Slot | None = None) -> None:

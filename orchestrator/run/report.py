@@ -37,6 +37,7 @@ def report_doc(result, jobs: dict | None = None, scope: str = "run") -> dict:
     if "node_hours" in cost:
         totals["node_hours"] = cost["node_hours"]
         totals["node_cost_usd"] = cost["cost_usd"]
+    totals.update(cost_basis(cost, totals["cost_usd"]) if whole else {})
     if cost.get("note"):
         totals["cost_note"] = cost["note"]
     doc = {"schema": REPORT_SCHEMA, "run_id": result.run_id, "manifest": result.manifest, "scope": scope,
@@ -46,6 +47,21 @@ def report_doc(result, jobs: dict | None = None, scope: str = "run") -> dict:
     if whole:  # what ran where, and what it cost: model loads per actor (== actors), nodes and their hours
         doc.update(cost=cost, capacity=getattr(result, "capacity", {}) or {}, actors=list(result.actors or []))
     return doc
+
+
+def cost_basis(cost: dict, total: float) -> dict:
+    """Which cost figures are measured and which projected, for the report's totals."""
+    if cost.get("source") != "node-hours":
+        return {"cost_measured": "estimated: GPU-seconds of the clips × the GPU price table", "cost_projected_usd": 0.0}
+    if cost.get("clock", "ray") == "ray":
+        return {"cost_measured": "node-hours from Ray's node table (join to leave): boot, setup, nodes that never "
+                                 "joined and the idle tail are missing", "cost_projected_usd": 0.0}
+    projected = (cost.get("projected") or {}).get("cost_usd", 0.0)
+    return {"cost_measured": f"node-hours by the cloud's own clock ({cost['clock']}: launch to end, failed nodes "
+                             "and boot/setup included)",
+            "cost_projected_usd": projected,
+            "cost_projected": "the idle tail of the nodes still up at the run's end (idle timeout × price)",
+            "cost_with_tail_usd": round(total + projected, 6)}
 
 
 def relative_href(target: str, base) -> str:
@@ -123,10 +139,20 @@ padding:4px 8px}}tr.failed,tr.invalid{{background:#fee}}tr.published{{background
 {t['skipped']} skipped, {t['failed']} failed, {t['invalid']} invalid, {t['interrupted']} interrupted{waiting};
 {t['clips_rendered']} clips, {t['gpu_s']:.1f} GPU-s, ${t['cost_usd']:.4f} ({html.escape(t.get('cost_source', 'gpu-seconds'))}{
 f", {t['node_hours']:.3f} node-hours" if 'node_hours' in t else ''}), {t['preemptions']} preemptions;
-wall {doc['wall_s']:.1f}s</p>{f"<p>{html.escape(t['cost_note'])}</p>" if t.get('cost_note') else ''}
+wall {doc['wall_s']:.1f}s</p>{_cost_html(t)}{f"<p>{html.escape(t['cost_note'])}</p>" if t.get('cost_note') else ''}
 <table><tr><th>poster</th><th>job</th><th>status</th><th>audio s</th><th>scenes</th><th>clips</th><th>retries</th>
 <th>preemptions</th><th>GPU-s</th><th>USD</th><th>worst finding</th><th>failure</th></tr>{''.join(rows)}</table>
 {''.join(players)}</main><script>{player.script() if players else ''}</script></body></html>"""
+
+
+def _cost_html(t: dict) -> str:
+    if "cost_measured" not in t:
+        return ""
+    out = f"<p>Measured: ${t['cost_usd']:.4f}, {html.escape(t['cost_measured'])}."
+    if t.get("cost_projected"):
+        out += (f" Projected: ${t['cost_projected_usd']:.4f} more, {html.escape(t['cost_projected'])}"
+                f" (${t['cost_with_tail_usd']:.4f} with it).")
+    return out + "</p>"
 
 
 @dataclass

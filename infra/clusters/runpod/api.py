@@ -219,6 +219,29 @@ def deploy(op: str, mutation: str) -> dict:
         raise classify(str(e)) from e
 
 
+# ---- data centres ---------------------------------------------------------------------------------------
+# The SDK has no data-centre query; `dataCenters { id name globalNetwork }` follows RunPod's GraphQL schema as
+# runpodctl and the console use it (not reachable from here: a schema that lacks the field fails loudly below).
+DATA_CENTERS_QUERY = "query dataCenters { dataCenters { id name globalNetwork } }"
+
+
+def global_network_data_centers() -> list[str]:
+    """Ids of the data centres that offer global networking, in RunPod's order; ConfigError when RunPod cannot say."""
+    from runpod.error import QueryError
+
+    try:
+        rows = run_query(DATA_CENTERS_QUERY).get("dataCenters") or []
+    except QueryError as e:
+        raise ConfigError(f"RunPod did not list its data centres with their global-networking flag ({e}); set "
+                          "provider.data_center_id to one that offers global networking (docs.runpod.io/pods/"
+                          "networking), e.g. EU-RO-1") from e
+    ids = [str(r["id"]) for r in rows if r.get("globalNetwork") and DATA_CENTER_RE.fullmatch(str(r.get("id", "")))]
+    if not ids:
+        raise ConfigError("RunPod lists no data centre with global networking; set provider.data_center_id, or "
+                          "global_networking: false for a single pod")
+    return ids
+
+
 # ---- spot bids --------------------------------------------------------------------------------------------
 def current_min_bid(nc: dict[str, Any]) -> float | None:
     """RunPod's current minimum spot bid per GPU for this GPU type, count and cloud (None if it quotes none)."""

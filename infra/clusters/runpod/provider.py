@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from pathlib import Path
@@ -36,6 +37,7 @@ from infra.clusters.runpod.api import (
     deploy,
     deploy_mutation,
     global_hostname,
+    global_network_data_centers,
     is_gpu,
     load_api_key,
     on_runpod,
@@ -46,6 +48,8 @@ log = logging.getLogger("s2v.runpod")
 
 TAGS_ENV = "S2V_RAY_TAGS"  # initial Ray tags ride in the pod's env (RunPod has no mutable labels)
 CLUSTER_ENV = "S2V_RAY_CLUSTER"
+CREATED_ENV = "S2V_CREATED_AT"  # unix seconds of the create: the cost clock's launch time (the pods query has none)
+DATA_CENTER_ENV = "S2V_DATA_CENTER"  # the data centre the pod was asked for (the cost report's zone)
 LIVE = {"RUNNING", "CREATED", "RESTARTING"}  # desiredStatus values of a pod that is, or will be, a Ray node
 GONE = {"TERMINATED"}  # anything else (EXITED: interrupted or stopped; DEAD; PAUSED) still bills its disk
 # Docker delivers SIGTERM to PID 1 only: the entrypoint traps it and writes this boot's flag (the contract of
@@ -55,6 +59,28 @@ SIGTERM_ENTRYPOINT = (
     "bash -c '" + sigterm_trap_command(Path(SIGTERM_FLAG_DIR) / FLAG_NAME) + "; "
     "(test -x /start.sh && /start.sh || (service ssh start || /usr/sbin/sshd)) & wait; sleep infinity & wait'"
 )
+
+
+def pod_env(pod: dict) -> dict[str, str]:
+    """A pod's env as RunPod lists it (["K=V", ...], or a mapping) as a dict."""
+    env = pod.get("env") or []
+    if isinstance(env, dict):
+        return {str(k): str(v) for k, v in env.items()}
+    return dict(e.split("=", 1) for e in env if "=" in e)
+
+
+def pod_labels(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(Ray node labels, initial Ray tags) a pod was created with, from its env; unreadable ones are empty."""
+    try:
+        labels = json.loads(env.get(LABELS_ENV) or "{}")
+    except ValueError:
+        labels = {}
+    try:
+        tags = json.loads(urlsafe_b64decode(env[TAGS_ENV].encode()).decode()) if TAGS_ENV in env else {}
+    except ValueError:
+        log.warning("a pod has unreadable tags (%s)", TAGS_ENV)
+        tags = {}
+    return labels, tags
 
 
 class RunPodNodeProvider(NodeProvider):
@@ -75,6 +101,7 @@ class RunPodNodeProvider(NodeProvider):
         self._pods: dict[str, dict] = {}
         self._ips: dict[str, str] = {}
         self.fallbacks: list[str] = []  # pods launched on-demand because RunPod refused their spot bid
+        self._centres: list[str] | None = None  # data centres with global networking, asked once per provider
 
     # ---- state -------------------------------------------------------------------------------------
     def _overlay(self) -> dict[str, dict[str, str]]:
@@ -90,19 +117,10 @@ class RunPodNodeProvider(NodeProvider):
 
     @staticmethod
     def _env(pod: dict) -> dict[str, str]:
-        env = pod.get("env") or []
-        if isinstance(env, dict):
-            return {str(k): str(v) for k, v in env.items()}
-        return dict(e.split("=", 1) for e in env if "=" in e)
+        return pod_env(pod)
 
     def _tags_of(self, pod: dict) -> dict[str, str]:
-        env = self._env(pod)
-        tags: dict[str, str] = {}
-        if TAGS_ENV in env:
-            try:
-                tags = json.loads(urlsafe_b64decode(env[TAGS_ENV].encode()).decode())
-            except ValueError:
-                log.warning("pod %s has unreadable tags", pod.get("id"))
+        _labels, tags = pod_labels(self._env(pod))
         tags.update(self._overlay().get(pod["id"], {}))
         return tags
 
@@ -139,10 +157,7 @@ class RunPodNodeProvider(NodeProvider):
         return pod
 
     def node_labels_of(self, pod: dict) -> dict[str, str]:
-        try:
-            return json.loads(self._env(pod).get(LABELS_ENV) or "{}")
-        except ValueError:
-            return {}
+        return pod_labels(self._env(pod))[0]
 
     def node_labels(self, node_id: str) -> dict[str, str]:
         """The Ray node labels this pod starts with: price key and market as actually launched."""
@@ -215,6 +230,7 @@ class RunPodNodeProvider(NodeProvider):
         base_env[TAGS_ENV] = urlsafe_b64encode(json.dumps(dict(tags)).encode()).decode()
         created: dict[str, dict] = {}
         for _ in range(count):
+            base_env[CREATED_ENV] = f"{time.time():.0f}"
             pod = self._launch(f"s2v-{self.cluster_name}-{uuid.uuid4().hex[:8]}", nc, base_env)
             created[pod["id"]] = pod
         return created
@@ -256,6 +272,33 @@ class RunPodNodeProvider(NodeProvider):
 
     def _create(self, name: str, nc: dict, env: dict[str, str], *, interruptible: bool,
                 bid: float | None = None) -> dict:
+        """In the pinned data centre, or (none pinned, global networking on) in each one that offers global
+        networking in turn, the next one when RunPod refuses this one (capacity); a malformed request stops at once."""
+        centres = self._data_centres(nc)
+        for i, dc in enumerate(centres):
+            try:
+                return self._create_in(name, dict(nc, data_center_id=dc) if dc else nc,
+                                       {**env, DATA_CENTER_ENV: dc} if dc else env, interruptible=interruptible, bid=bid)
+            except BadRequest:
+                raise
+            except Refused as e:
+                if i + 1 == len(centres):
+                    raise
+                log.info("RunPod refused pod %s in %s (%s); trying %s", name, dc, e, centres[i + 1])
+        raise AssertionError("unreachable: no data centre to try")
+
+    def _data_centres(self, nc: dict) -> list[str | None]:
+        dc = nc.get("data_center_id")
+        if dc and dc != "any":
+            return [dc]
+        if not (self.global_network and is_gpu(nc)):
+            return [None]  # RunPod picks; a pod that needs no global network may land anywhere
+        if self._centres is None:
+            self._centres = global_network_data_centers()
+        return list(self._centres)
+
+    def _create_in(self, name: str, nc: dict, env: dict[str, str], *, interruptible: bool,
+                   bid: float | None = None) -> dict:
         op, mutation = deploy_mutation(name, nc, env, interruptible=interruptible,
                                        global_network=self.global_network, bid_per_gpu=bid)
         try:
