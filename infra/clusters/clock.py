@@ -81,28 +81,6 @@ class Tracker:
                        end_source="last seen")
 
 
-def clock_for(cfg: dict[str, Any]) -> NodeClock:
-    """The reader for a cluster config's provider (its region/project/zones, its cluster name)."""
-    from infra.clusters.config import provider_of
-
-    prov, name, p = provider_of(cfg), str(cfg["cluster_name"]), cfg.get("provider") or {}
-    if prov == "aws":
-        from infra.clusters.clock_readers import AwsClock
-
-        return AwsClock(p["region"], name)
-    if prov == "gcp":
-        from infra.clusters.clock_readers import GcpClock
-
-        return GcpClock(p["project_id"], name, p.get("region"))
-    if prov == "runpod":
-        from infra.clusters.clock_readers import RunPodClock
-
-        return RunPodClock(p, name)
-    from core.errors import ConfigError
-
-    raise ConfigError(f"no cost clock for provider {prov!r}; expected aws, gcp or runpod")
-
-
 def idle_tails(cfg: dict[str, Any]) -> dict[str, float | None]:
     """Seconds a node stays up after the work ends: workers the autoscaler's idle_timeout_minutes, the head
     metadata.s2v.idle_stop_minutes (autostop; None: never, it runs until `s2v cluster down`)."""

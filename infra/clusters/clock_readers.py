@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
-from core.errors import ClusterError
+from core.errors import ClusterError, ConfigError
 from infra.clusters.clock import AWS_ENDED, CLUSTER_TAG, GCP_ENDED, KIND_TAG, TYPE_TAG, Instance
 
 # AWS writes the time of a user's stop or terminate into StateTransitionReason: "User initiated (2026-11-03
@@ -180,3 +180,16 @@ class RunPodClock:
                 usd_per_hour=float(pod["costPerHr"]) if pod.get("costPerHr") not in (None, "") else None))
         return out
 
+
+def clock_for(cfg: dict[str, Any]):
+    """The reader for a cluster config's provider (its region/project/zones, its cluster name)."""
+    from infra.clusters.config import provider_of
+
+    prov, name, p = provider_of(cfg), str(cfg["cluster_name"]), cfg.get("provider") or {}
+    if prov == "aws":
+        return AwsClock(p["region"], name)
+    if prov == "gcp":
+        return GcpClock(p["project_id"], name, p.get("region"))
+    if prov == "runpod":
+        return RunPodClock(p, name)
+    raise ConfigError(f"no cost clock for provider {prov!r}; expected aws, gcp or runpod")

@@ -29,7 +29,8 @@ def read_instances(cfg: dict, state: Path) -> list:
     """The provider's instances of this cluster merged with the ones seen before (saved back for next time)."""
     from dataclasses import asdict
 
-    from infra.clusters.clock import Instance, Tracker, clock_for
+    from infra.clusters.clock import Instance, Tracker
+    from infra.clusters.clock_readers import clock_for
 
     path = state / SEEN
     try:

@@ -174,7 +174,8 @@ def cluster_clock(settings, path: str | None = None) -> dict:
     p = Path(os.path.expanduser(path or BOOTSTRAP_CONFIG))
     try:
         cfg = yaml.safe_load(p.read_text()) or {}
-        from infra.clusters.clock import asked, clock_for, idle_tails
+        from infra.clusters.clock import asked, idle_tails
+        from infra.clusters.clock_readers import clock_for
         from infra.clusters.config import provider_of
 
         if provider_of(cfg) not in ("aws", "gcp", "runpod"):  # another external provider: no clock of its own
