@@ -79,10 +79,11 @@ def run_steps(steps: list[tuple[str, Callable[[], list[Finding]]]], api: str, fi
 
 
 # ---- libraries: on this machine, and in what the nodes install ---------------------------------------------------
-# module → (distribution, s2v-batch extra that brings it), by provider and by work-area scheme
+# module → (distribution the extra names, s2v-batch extra that brings it), by provider and by work-area scheme;
+# None: it comes with another one (google-auth with google-api-python-client), not named by any extra
 LIBRARIES = {
     "aws": [("boto3", "boto3", "s3")],
-    "gcp": [("googleapiclient", "google-api-python-client", "gcp"), ("google.auth", "google-auth", "gcp")],
+    "gcp": [("googleapiclient", "google-api-python-client", "gcp"), ("google.auth", None, "gcp")],
     "runpod": [("runpod", "runpod", "runpod")],
     "s3": [("boto3", "boto3", "s3")],
     "gs": [("google.cloud.storage", "google-cloud-storage", "gcs")],
@@ -104,7 +105,7 @@ def library_findings(cfg: dict, provider: str) -> list[Finding]:
     installed = installed_extras(cfg)
     if installed is None:
         return out + [Finding("libraries on the nodes", WARN, "no setup command installs s2v-batch with extras, so "
-                              "nothing says the nodes get " + ", ".join(sorted({d for d, _ in wanted.values()})),
+                              "nothing says the nodes get " + ", ".join(sorted({d for d, _ in wanted.values() if d})),
                               "install \"s2v-batch[cloud] @ file://$HOME/s2v-dist/$(cat ~/s2v-dist/WHEEL)\" in "
                               "setup_commands, as the shipped templates do")]
     brought = _distributions(installed)
@@ -112,6 +113,8 @@ def library_findings(cfg: dict, provider: str) -> list[Finding]:
         return out + [Finding("libraries on the nodes", SKIP, f"the nodes install s2v-batch[{','.join(installed)}]; "
                               "this machine has no s2v-batch metadata to say what those extras bring")]
     for module, (dist, extra) in wanted.items():
+        if dist is None:
+            continue
         ok = dist in brought
         out.append(Finding(f"library {module} on the nodes", OK if ok else FAIL,
                            f"{'in' if ok else 'not in'} s2v-batch[{','.join(installed)}], which setup_commands install"

@@ -117,7 +117,7 @@ def _accounts_of(cfg: dict, project: str) -> dict[str, str]:
             emails = [f"{HEAD_ACCOUNT}@{project}.iam.gserviceaccount.com"]
         for e in emails:
             out.setdefault(e, []).append(name)
-    return {e: ", ".join(n) for e, n in out.items()}
+    return {e: ", ".join(sorted(n)) for e, n in out.items()}
 
 
 def _accounts(calls: _Calls, cfg: dict, project: str, state: dict) -> list[Finding]:
