@@ -167,11 +167,14 @@ def _distributions(extras: list[str]) -> set[str] | None:
 
 # ---- SSH: the key the launcher uses and the host keys s2v pinned ---------------------------------------------------
 def ssh_findings(cfg: dict, config_path: str) -> list[Finding]:
+    from infra.clusters.config import PROVIDERS, provider_of
     from infra.clusters.hostkeys import pinned
 
     out = []
     missing = [b for b in ("ssh", "ssh-keygen") if not shutil.which(b)]
-    out.append(Finding("ssh client", FAIL if missing else OK, f"{', '.join(missing)} not on PATH" if missing else
+    # another provider's nodes may be reached some other way (its own command runner): then it is only a warning
+    bad = FAIL if provider_of(cfg) in PROVIDERS else WARN
+    out.append(Finding("ssh client", bad if missing else OK, f"{', '.join(missing)} not on PATH" if missing else
                        "ssh and ssh-keygen on PATH", "install OpenSSH's client" if missing else ""))
     key = (cfg.get("auth") or {}).get("ssh_private_key")
     if key:
