@@ -12,8 +12,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from test_hostkeys import SSHServer, _OneHead, _Session, client_side
 
-from test_hostkeys import SSHServer, _OneHead, _Session
+from core.errors import ClusterError
 from orchestrator.remote import workers
 from orchestrator.remote.tunnel import Head
 
@@ -112,20 +113,11 @@ class _HeadServer(SSHServer):
         self.channels: list[paramiko.Channel] = []  # held: a dropped Channel closes itself
         super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            t = paramiko.Transport(conn)
-            t.add_server_key(self.key)
-            self.transports.append(t)
-            try:
-                t.start_server(server=_Forwarding(self.commands, self))
-            except (paramiko.SSHException, EOFError):
-                continue
-            threading.Thread(target=self._bridge, args=(t,), daemon=True).start()
+    def session(self) -> paramiko.ServerInterface:
+        return _Forwarding(self.commands, self)
+
+    def started(self, transport: paramiko.Transport) -> None:
+        threading.Thread(target=self._bridge, args=(transport,), daemon=True).start()
 
     def _bridge(self, t: paramiko.Transport) -> None:
         while (ch := t.accept(timeout=30)) is not None:
@@ -165,14 +157,9 @@ class _WithWorker(_OneHead):
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
-    key = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    cfg, config_path = client_side(tmp_path, monkeypatch)
     head_srv, worker_srv = _HeadServer(), SSHServer()
-    cfg = {"auth": {"ssh_user": "ubuntu", "ssh_private_key": str(key)}, "cluster_name": "pin-test", "provider": {}}
-    (tmp_path / "cluster.yaml").write_text("cluster_name: pin-test\n")
-    head = Head(str(tmp_path / "cluster.yaml"), cfg, _WithWorker(head_srv.port, worker_srv.port), "head-1")
+    head = Head(config_path, cfg, _WithWorker(head_srv.port, worker_srv.port), "head-1")
     head.pin_host_key()
     yield head, head_srv, worker_srv
     head_srv.stop()
@@ -190,7 +177,7 @@ def test_exec_on_a_worker_goes_through_the_pinned_head_and_pins_the_worker(clust
 
     head, head_srv, worker_srv = cluster
     assert workers.find_node(head, "w-1") == ("w-1", "127.0.0.1")
-    with pytest.raises(Exception, match="no worker 'w-9'.*w-1"):
+    with pytest.raises(ClusterError, match="no worker 'w-9'.*w-1"):
         workers.find_node(head, "w-9")
     r, first = _run_on_worker(head, worker_srv.port, "nvidia-smi")
     assert r.returncode == 0 and first, r.stderr

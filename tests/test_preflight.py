@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
+from http_fakes import send_json, serving
 from typer.testing import CliRunner
 
 from orchestrator.cli.cluster import app
@@ -44,12 +44,7 @@ class _Quotas(BaseHTTPRequestHandler):
                                          for i, (n, v) in enumerate(self.values.items())]}
         else:
             code, out = 400, {"__type": "UnknownOperationException", "message": op}
-        data = json.dumps(out).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, out, "application/x-amz-json-1.1")
 
     def log_message(self, *a):
         pass
@@ -90,15 +85,12 @@ def aws(monkeypatch, tmp_path):
     # moto's accounts live in this process, not in the server: each test starts from an empty one
     urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=10)
     _Quotas.values = dict(QUOTAS)
-    quotas = ThreadingHTTPServer(("127.0.0.1", 0), _Quotas)
-    threading.Thread(target=quotas.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SERVICE_QUOTAS", f"http://127.0.0.1:{quotas.server_port}")
     try:
-        yield lambda svc: boto3.client(svc, region_name="us-west-2", endpoint_url=f"http://{host}:{port}")
+        with serving(_Quotas) as quotas:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+            monkeypatch.setenv("AWS_ENDPOINT_URL_SERVICE_QUOTAS", f"http://127.0.0.1:{quotas.server_port}")
+            yield lambda svc: boto3.client(svc, region_name="us-west-2", endpoint_url=f"http://{host}:{port}")
     finally:
-        quotas.shutdown()
-        quotas.server_close()
         moto.stop()
 
 
@@ -164,7 +156,7 @@ def test_a_ready_account_passes_every_check(aws, tmp_path):
                  "bucket work-bucket", "spot vCPU quota for p5.4xlarge", "on-demand vCPU quota for p5.4xlarge",
                  "on-demand vCPU quota for m6i.xlarge", "library boto3", "library boto3 on the nodes", "ssh client"):
         assert got.get(name) == "ok", (name, res.output)
-    assert f"image ami-" in res.output and AMI_PARAM in res.output
+    assert "image ami-" in res.output and AMI_PARAM in res.output
     assert "ready:" in res.output and "Traceback" not in res.output
 
 
@@ -248,7 +240,7 @@ def test_no_network_is_a_finding_in_seconds(monkeypatch, tmp_path):
 
 
 def test_up_runs_the_check_first_and_names_the_flag_that_skips_it(monkeypatch, tmp_path):
-    import infra.clusters.launch as launch
+    from infra.clusters import launch
 
     offline_env(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")

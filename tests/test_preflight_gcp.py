@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import yaml
+from http_fakes import send_json, serving
+from test_preflight import closed_port, offline_env, statuses
 from typer.testing import CliRunner
 
 from orchestrator.cli.cluster import app
-from test_preflight import closed_port, offline_env, statuses
 
 TOKEN = "ya29.loopback-token"
 WORKER = "s2v-worker@proj-1.iam.gserviceaccount.com"
@@ -36,12 +36,7 @@ class _Google(BaseHTTPRequestHandler):
     state: dict = {}
 
     def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, body)
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -127,14 +122,9 @@ def _google_env(monkeypatch, tmp_path: Path, base: str) -> None:
 @pytest.fixture
 def google(monkeypatch, tmp_path):
     _Google.state = ready_state()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Google)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _google_env(monkeypatch, tmp_path, f"http://127.0.0.1:{srv.server_port}")
-    try:
+    with serving(_Google) as srv:
+        _google_env(monkeypatch, tmp_path, f"http://127.0.0.1:{srv.server_port}")
         yield _Google.state
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def gcp_config(tmp_path: Path) -> Path:
@@ -223,12 +213,7 @@ class _RunPod(BaseHTTPRequestHandler):
         for alias, gpu in re.findall(r'(\w+): gpuTypes\(input: \{id: ("(?:[^"\\]|\\.)*")\}\)', query):
             gid = json.loads(gpu)
             data[alias] = [{"id": gid, "secureCloud": self.known[gid], "communityCloud": True}] if gid in self.known else []
-        body = json.dumps({"data": data}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, {"data": data})
 
     def log_message(self, *a):
         pass
@@ -241,18 +226,13 @@ def runpod(monkeypatch, tmp_path):
     key.parent.mkdir(parents=True)
     key.write_text("not a real key: the check only looks at the file\n")
     key.chmod(0o600)
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _RunPod)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{srv.server_port}")
-    monkeypatch.setenv("RUNPOD_API_KEY", _RunPod.key)
     out = tmp_path / "runpod.yaml"
     res = CliRunner().invoke(app, ["init", "runpod", "--bucket", "work-bucket", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    try:
+    with serving(_RunPod) as srv:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", f"http://127.0.0.1:{srv.server_port}")
+        monkeypatch.setenv("RUNPOD_API_KEY", _RunPod.key)
         yield out
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_runpod_key_and_gpu_types(runpod, monkeypatch):
