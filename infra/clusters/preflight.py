@@ -255,6 +255,7 @@ def _graphql(url: str, key: str, query: str) -> dict:
 
 # ---- all of it ------------------------------------------------------------------------------------------------
 PROVIDER_CHECKS = {"aws": "infra.clusters.preflight_aws", "gcp": "infra.clusters.preflight_gcp"}
+CHECK_NEEDS = {"aws": ("boto3",), "gcp": ("google.auth", "requests")}  # what those modules import
 
 
 def run_checks(cfg: dict, config_path: str, needs: Needs) -> list[Finding]:
@@ -268,6 +269,6 @@ def run_checks(cfg: dict, config_path: str, needs: Needs) -> list[Finding]:
         return out + run_steps([("runpod", lambda: runpod_findings(cfg))], "RunPod", "")
     if prov not in PROVIDER_CHECKS:
         return out + [Finding(f"{prov} account", SKIP, f"s2v has no account checks for provider {prov!r}")]
-    if any(f.status == FAIL and f.check.startswith("library ") and "nodes" not in f.check for f in out):
+    if not all(_importable(m) for m in CHECK_NEEDS[prov]):
         return out + [Finding(f"{prov} account", SKIP, "not checked: its client library is missing here")]
     return out + importlib.import_module(PROVIDER_CHECKS[prov]).checks(cfg, needs)

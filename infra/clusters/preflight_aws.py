@@ -219,7 +219,12 @@ def _buckets(calls: _Calls, needs: Needs, region: str) -> list[Finding]:
             head = calls("s3", "head_bucket", Bucket=b)
         except _client_error() as e:
             code = _code(e)
-            if code in ("404", "NoSuchBucket"):
+            if code in ("301", "PermanentRedirect"):  # S3 answers a bucket of another region with a redirect
+                where = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+                out.append(Finding(check, WARN, f"in {where or 'another region'}, not the cluster's {region}: every "
+                                   "byte crosses regions (slow, billed)", "keep the cluster and its buckets in one "
+                                   "region"))
+            elif code in ("404", "NoSuchBucket"):
                 out.append(Finding(check, FAIL, "does not exist", f"aws s3 mb s3://{b} --region {region}"))
             elif code in ("403", "AccessDenied"):
                 mine = b == needs.work
