@@ -71,6 +71,13 @@ class ClusterError(S2VError):
     """A cluster could not be created, reached or torn down."""
 
 
+class NotReady(ClusterError):
+    """`s2v cluster check` found what would fail a cluster (credentials, roles, quotas, images, keys): the account
+    or the config to fix before anything is launched."""
+
+    exit_code = 2
+
+
 class ChainBroken(S2VError):
     """The previous clip's tail is neither in memory nor checkpointed (its render failed): not the job's fault."""
 

@@ -70,9 +70,16 @@ class SSHServer:
             t.add_server_key(self.key)
             self.transports.append(t)
             try:
-                t.start_server(server=_Session(self.commands))
+                t.start_server(server=self.session())
             except (paramiko.SSHException, EOFError):
                 continue
+            self.started(t)
+
+    def session(self) -> paramiko.ServerInterface:
+        return _Session(self.commands)
+
+    def started(self, transport: paramiko.Transport) -> None:
+        """A subclass's hook for a connection that has started (tests/test_cluster_nodes.py forwards channels)."""
 
     def stop(self) -> None:
         try:
@@ -104,17 +111,23 @@ class _OneHead(NodeProvider):
         return runner
 
 
-@pytest.fixture
-def head(tmp_path, monkeypatch):
+def client_side(tmp_path, monkeypatch) -> tuple[dict, str]:
+    """A HOME of the test's own, a fresh client key, and the (bootstrapped) config and its path a Head carries."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    server = SSHServer()
-    cfg = {"auth": {"ssh_user": "ubuntu", "ssh_private_key": str(key)}, "cluster_name": "pin-test", "provider": {}}
     config_path = tmp_path / "cluster.yaml"
     config_path.write_text("cluster_name: pin-test\n")
-    yield Head(str(config_path), cfg, _OneHead(server.port), "head-1"), server
+    return ({"auth": {"ssh_user": "ubuntu", "ssh_private_key": str(key)}, "cluster_name": "pin-test",
+             "provider": {}}, str(config_path))
+
+
+@pytest.fixture
+def head(tmp_path, monkeypatch):
+    cfg, config_path = client_side(tmp_path, monkeypatch)
+    server = SSHServer()
+    yield Head(config_path, cfg, _OneHead(server.port), "head-1"), server
     server.stop()
 
 

@@ -23,9 +23,19 @@ def known_hosts(config_path: str, node_id: str) -> Path:
     root = Path(CLUSTERS).expanduser()
     _private(root.parent)
     _private(root)
-    folder = root / hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:16]
+    folder = _folder(config_path)
     _private(folder)
     return folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", str(node_id))[:100] + ".known_hosts")
+
+
+def _folder(config_path: str) -> Path:
+    return Path(CLUSTERS).expanduser() / hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:16]
+
+
+def pinned(config_path: str) -> list[Path]:
+    """The host keys pinned for this config's nodes so far, without creating anything (for `s2v cluster check`)."""
+    folder = _folder(config_path)
+    return sorted(p for p in folder.glob("*.known_hosts") if p.stat().st_size) if folder.is_dir() else []
 
 
 def _ssh_options(runner):

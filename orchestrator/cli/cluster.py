@@ -2,7 +2,8 @@
 
 Every launcher call gets `_launch(config)` (infra/clusters/launch.py), never the bare file: it carries the code
 bundle mount and the zone `up` chose, so all commands address the same cluster.
-The remote-run commands (dashboard, exec, jobs, logs, stop) are in cluster_jobs.py, merged into this group."""
+The remote-run commands (dashboard, exec, jobs, logs, stop) are in cluster_jobs.py and the preflight (check) in
+cluster_check.py, both merged into this group."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError, ConfigError, S2VError
-from orchestrator.cli import cluster_cost, cluster_jobs
+from orchestrator.cli import cluster_check, cluster_cost, cluster_jobs
 from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
 app.add_typer(cluster_jobs.app)  # no name: its commands join this group
 app.add_typer(cluster_cost.app)
+app.add_typer(cluster_check.app)
 
 
 def _launch(config: Path, project: Path | None = None) -> dict:
@@ -121,10 +123,15 @@ def up(
     restart_only: bool = typer.Option(False, "--restart-only", help="Skip setup commands; restart Ray only."),
     force: bool = typer.Option(False, "--force", help="Restart Ray even while jobs run on the cluster (they are "
                                "killed; their checkpoints stay, and resubmitting resumes them)."),
+    skip_check: bool = typer.Option(False, cluster_check.SKIP_FLAG, help="Launch without the preflight "
+                                    "(`s2v cluster check`) passing first."),
 ) -> None:
-    """Create or update the cluster: build a wheel of your checkout, mount it on every node, (re)install it there."""
+    """Create or update the cluster: check the account first (`s2v cluster check`), build a wheel of your checkout,
+    mount it on every node, (re)install it there."""
     from infra.clusters.launch import up_in_zones
 
+    if not skip_check:
+        cluster_check.gate(config)  # before the wheel is built or anything launched: a failure here costs nothing
     root = project_root(project)
     cfg = _launch(config, root)
     if not no_restart and not force:

@@ -1,5 +1,5 @@
-"""`s2v cluster dashboard|exec|jobs|logs|stop`: a cluster's runs and head node, reached through the launcher's SSH
-(the Jobs API only ever through a tunnel s2v opens). Merged into the `s2v cluster` group."""
+"""`s2v cluster dashboard|exec|jobs|logs|stop`: a cluster's runs and nodes, reached through the launcher's SSH (the
+Jobs API only ever through a tunnel s2v opens; workers through the head). Merged into the `s2v cluster` group."""
 
 from __future__ import annotations
 
@@ -62,8 +62,11 @@ def _free(port: int) -> bool:
 @errors_to_exit
 def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head (quote it, or put it after --)."),
           config: Path = typer.Option(Path("cluster.yaml"), "--config", "-c", help="Cluster config."),
+          node: Optional[str] = typer.Option(None, "--node", help="Run on this worker instead (its IP or node id, "
+                                             "from `s2v cluster status`), reached through the head."),
           ) -> None:
-    """Run a shell command on the head node through the launcher's SSH; exits with its exit code."""
+    """Run a shell command on the head node (or --node: a worker, through the head) over the launcher's SSH, host
+    keys checked; exits with its exit code."""
     import shlex
 
     checked(config)
@@ -71,6 +74,8 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
 
     line = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
     head = find_head(config)
+    if node:
+        raise typer.Exit(_worker_exec(head, _node_name(node), line))
     try:
         code = head_exec(head, line)
     except ClusterError:
@@ -79,6 +84,35 @@ def exec_(cmd: List[str] = typer.Argument(..., help="Command to run on the head 
         raise ClusterError(f"exec on the head of {config} failed: {e}") from e
     if code:
         raise typer.Exit(code)
+
+
+def _node_name(value: str) -> str:
+    """A node id or IP as the user typed it: it reaches a shell command on the head, so only these characters."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", value):
+        raise typer.BadParameter(f"{value!r} is not a node id or IP (letters, digits, . _ : -)", param_hint="NODE")
+    return value
+
+
+def _worker_exec(head, node: str, line: str | None) -> int:
+    import subprocess
+
+    from orchestrator.remote.workers import find_node, worker_hop
+
+    node_id, ip = find_node(head, node)
+    argv, first = worker_hop(head, node_id, ip, line, tty=line is None)
+    if first:
+        typer.echo(f"pinning the SSH host key of worker {node_id} ({ip}) on this first connection, made through the "
+                   "head (whose key is pinned); later connections require it", err=True)
+    code = subprocess.call(argv)
+    if code == 255:
+        from infra.clusters.hostkeys import changed_hint
+
+        typer.echo(f"ssh to worker {node_id} through the head failed (exit 255): if it says the host key changed, "
+                   f"the worker was replaced at the same address — {changed_hint('Host key verification failed', head.config_path)}",
+                   err=True)
+    return code
 
 
 @app.command()
@@ -100,17 +134,58 @@ def jobs(config: Path = CONFIG_ARG) -> None:
 
 @app.command()
 @errors_to_exit
-def logs(run: str = RUN_ARG, config: Optional[Path] = CONFIG_OPT,
-         follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the run ends."),
+def logs(run: Optional[str] = typer.Argument(None, help="Run id (or Ray job id) printed by `s2v render --cluster`; "
+                                             "none with --setup or --autoscaler."),
+         config: Optional[Path] = CONFIG_OPT,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the run ends (with --autoscaler: "
+                                     "until Ctrl-C)."),
+         setup: Optional[str] = typer.Option(None, "--setup", metavar="NODE", help="A worker's setup output (its IP "
+                                             "or node id; a node id also after the node is gone), from the autoscaler's "
+                                             "log on the head."),
+         autoscaler: bool = typer.Option(False, "--autoscaler", help="The autoscaler's logs on the head (monitor.*)."),
+         lines: int = typer.Option(200, "--lines", "-n", min=1, help="How many lines (--setup, --autoscaler)."),
          ) -> None:
-    """Print a run's driver log (or follow it; Ctrl-C asks whether to stop the run)."""
+    """Print a run's driver log (or follow it; Ctrl-C asks whether to stop the run), or a node's setup output
+    (--setup NODE) or the autoscaler's logs (--autoscaler)."""
     from orchestrator.remote import submit
 
+    if setup or autoscaler:
+        if run or (setup and autoscaler):
+            raise typer.BadParameter("give one of RUN, --setup NODE, --autoscaler", param_hint="RUN")
+        code = _node_logs(config or Path("cluster.yaml"), setup and _node_name(setup), follow, lines)
+        if code:
+            raise typer.Exit(code)
+        return
+    if not run:
+        raise typer.BadParameter("name a run (`s2v cluster jobs` lists them), or pass --setup NODE or --autoscaler",
+                                 param_hint="RUN")
     if config:
         checked(config)
     code = submit.logs(run, str(config) if config else None, follow_=follow, echo=typer.echo, confirm=ask)
     if code:
         raise typer.Exit(code)
+
+
+def _node_logs(config: Path, setup: str | None, follow: bool, lines: int) -> int:
+    from orchestrator.remote import workers
+    from orchestrator.remote.tunnel import find_head, head_exec
+
+    checked(config)
+    head = find_head(config)
+    logs_dir = workers.logs_dir(head.config)
+    if setup is None:
+        return head_exec(head, workers.autoscaler_log_command(logs_dir, lines, follow))
+    if setup in ("head", head.node_id):
+        raise ClusterError(f"the head's setup ran from this machine during `s2v cluster up {config}` and was printed "
+                           f"there; Ray keeps no copy on the head. The autoscaler's own logs: `s2v cluster logs "
+                           f"--autoscaler -c {config}`")
+    try:
+        node_id, _ = workers.find_node(head, setup)
+    except ClusterError:
+        if setup.replace(".", "").isdigit():
+            raise  # an IP of no running worker: nothing says which node it was
+        node_id = setup  # a node that is gone (a failed setup is terminated): its id is still in the log
+    return head_exec(head, workers.setup_log_command(logs_dir, node_id, lines))
 
 
 @app.command()
