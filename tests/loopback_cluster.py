@@ -208,7 +208,11 @@ class LocalNodeProvider(NodeProvider):
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = json.loads(self.state.read_text()) if self.state.exists() else {}
             yield data
-            self.state.write_text(json.dumps(data))
+            # a new file renamed into place: a reader without the lock (stop_all, while the autoscaler still runs)
+            # never sees a half-written one — it read an empty file once and failed the rehearsal's teardown
+            tmp = self.state.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.state)
 
     def non_terminated_nodes(self, tag_filters):
         with self._nodes() as nodes:
