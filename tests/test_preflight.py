@@ -98,7 +98,7 @@ def write_config(tmp_path: Path, *extra: str) -> Path:
     """`s2v cluster init aws` for bucket work-bucket in us-west-2 (p5.4xlarge workers), images moto knows."""
     out = tmp_path / "cluster.yaml"
     res = CliRunner().invoke(app, ["init", "aws", "--bucket", "work-bucket", "--region", "us-west-2",
-                                   "--no-resolve-images", "--out", str(out), "--force", *extra])
+                                   "--no-resolve-images", "--no-resolve-zones", "--out", str(out), "--force", *extra])
     assert res.exit_code == 0, res.output
     cfg = yaml.safe_load(out.read_text())
     for nt in cfg["available_node_types"].values():

@@ -129,7 +129,8 @@ def google(monkeypatch, tmp_path):
 
 def gcp_config(tmp_path: Path) -> Path:
     out = tmp_path / "gcp.yaml"
-    res = CliRunner().invoke(app, ["init", "gcp", "--bucket", "work-bucket", "--project", "proj-1", "--out", str(out)])
+    res = CliRunner().invoke(app, ["init", "gcp", "--bucket", "work-bucket", "--project", "proj-1",
+                                   "--no-resolve-zones", "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out
 
