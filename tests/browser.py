@@ -35,7 +35,7 @@ def chromium():
     opts.binary_location = binary
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-background-networking", "--disable-popup-blocking", "--disable-component-update", "--disable-sync",
               "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # nothing but loopback
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(driver), options=opts)

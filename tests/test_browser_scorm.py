@@ -69,6 +69,10 @@ def site(tmp_path_factory):
     with zipfile.ZipFile(d / "catalog.zip") as z:
         z.extractall(root / "catalog")
     (root / "lmscat.html").write_text(LMS.replace("PKG", "catalog/talk12"))
+    # an LMS that launches the SCO in a new window: the API is on the opener, not on a parent frame
+    (root / "lmsopen.html").write_text(LMS.replace('<iframe id="sco" src="PKG/index.html" width="900" height="700" '
+                                                   'allow="autoplay"></iframe>',
+                                                   "<script>window.open('talk2004/index.html', 'sco')</script>"))
     with serve_folder(root) as url:
         yield url
 
@@ -159,6 +163,20 @@ def test_a_lesson_of_the_catalog_package_talks_to_the_lms(site, browser):
     wait_for(b, "document.querySelector('.s2v-chapters button')", what="its chapter menu")
     calls = _calls(b)
     assert calls[0] == ["Initialize", ""] and ["SetValue", "cmi.completion_status", "incomplete"] in calls
+
+
+def test_a_sco_opened_in_a_new_window_finds_the_api_on_its_opener(site, browser):
+    b = browser
+    b.switch_to.default_content()
+    lms = b.current_window_handle
+    b.get(f"{site}/lmsopen.html?fresh")
+    wait_for(b, "window.calls.some(c => c[0] === 'Initialize')", what="Initialize from the opened window")
+    popup = next(h for h in b.window_handles if h != lms)
+    b.switch_to.window(popup)
+    b.close()
+    b.switch_to.window(lms)
+    calls = wait_for(b, "window.calls.some(c => c[0] === 'Terminate') && window.calls", what="Terminate on close")
+    assert [c[0] for c in calls].count("Initialize") == 1 and calls[-1][0] == "Terminate"
 
 
 def test_without_an_lms_the_launch_page_plays_as_a_plain_page(site, browser):
