@@ -78,6 +78,22 @@ class NotReady(ClusterError):
     exit_code = 2
 
 
+class ImageError(ClusterError):
+    """A node image could not be built or pushed (`s2v cluster image`): the build or the push failed."""
+
+
+class ImageToolMissing(ImageError):
+    """Neither docker nor podman is on PATH: nothing can build or push a node image here."""
+
+    exit_code = 2
+
+
+class RegistryLoginFailed(ImageError):
+    """The image registry refused the login (or its credentials could not be had): fix the account, not the code."""
+
+    exit_code = 2
+
+
 class ChainBroken(S2VError):
     """The previous clip's tail is neither in memory nor checkpointed (its render failed): not the job's fault."""
 

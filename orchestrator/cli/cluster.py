@@ -13,13 +13,14 @@ from typing import List, Optional
 import typer
 
 from core.errors import ClusterError, ConfigError, S2VError
-from orchestrator.cli import cluster_check, cluster_cost, cluster_jobs
-from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, settings
+from orchestrator.cli import cluster_check, cluster_cost, cluster_image, cluster_jobs
+from orchestrator.cli.common import CONFIG_ARG, errors_to_exit, project_root, settings
 
 app = typer.Typer(help="Create, inspect and tear down Ray clusters on AWS, GCP or RunPod.", no_args_is_help=True)
 app.add_typer(cluster_jobs.app)  # no name: its commands join this group
 app.add_typer(cluster_cost.app)
 app.add_typer(cluster_check.app)
+app.add_typer(cluster_image.app)
 
 
 def _launch(config: Path, project: Path | None = None) -> dict:
@@ -27,14 +28,6 @@ def _launch(config: Path, project: Path | None = None) -> dict:
     from infra.clusters.launch import launch_config
 
     return launch_config(config, project, settings())
-
-
-def project_root(given: Path | None = None) -> Path:
-    """The checkout whose code the nodes run: --project, else the one this `s2v` runs from, else the cwd."""
-    if given is not None:
-        return given
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 @app.command()

@@ -72,6 +72,14 @@ def errors_to_exit(fn):
     return wrapper
 
 
+def project_root(given: Path | None = None) -> Path:
+    """The checkout whose code the nodes run: --project, else the one this `s2v` runs from, else the cwd."""
+    if given is not None:
+        return given
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
 def checked(config: Path) -> dict:
     """Load + validate (Ray's schema and ours, placeholders refused) before any cloud call is made."""
     from infra.clusters.launch import checked_config
