@@ -20,10 +20,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.errors import ConfigError, InputError
+from core.errors import ConfigError, InputError, StorageError
 
 READY, FAILED, LOCK = ".s2v-ready.json", ".s2v-failed.json", ".s2v-sync.lock"
 NODE_CACHE_ENV = "S2V_NODE_CACHE"
+# Tries of one weight copy, with a growing pause between them (BACKOFF_S × attempt): a blip of the store is
+# survived, a store that keeps failing is a FAILED marker within about a minute of waiting.
+ATTEMPTS, BACKOFF_S = 3, 15.0
 
 
 def is_remote(uri: str) -> bool:
@@ -73,12 +76,13 @@ def status(dest: Path, uri: str | None = None) -> str:
     return "failed" if (dest / FAILED).exists() else "absent"
 
 
-def sync(uri: str, dest: Path, settings=None, workers: int = 8) -> dict | None:
+def sync(uri: str, dest: Path, settings=None, workers: int = 8, attempts: int = ATTEMPTS,
+         backoff_s: float = BACKOFF_S) -> dict | None:
     """Copy every object under `uri` into dest, then write READY. Returns READY's record, or None when another
-    process is already syncing into dest. Files already complete in dest are kept (downloads are atomic)."""
-    from infra.storage.base import storage_for
-    from infra.storage.uri import parse
-
+    process is already syncing into dest. Files already complete in dest are kept (downloads are atomic), so a
+    retry fetches only what is missing. At most `attempts` tries, then FAILED: a node whose copy cannot finish
+    says so within minutes (its render actor reports the reason) instead of leaving the run to wait for a worker
+    until no_worker_timeout_s. A wrong prefix, a hostile key or a refused bucket is not retried."""
     dest.mkdir(parents=True, exist_ok=True)
     with open(dest / LOCK, "a") as lock:
         try:
@@ -90,29 +94,45 @@ def sync(uri: str, dest: Path, settings=None, workers: int = 8) -> dict | None:
             return done
         (dest / FAILED).unlink(missing_ok=True)
         start = time.monotonic()
-        try:
-            prefix = parse(str(uri).rstrip("/") + "/")
-            storage = storage_for(prefix, settings)
-            objects = [o for o in storage.list(prefix) if not o.key.endswith("/")]
-            if not objects:
-                raise InputError(f"{uri}: no objects under this prefix; check model_dir")
-            targets = {o: inside(dest, o.key[len(prefix.key):], o) for o in objects}  # every key checked first
+        for attempt in range(1, attempts + 1):
+            try:
+                record = {**_copy(uri, dest, settings, workers), "attempts": attempt,
+                          "seconds": round(time.monotonic() - start, 1), "finished": time.time()}
+                _write_json(dest / READY, record)
+                return record
+            except Exception as e:
+                last = attempt == attempts or isinstance(e, (InputError, StorageError))
+                print(f"weights sync attempt {attempt} of {attempts} failed: {type(e).__name__}: {e}"
+                      + ("" if last else f"; again in {backoff_s * attempt:.0f} s"), file=sys.stderr)
+                if last:
+                    _write_json(dest / FAILED, {"source": str(uri), "error": f"{type(e).__name__}: {e}",
+                                                "attempts": attempt, "failed": time.time()})
+                    raise
+                time.sleep(backoff_s * attempt)
+    return None  # not reached: the last attempt returns or raises
 
-            def fetch(obj) -> int:
-                target = targets[obj]
-                if not target.is_file():
-                    storage.download(obj, target)
-                return target.stat().st_size
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                sizes = list(pool.map(fetch, objects))
-            record = {"source": str(uri), "files": len(objects), "bytes": sum(sizes),
-                      "seconds": round(time.monotonic() - start, 1), "finished": time.time()}
-            _write_json(dest / READY, record)
-            return record
-        except Exception as e:
-            _write_json(dest / FAILED, {"source": str(uri), "error": f"{type(e).__name__}: {e}", "failed": time.time()})
-            raise
+def _copy(uri: str, dest: Path, settings, workers: int) -> dict:
+    """One pass over the objects under uri: the ones not yet complete in dest are downloaded."""
+    from infra.storage.base import storage_for
+    from infra.storage.uri import parse
+
+    prefix = parse(str(uri).rstrip("/") + "/")
+    storage = storage_for(prefix, settings)
+    objects = [o for o in storage.list(prefix) if not o.key.endswith("/")]
+    if not objects:
+        raise InputError(f"{uri}: no objects under this prefix; check model_dir")
+    targets = {o: inside(dest, o.key[len(prefix.key):], o) for o in objects}  # every key checked first
+
+    def fetch(obj) -> int:
+        target = targets[obj]
+        if not target.is_file():
+            storage.download(obj, target)
+        return target.stat().st_size
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = list(pool.map(fetch, objects))
+    return {"source": str(uri), "files": len(objects), "bytes": sum(sizes)}
 
 
 def inside(dest: Path, rel: str, obj) -> Path:
@@ -140,8 +160,10 @@ def ensure_local(uri: str, settings=None, cache_root: Path | None = None, timeou
         if st == "ready":
             return dest
         if st == "failed":
-            why = (_read_json(dest / FAILED) or {}).get("error", "unknown error")
-            raise ConfigError(f"copying the model weights {uri} to this node failed: {why}")
+            failed = _read_json(dest / FAILED) or {}
+            tries = f" after {failed['attempts']} attempt(s)" if failed.get("attempts") else ""
+            raise ConfigError(f"copying the model weights {uri} to this node failed{tries}: "
+                              f"{failed.get('error', 'unknown error')}")
         if st == "absent" and sync(uri, dest, settings) is not None:
             return dest
         if time.monotonic() > deadline:
