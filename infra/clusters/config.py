@@ -46,6 +46,8 @@ META_KEYS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "capacity": (dict, None, "what `init` asked (types, fallback types, zones) and where each type is offered"),
     "s3_endpoint_url": (str, None, "S3-compatible endpoint of the buckets (R2, MinIO); none: AWS S3"),
     "s3_region": (str, None, "region the nodes sign S3 requests for (R2: auto)"),
+    "node_image": (str, None, "the pre-built node image the nodes run (`init --docker-image`; setup checks it)"),
+    "weights_snapshot": (str, None, "AWS: the EBS snapshot of the weights every GPU node mounts (informational)"),
 }
 # What a cluster's render actors watch for spot notices, by provider: named, never probed for (`auto` on an unknown
 # machine probes nothing, and a probe of a metadata address from the wrong place is traffic nobody asked for).

@@ -106,8 +106,10 @@ def _set_zone(cfg: dict, zone: str) -> None:
 def generate_config(settings, provider: str | None = None, *, work: str | None = None, bucket: str | None = None,
                     key_name: str | None = None, ssh_key: str | None = None, idle_stop_minutes: int | None = None,
                     resolve_images: bool = False, placeholders_ok: bool = False, input_buckets=(),
-                    output_buckets=(), fallback_types=(), resolve_zones: bool = False) -> dict[str, Any]:
-    """A config for `provider` (default settings.cloud_provider) with settings and these choices applied."""
+                    output_buckets=(), fallback_types=(), resolve_zones: bool = False, docker_image: str | None = None,
+                    weights_snapshot: str | None = None) -> dict[str, Any]:
+    """A config for `provider` (default settings.cloud_provider) with settings and these choices applied; a node
+    image and a weights snapshot change how its nodes start (infra/clusters/coldstart.py)."""
     from infra.clusters.iam import INPUT_KEY, OUTPUT_KEY, bucket_name
 
     prov = provider or settings.cloud_provider
@@ -155,6 +157,14 @@ def generate_config(settings, provider: str | None = None, *, work: str | None =
             prices[k] = settings.node_prices[k].model_dump()
     if prices:
         meta["prices"] = prices
+    if docker_image:
+        from infra.clusters.coldstart import use_image
+
+        use_image(cfg, prov, docker_image)
+    if weights_snapshot:
+        from infra.clusters.coldstart import use_weights_snapshot
+
+        use_weights_snapshot(cfg, prov, weights_snapshot, settings.model_dir)
     for k in [k for k, v in meta.items() if v is None]:
         del meta[k]
     validate_cluster_config(cfg, where=f"generated {prov} config", allow_placeholders=placeholders_ok)

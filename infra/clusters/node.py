@@ -5,6 +5,7 @@ cluster up` beside the wheel), never as text spliced into a shell command: the o
 ~/.s2v/node.env, holds shlex-quoted values. Commands:
   prepare          choose the weight cache (local NVMe when mounted), write ~/.s2v/node.env, source it from .bashrc
   sync-weights     start copying metadata.s2v.model_dir to the cache in the background (GPU workers)
+  check-image      refuse a node image (`s2v cluster image`) that does not hold the code `up` shipped
   mount-local-ssd  RAID-0, format and mount unformatted GCP local NVMe SSDs at /mnt/disks/s2v (run as root)
 """
 
@@ -28,6 +29,7 @@ KEYS_FILE = Path(".s2v") / "objstore.env"  # object-store keys a provider mounte
 # `if`, not `[ -f ] &&`: node.env's own status must be 0 without the file (start commands run `. node.env && …`)
 KEYS_SOURCE = "if [ -f ~/.s2v/objstore.env ]; then . ~/.s2v/objstore.env; fi"
 STORE_SETTINGS = {"s3_endpoint_url": "S2V_S3_ENDPOINT_URL", "s3_region": "S2V_S3_REGION"}  # metadata.s2v → env
+IMAGE_DIR = Path("s2v-image")  # in a node image: the record of the wheel baked into it (infra/clusters/image/)
 LOCAL_SSD_GLOB = "google-local-nvme-ssd-*"
 LOCAL_SSD_MOUNT = Path("/mnt/disks/s2v")
 
@@ -145,6 +147,37 @@ def env_file_values(path: Path) -> dict[str, str]:
     return out
 
 
+def check_image(home: Path | None = None) -> None:
+    """The image's build record against the one `up` shipped: a different fingerprint (other code) or Ray pin
+    (another launcher) would run something else than what was launched, so the node's setup stops here."""
+    from infra.clusters.ship import CONSTRAINTS, read_record
+
+    home = Path(home or Path.home())
+    baked, shipped = read_record(home / IMAGE_DIR), read_record(home / "s2v-dist")
+    if not baked or not shipped:
+        raise SystemExit(f"s2v: cannot compare the node image with the launched code: "
+                         f"{'~/s2v-image' if not baked else '~/s2v-dist'}/s2v-build.json is missing or unreadable")
+
+    def pins(folder: Path) -> str:
+        try:
+            return (folder / CONSTRAINTS).read_text().strip()
+        except OSError:
+            return ""
+
+    stale = []
+    if baked.get("fingerprint") != shipped.get("fingerprint"):
+        stale.append(f"it holds s2v-batch {baked.get('version')} fingerprint {str(baked.get('fingerprint'))[:12]}, "
+                     f"the launched checkout is {shipped.get('version')} fingerprint "
+                     f"{str(shipped.get('fingerprint'))[:12]}")
+    if pins(home / IMAGE_DIR) != pins(home / "s2v-dist"):
+        stale.append(f"it pins {pins(home / IMAGE_DIR) or 'nothing'}, the launcher runs {pins(home / 's2v-dist')}")
+    if stale:
+        raise SystemExit("s2v: stale node image: " + "; ".join(stale) + ". Rebuild it with `s2v cluster image CONFIG "
+                         "--push` and put the new reference in the config (docker.image; RunPod: image_name), or "
+                         "`s2v cluster init --docker-image REF --force`")
+    print(f"node image: s2v-batch {baked.get('version')} ({str(baked.get('fingerprint'))[:12]}), the launched code")
+
+
 def mount_local_ssd(dev_dir: Path = Path("/dev/disk/by-id"), mount: Path = LOCAL_SSD_MOUNT) -> Path | None:
     """GCP A3/A2 Ultra come with local NVMe SSDs that nobody formats: stripe them and mount once per boot."""
     devices = sorted(str(p) for p in dev_dir.glob(LOCAL_SSD_GLOB))
@@ -170,9 +203,10 @@ def mount_local_ssd(dev_dir: Path = Path("/dev/disk/by-id"), mount: Path = LOCAL
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m infra.clusters.node", description=__doc__.splitlines()[0])
-    ap.add_argument("cmd", choices=["prepare", "sync-weights", "mount-local-ssd"])
+    ap.add_argument("cmd", choices=["prepare", "sync-weights", "check-image", "mount-local-ssd"])
     a = ap.parse_args(argv)
-    {"prepare": prepare, "sync-weights": sync_weights, "mount-local-ssd": mount_local_ssd}[a.cmd]()
+    {"prepare": prepare, "sync-weights": sync_weights, "check-image": check_image,
+     "mount-local-ssd": mount_local_ssd}[a.cmd]()
     return 0
 
 

@@ -65,6 +65,11 @@ def init(
     resolve_zones: bool = typer.Option(True, "--resolve-zones/--no-resolve-zones", help="AWS/GCP: ask the cloud "
                                        "which zones offer the types and write those (needs ec2:DescribeInstance"
                                        "TypeOfferings / compute.machineTypes.list); off: the template's zones."),
+    docker_image: Optional[str] = typer.Option(None, "--docker-image", help="A node image from `s2v cluster "
+                                               "image` (REGISTRY/NAME:TAG): nodes run it instead of installing "
+                                               "at boot (AWS/GCP: Ray's docker:, RunPod: the pods' image)."),
+    weights_snapshot: Optional[str] = typer.Option(None, "--weights-snapshot", help="AWS: an EBS snapshot of the "
+                                                   "weights (snap-…), mounted on every GPU node instead of a copy."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a validated cluster config for your account: bucket, region, key, machine types, images, prices."""
@@ -94,7 +99,8 @@ def init(
                           idle_stop_minutes=idle_stop_minutes,
                           resolve_images=resolve_images and prov == "aws" and not image,
                           input_buckets=input_bucket or (), output_buckets=output_bucket or (),
-                          fallback_types=fallback_type or (), resolve_zones=resolve_zones)
+                          fallback_types=fallback_type or (), resolve_zones=resolve_zones,
+                          docker_image=docker_image, weights_snapshot=weights_snapshot)
     dump_config(cfg, out, prov)
     from infra.clusters.iam import write_grants
 
