@@ -145,3 +145,39 @@ def test_the_run_report_plays_a_job_with_its_captions(catalog, browser):
         wait_for(browser, "document.querySelector('video').currentTime > 0.3", what="playback in the report")
         links = browser.execute_script("return Array.from(document.querySelectorAll('a')).map(a => a.textContent)")
         assert "Transcript" in " ".join(links)
+
+
+def test_s2v_review_serves_on_loopback_only(catalog, tmp_path):
+    """The command itself, in its own process: the page answers on 127.0.0.1 and nothing listens on the
+    machine's other addresses."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "S2V_WORK": str(catalog["work"])}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "review", str(catalog["manifest"]),
+                             "--port", str(port), "--reviewer", "Sam", "--review-file", str(tmp_path / "r.jsonl")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert page is not None and page.status_code == 200, proc.stdout.read() if proc.poll() is not None else ""
+        assert 'value="Sam"' in page.text and "Intro lesson" in page.text
+        others = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)} - {"127.0.0.1"}
+        for addr in others - {a for a in others if a.startswith("127.")}:
+            with socket.socket() as s:
+                s.settimeout(2)
+                assert s.connect_ex((addr, port)) != 0, f"the review page answers on {addr}"
+    finally:
+        proc.terminate()
+        proc.wait(20)

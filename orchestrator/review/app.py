@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -130,9 +131,11 @@ def make_app(cat: Catalog, reviewer: str):
             return _said(f"{e.id}: {err}")
         return RedirectResponse(f"/#job-{''.join(ch if ch.isalnum() else '-' for ch in e.id)}", status_code=303)
 
-    return Starlette(routes=[Route("/", index), Route("/media/{job}/{kind}", media),
-                             Route("/decide", decide, methods=["POST"])],
-                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))])
+    app = Starlette(routes=[Route("/", index), Route("/media/{job}/{kind}", media),
+                            Route("/decide", decide, methods=["POST"])],
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))])
+    app.state.cache = cache
+    return app
 
 
 def serve(cat: Catalog, reviewer: str, port: int, echo=print) -> None:
@@ -141,4 +144,8 @@ def serve(cat: Catalog, reviewer: str, port: int, echo=print) -> None:
 
     cat.refresh()  # a manifest that cannot be read fails here, before the page is up
     echo(f"review page: http://127.0.0.1:{port}/ (Ctrl-C stops it; decisions go to {cat.review.path})")
-    uvicorn.run(make_app(cat, reviewer), host="127.0.0.1", port=port, log_level="warning")
+    app = make_app(cat, reviewer)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        shutil.rmtree(app.state.cache, ignore_errors=True)  # copies of a bucket's drafts
