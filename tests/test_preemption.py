@@ -207,6 +207,8 @@ def test_watcher_thread_reports_warning_then_interruption(meta_server):
         meta.action = {"action": "stop", "time": _iso(time.time() + 60)}
         assert _wait(lambda: w.notice() is not None)
         assert w.notice().source == "aws-spot" and w.warning().source == "aws-rebalance"
+        # the watcher makes a notice visible before it calls back (log line first): wait for the callback
+        assert _wait(lambda: len(got) >= 2)
         assert [(e, n.source) for e, n in got] == [("notice", "aws-rebalance"), ("notice", "aws-spot")]
         assert 0 < w.notice().seen <= time.time()
     finally:
