@@ -59,14 +59,23 @@
     });
     return out;
   }
-  function merge(ranges) {
+  function merge(ranges, gap) {
     ranges.sort(function (x, y) { return x[0] - y[0]; });
     var out = [];
     ranges.forEach(function (r) {
       var last = out[out.length - 1];
-      if (last && r[0] <= last[1] + 0.5) last[1] = Math.max(last[1], r[1]); else out.push([r[0], r[1]]);
+      if (last && r[0] <= last[1] + (gap || 0.5)) last[1] = Math.max(last[1], r[1]); else out.push([r[0], r[1]]);
     });
     return out;
+  }
+  // SCORM 1.2 keeps at most 4096 characters of suspend_data: a learner who skipped about a lot gets coarser
+  // ranges (small gaps closed) rather than a value the LMS cuts or refuses
+  function pack(ranges) {
+    for (var gap = 0.5; ; gap *= 2) {
+      var text = merge(ranges.slice(), gap).map(function (r) { return r[0].toFixed(1) + "-" + r[1].toFixed(1); })
+        .join(",");
+      if (text.length <= 4000 || gap > 1e5) return text.slice(0, 4000);
+    }
   }
 
   function lesson(root) {
@@ -141,7 +150,7 @@
       lastSave = Date.now();
       var p = progress();
       lms.set("location", video.currentTime.toFixed(1));
-      lms.set("suspend", watched().map(function (r) { return r[0].toFixed(1) + "-" + r[1].toFixed(1); }).join(","));
+      lms.set("suspend", pack(watched()));
       if (!lms.v12) lms.set("cmi.progress_measure", p.toFixed(3));
       if (!completed && p >= share) {
         completed = true;
