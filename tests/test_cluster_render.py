@@ -101,6 +101,11 @@ def test_render_cluster_stages_the_example_and_publishes_to_object_storage(s3_cl
     state = json.loads(read("work/runs/cluster-1/state.json"))
     assert state["status"] == "finished" and {j["status"] for j in state["jobs"].values()} == {"published"}
     assert json.loads(read("out/report.json"))["totals"]["published"] == 3
+    # the report page (written after report.json) holds every job's player and the player's script: the wheel the
+    # nodes install carries lesson.js (it once did not, and only "could not write report" said so)
+    page = read("out/report.html").decode()
+    assert page.count('class="s2v-lesson"') == 3 and "API_1484_11" in page
+    assert read("out/lesson-01-photosynthesis.scorm.zip")[:2] == b"PK"  # the package, made on the cluster
 
     # the webhook secret reached the remote driver (every delivery verifies with it) and nothing else shows it
     assert len(receiver.got) >= 4  # three jobs published + the run

@@ -19,7 +19,7 @@ from core.errors import ConfigError
 # package-data patterns it declares, and the two files the build reads. tests/test_cluster_configs.py checks
 # that a built wheel holds exactly these files, so this list and pyproject.toml cannot drift apart silently.
 PACKAGES = ("core", "orchestrator", "pipeline", "infra")
-SUFFIXES = (".py", ".yaml", ".json", ".html")
+SUFFIXES = (".py", ".yaml", ".json", ".html", ".js")  # .js: the lesson player (pipeline/web/lesson.js)
 BUILD_FILES = ("pyproject.toml", "README.md")
 RECORD = "s2v-build.json"
 # The current wheel's file name, for the nodes' setup commands: Ray's rsync of ~/s2v-dist never deletes, so after a
