@@ -196,10 +196,12 @@ def test_render_example_manifest_in_a_bucket(cloud, request, tmp_path, monkeypat
     assert {j.status for j in result.jobs.values()} == {"published"}
     out = {u.key.removeprefix("out/") for u in st.list(parse(f"{cloud}://{bucket}/out"))}
     # the master, poster and sidecar of every job, plus what the example asks the post step for:
-    # a 360p MP4 each, an HLS ladder each (master playlist at the top), lesson 1's captions and transcripts
+    # a 360p MP4 each, an HLS ladder each (master playlist at the top), lesson 1's captions, transcripts, chapters
+    # and SCORM package
     top = {k for k in out if "/" not in k}
     expected = {f"{j}.{ext}" for j in result.jobs for ext in ("mp4", "jpg", "json", "360p.mp4")}
-    assert top == expected | {f"lesson-01-photosynthesis.{x}" for x in ("vtt", "transcript.txt", "transcript.html")}
+    assert top == expected | {f"lesson-01-photosynthesis.{x}" for x in ("vtt", "transcript.txt", "transcript.html",
+                                                                         "chapters.vtt", "scorm.zip")}
     for j in result.jobs:
         assert f"{j}.hls/master.m3u8" in out
     assert any(k.startswith("lesson-01-photosynthesis.hls/subs-") and k.endswith(".vtt") for k in out)
