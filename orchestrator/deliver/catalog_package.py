@@ -13,6 +13,7 @@ from core.errors import InputError, RenderError, S2VError
 from infra.storage import Uri, parse, storage_for
 from orchestrator.deliver.lesson import lesson_for, spans, title
 from orchestrator.deliver.outputs import is_our_sidecar
+from orchestrator.intake.inputs import local_path
 from pipeline import captions as cap
 from pipeline.web import player, scorm
 from pipeline.web import transcript as tr
@@ -44,19 +45,14 @@ def default_destination(manifest: str, jobs, kind: str) -> Uri:
     return parse(jobs[0].output).join(f"{stem}.{kind}.zip")
 
 
-def _fetch(uri: str, dest: Path, settings) -> Path:
-    u = parse(uri)
-    return Path(u.key) if u.scheme == "file" else storage_for(u, settings).download(u, dest)
-
-
-def _lesson_files(p: Published, tmpd: Path, settings) -> tuple[dict[str, Path], list]:
+def _lesson_files(p: Published, settings) -> tuple[dict[str, Path], list]:
     """The lesson's published files by name inside its folder, and its transcript sections."""
     out, i = p.sidecar.get("outputs") or {}, p.job.id
-    files = {f"media/{i}.mp4": _fetch(out["mp4"], tmpd / f"{i}.mp4", settings)}
+    files = {f"media/{i}.mp4": local_path(out["mp4"], settings)}
     for name, rel in (("jpg", f"{i}.jpg"), ("vtt", f"{i}.vtt"), ("chapters", f"{i}.chapters.vtt"),
                       ("transcript", f"{i}.transcript.txt"), ("transcript_html", f"{i}.transcript.html")):
         if out.get(name):
-            files[f"media/{rel}"] = _fetch(out[name], tmpd / rel, settings)
+            files[f"media/{rel}"] = local_path(out[name], settings)
     secs = []
     if f"media/{i}.vtt" in files:
         cues, _ = cap.parse_captions(files[f"media/{i}.vtt"].read_bytes(), f"{i}.vtt", p.duration_s)
@@ -82,8 +78,7 @@ def build(manifest: str, jobs, kind: str, dest: Uri, settings, package_title: st
         entries: dict[str, Path | bytes] = {"lesson.js": player.script().encode()}
         scos = []
         for jid, p in found.items():
-            (tmpd / jid).mkdir()
-            files, secs = _lesson_files(p, tmpd / jid, settings)
+            files, secs = _lesson_files(p, settings)
             page = f"media/{jid}.transcript.html"
             lesson = lesson_for(p, "media/", hls=False, poster=f"media/{jid}.jpg" in files, secs=secs,
                                 scorm_version=version, links=((page, "Transcript"),) if page in files else ())

@@ -8,6 +8,7 @@ from pathlib import Path
 from core.errors import RenderError, S2VError
 from core.settings import Settings
 from infra.storage import Uri, parse, storage_for
+from orchestrator.intake.inputs import local_path
 from orchestrator.plan.records import JobPlan
 from pipeline import captions as cap
 from pipeline import chapters as chap
@@ -78,7 +79,7 @@ def add(plan: JobPlan, settings: Settings, d, cues: list[cap.Cue] | None, master
     if job.package != "none":
         files["package"] = tmpd / uris["package"].name
         vtt = next((p for p, u in d.files if u.name == f"{job.id}.vtt"), None)
-        info = build_package(plan, files["package"], master, poster or _poster(plan, settings, tmpd),
+        info = build_package(plan, files["package"], master, poster or _poster(plan, settings),
                              {**files, **({"captions": vtt} if vtt else {})}, secs, _hls_files(plan, settings, d, tmpd))
         d.meta["package"] = {"kind": job.package, "uri": str(uris["package"]), **info}
     for name, path in files.items():
@@ -86,11 +87,10 @@ def add(plan: JobPlan, settings: Settings, d, cues: list[cap.Cue] | None, master
         outputs[name] = str(uris[name])
 
 
-def _poster(plan: JobPlan, settings: Settings, tmpd: Path) -> Path | None:
+def _poster(plan: JobPlan, settings: Settings) -> Path | None:
     """The published poster (a repost has no stitch output to take it from)."""
-    u = parse(plan.job.output).join(f"{plan.job.id}.jpg")
     try:
-        return storage_for(u, settings).download(u, tmpd / "published-poster.jpg")
+        return local_path(str(parse(plan.job.output).join(f"{plan.job.id}.jpg")), settings)
     except (S2VError, OSError):
         return None  # a package without a poster still plays
 

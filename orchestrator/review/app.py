@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import html
 import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 from core.errors import InputError
-from infra.storage import parse, storage_for
+from orchestrator.intake.inputs import local_path
 from orchestrator.deliver.lesson import language_name, spans, title
 from orchestrator.review.catalog import Catalog, Entry
 from orchestrator.review.store import APPROVED, CHANGES
@@ -47,8 +45,8 @@ def job_section(e: Entry, cat: Catalog, token: str, reviewer: str) -> str:
     notes = "".join(f"<li><strong>{_e(n['severity'])}:</strong> {_e(n['text'])}</li>" for n in e.notes())
     history = "".join(f"<li>{_e(h.at)} — {_e(h.reviewer)}: {_e(h.decision)}" + (f" — “{_e(h.note)}”" if h.note else "")
                       + ("" if h.content == e.content else " <em>(earlier content)</em>") + "</li>"
-                      for h in reversed(cat.review.history(e.id)))
-    sid = "job-" + "".join(ch if ch.isalnum() else "-" for ch in e.id)
+                      for h in reversed(cat.history(e.id)))
+    sid = player.anchor("job", e.id)
     video = player.fragment(lesson, heading="h3") if e.render_state != "none" else ""
     return f"""<section class="job" id="{sid}" aria-labelledby="{sid}-h">
 <h2 id="{sid}-h">{_e(title(e.plan))} <small>({_e(e.id)}, {_e(job.where)})</small></h2>
@@ -68,8 +66,8 @@ def index_page(cat: Catalog, token: str, reviewer: str, message: str = "") -> st
     counts = cat.counts()
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     problems = "".join(f"<li>{_e(p)}</li>" for p in cat.problems)
-    toc = "".join(f'<li><a href="#job-{"".join(ch if ch.isalnum() else "-" for ch in e.id)}">{_e(title(e.plan))}</a>'
-                  f' — {_e((cat.decision(e).decision if cat.decision(e) else "awaiting review"))}</li>'
+    toc = "".join(f'<li><a href="#{player.anchor("job", e.id)}">{_e(title(e.plan))}</a>'
+                  f' — {_e(getattr(cat.decision(e), "decision", "awaiting review"))}</li>'
                   for e in cat.entries.values())
     body = "".join(job_section(e, cat, token, reviewer) for e in cat.entries.values())
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -92,7 +90,6 @@ def make_app(cat: Catalog, reviewer: str):
     from starlette.routing import Route
 
     token = secrets.token_urlsafe(24)
-    cache = Path(tempfile.mkdtemp(prefix="s2v-review-"))
 
     def index(request):
         cat.refresh()
@@ -103,13 +100,8 @@ def make_app(cat: Catalog, reviewer: str):
         kind = request.path_params["kind"]
         if e is None or kind not in e.media:
             return PlainTextResponse("not found", status_code=404)
-        u = parse(e.media[kind])
-        if u.scheme == "file":
-            return FileResponse(u.key)
-        local = cache / e.id / u.name  # a bucket's file, fetched once per page run
-        if not local.exists():
-            storage_for(u, cat.settings).download(u, local)
-        return FileResponse(local)
+        # a local file in place; a bucket's through the input cache, by version (a new draft is fetched anew)
+        return FileResponse(local_path(e.media[kind], cat.settings))
 
     def _said(message: str):
         return RedirectResponse("/?said=" + quote(message), status_code=303)
@@ -129,12 +121,11 @@ def make_app(cat: Catalog, reviewer: str):
                            str(form.get("note", "")), e.plan.job.where)
         except InputError as err:
             return _said(f"{e.id}: {err}")
-        return RedirectResponse(f"/#job-{''.join(ch if ch.isalnum() else '-' for ch in e.id)}", status_code=303)
+        return RedirectResponse(f"/#{player.anchor('job', e.id)}", status_code=303)
 
     app = Starlette(routes=[Route("/", index), Route("/media/{job}/{kind}", media),
                             Route("/decide", decide, methods=["POST"])],
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK))])
-    app.state.cache = cache
     return app
 
 
@@ -144,8 +135,4 @@ def serve(cat: Catalog, reviewer: str, port: int, echo=print) -> None:
 
     cat.refresh()  # a manifest that cannot be read fails here, before the page is up
     echo(f"review page: http://127.0.0.1:{port}/ (Ctrl-C stops it; decisions go to {cat.review.path})")
-    app = make_app(cat, reviewer)
-    try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-    finally:
-        shutil.rmtree(app.state.cache, ignore_errors=True)  # copies of a bucket's drafts
+    uvicorn.run(make_app(cat, reviewer), host="127.0.0.1", port=port, log_level="warning")

@@ -15,7 +15,7 @@ from orchestrator.deliver import quality
 from orchestrator.deliver.outputs import is_our_sidecar, output_uris
 from orchestrator.intake.content import plan_content_key
 from orchestrator.plan.records import JobPlan
-from orchestrator.review.store import APPROVED, Decision, ReviewFile
+from orchestrator.review.store import APPROVED, Decision, ReviewFile, latest_in
 
 MEDIA = {"mp4": "mp4", "jpg": "jpg", "vtt": "vtt", "chapters": "chapters", "transcript": "transcript_html"}
 
@@ -57,6 +57,7 @@ class Catalog:
         self._stamp = None
         self.entries: dict[str, Entry] = {}
         self.problems: list = []
+        self.decisions: list[Decision] = []  # the review file as read by the last refresh: one read per page
 
     def _manifest_stamp(self):
         u = parse(self.manifest)
@@ -72,6 +73,7 @@ class Catalog:
         from orchestrator.plan.planner import plan_jobs
 
         with self.lock:
+            self.decisions = self.review.decisions()
             stamp = self._manifest_stamp()
             if stamp == self._stamp and self.entries:
                 for e in self.entries.values():  # renders may have been published since
@@ -101,7 +103,10 @@ class Catalog:
         return meta, {kind: outputs[name] for kind, name in MEDIA.items() if outputs.get(name)}
 
     def decision(self, e: Entry) -> Decision | None:
-        return self.review.latest(e.id, e.content)
+        return latest_in(self.decisions, e.id, e.content)
+
+    def history(self, job: str) -> list[Decision]:
+        return [d for d in self.decisions if d.job == job]
 
     def counts(self) -> dict[str, int]:
         out = {"approved": 0, "changes requested": 0, "awaiting review": 0}

@@ -29,6 +29,11 @@ class Decision:
     row: str = ""  # where the row was (file:line) at the time
 
 
+def latest_in(decisions: list[Decision], job: str, content: str) -> Decision | None:
+    """The last decision on this job for this content (a decision on other content does not count)."""
+    return next((d for d in reversed(decisions) if d.job == job and d.content == content), None)
+
+
 def review_file_for(manifest: str, given: str | None = None) -> Path:
     """The review file: `given`, else beside a local manifest (`catalog.yaml` → `catalog.review.jsonl`)."""
     if given:
@@ -61,13 +66,6 @@ class ReviewFile:
             except (ValueError, TypeError) as e:
                 raise InputError(f"{self.path}:{n}: not a review decision ({e}); fix or remove that line") from None
         return out
-
-    def latest(self, job: str, content: str) -> Decision | None:
-        """The last decision on this job for this content (a decision on other content does not count)."""
-        return next((d for d in reversed(self.decisions()) if d.job == job and d.content == content), None)
-
-    def history(self, job: str) -> list[Decision]:
-        return [d for d in self.decisions() if d.job == job]
 
     def add(self, job: str, content: str, decision: str, reviewer: str, note: str, row: str = "") -> Decision:
         """Append one decision (one write of one line with O_APPEND, then fsync: no torn or lost line)."""
@@ -103,7 +101,7 @@ def gate(review: ReviewFile, settings):
         planned = hasattr(item, "audio_sha256")
         key = plan_content_key(item, settings) if planned else content_key(item, settings)
         jid = item.job.id if planned else item.id
-        d = next((d for d in reversed(decisions) if d.job == jid and d.content == key), None)
+        d = latest_in(decisions, jid, key)
         if d is None:
             earlier = any(x.job == jid for x in decisions)
             return ("awaiting review: the row changed since its last review" if earlier

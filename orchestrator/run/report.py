@@ -112,7 +112,7 @@ def report_html(doc: dict, base=None) -> str:
     rows, players = [], []
     for j in _order(list(doc["jobs"].values())):
         img, seen = "", j["status"] in ("published", "skipped") and j["output"]
-        anchor = "job-" + "".join(ch if ch.isalnum() else "-" for ch in j["id"])
+        anchor = player.anchor("job", j["id"])
         if seen:
             img = (f'<a href="#{anchor}"><img src="{html.escape(link(j["output"].rsplit(".", 1)[0] + ".jpg"))}" '
                    f'height="72" alt="{html.escape(j["id"])}"></a>')

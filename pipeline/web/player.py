@@ -53,9 +53,14 @@ def _a(v: str) -> str:
     return html.escape(v, quote=True)
 
 
+def anchor(prefix: str, job_id: str) -> str:
+    """An HTML id for a job on a page of many ('job-lesson-01'): letters and digits kept, the rest '-'."""
+    return prefix + "-" + "".join(ch if ch.isalnum() else "-" for ch in job_id)
+
+
 def fragment(ls: Lesson, heading: str = "h2") -> str:
     """The player for one lesson (ids in it are prefixed by the lesson's id: a report holds many)."""
-    pid = "s2v-" + "".join(ch if ch.isalnum() else "-" for ch in ls.id)
+    pid = anchor("s2v", ls.id)
     sources = (f'<source src="{_a(ls.hls)}" type="application/vnd.apple.mpegurl">' if ls.hls else "") + \
         f'<source src="{_a(ls.mp4)}" type="video/mp4">'
     tracks = ""
